@@ -1,0 +1,183 @@
+# Copyright (c) monai_genaug contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The one sampling loop of monai_genaug: DDPM / DDIM steps with pluggable guidance.
+
+Every method (TTGA's view generation, HistoDiffusion's guided synthesis, AdaptDiff's mask-conditioned synthesis,
+Ctrl-GenAug's clips) samples through :class:`DiffusionSampler`. Per step it makes one batched UNet call over the
+guidance branches (:mod:`monai_genaug.generative.guidance`), converts the output to noise and clean estimates,
+lets the guidance correct the noise estimate, and applies the DDIM transition
+(:func:`~monai_genaug.generative.ddim.ddim_transition`; ``eta = 1`` with all T steps is DDPM). A per-step callback
+may replace the next sample (TTGA's region merging); optional clamping of the predicted clean sample and of every
+intermediate sample (AdaptDiff) is built in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from monai_genaug.generative.ddim import CLEAN, alpha_bar, ddim_transition, timestep_path, to_epsilon_and_x0
+from monai_genaug.generative.guidance import Guidance, NoGuidance
+from monai_genaug.generative.latent_generator import LatentGenerator
+
+__all__ = ["SamplerStep", "DiffusionSampler"]
+
+
+@dataclass
+class SamplerStep:
+    """What a per-step callback sees. Return a tensor from the callback to replace ``x_next``.
+
+    Attributes:
+        index: step number, 0 for the first.
+        timestep: the noise level the UNet was evaluated at.
+        next_timestep: the level the step moves to (``-1`` = clean).
+        x_t: the sample at ``timestep``.
+        x_next: the proposed sample at ``next_timestep``.
+        x0: the clean estimate.
+        eps: the (guided) noise estimate.
+        branch_outputs: raw UNet outputs of every guidance branch.
+        a_t: cumulative alpha at ``timestep``.
+        a_next: cumulative alpha at ``next_timestep``.
+    """
+
+    index: int
+    timestep: int
+    next_timestep: int
+    x_t: torch.Tensor
+    x_next: torch.Tensor
+    x0: torch.Tensor
+    eps: torch.Tensor
+    branch_outputs: list[torch.Tensor] = field(default_factory=list)
+    a_t: float = 1.0
+    a_next: float = 1.0
+
+
+class DiffusionSampler:
+    """DDPM / DDIM sampling with guidance plug-ins, partial denoising, callbacks and clamping.
+
+    Args:
+        num_inference_steps: UNet evaluations per run (DDPM: ``T`` with ``eta = 1``; DDIM: a few tens).
+        eta: DDIM stochasticity, 0 deterministic, 1 DDPM-equivalent noise.
+        clip_x0: optional ``(min, max)`` clamp of every clean estimate (MONAI's ``clip_sample``).
+        clamp: optional ``(min, max)`` clamp of every intermediate sample (AdaptDiff clamps ``x_t`` to [-1, 1]).
+        progress: show a tqdm progress bar over the steps.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the UNet under autocast (CUDA / CPU), ``None`` for full
+            precision.
+
+    Example::
+
+        sampler = DiffusionSampler(num_inference_steps=20)
+        z = sampler(gen, shape=(4, *gen.latent_shape((64, 64))), condition={"prompt": ids},
+                    guidance=ClassifierFreeGuidance(3.0), rng=torch.Generator().manual_seed(0))
+        images = gen.decode(z)
+    """
+
+    def __init__(
+        self,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        clip_x0: tuple[float, float] | None = None,
+        clamp: tuple[float, float] | None = None,
+        progress: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}.")
+        self.num_inference_steps = int(num_inference_steps)
+        self.eta = float(eta)
+        self.clip_x0 = clip_x0
+        self.clamp = clamp
+        self.progress = progress
+        self.autocast_dtype = autocast_dtype
+
+    def timesteps(self, generator: LatentGenerator, start_timestep: int | None = None) -> list[int]:
+        """The descending timestep path of a run (see :func:`~monai_genaug.generative.ddim.timestep_path`)."""
+        return timestep_path(generator.scheduler.num_train_timesteps, self.num_inference_steps, start_timestep)
+
+    def _autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        generator: LatentGenerator,
+        x: torch.Tensor | None = None,
+        shape: Sequence[int] | None = None,
+        condition: Mapping[str, torch.Tensor] | None = None,
+        guidance: Guidance | None = None,
+        start_timestep: int | None = None,
+        timesteps: Sequence[int] | None = None,
+        rng: torch.Generator | None = None,
+        callback: Callable[[SamplerStep], torch.Tensor | None] | None = None,
+        eta: float | None = None,
+    ) -> torch.Tensor:
+        """Denoise ``x`` (or fresh noise of ``shape``) down the timestep path; returns the final sample (latents).
+
+        Args:
+            generator: the :class:`LatentGenerator` (its scheduler gives the noise schedule and prediction type).
+            x: the starting sample at ``start_timestep`` (partial denoising), or ``None`` to start from noise.
+            shape: shape of the starting noise when ``x`` is ``None``, e.g. ``(N, *generator.latent_shape(size))``.
+            condition: the condition (see :meth:`LatentGenerator.forward`), shared by all samples of the batch.
+            guidance: a guidance plug-in, default :class:`NoGuidance`.
+            start_timestep: noise level of ``x`` (default ``T - 1``).
+            timesteps: an explicit descending path ``[t_0, ..., t_K]`` (the UNet runs at all but ``t_K``; ``-1``
+                is the clean end), overriding ``num_inference_steps`` / ``start_timestep``.
+            rng: the ``torch.Generator`` for the starting noise and the stochastic steps.
+            callback: called after every step with a :class:`SamplerStep`; a returned tensor replaces ``x_next``.
+            eta: override the sampler's eta for this call.
+        """
+        guidance = guidance if guidance is not None else NoGuidance()
+        eta = self.eta if eta is None else float(eta)
+        device = generator.scale_factor.device
+        if x is None:
+            if shape is None:
+                raise ValueError("give the starting sample x or the shape of the starting noise.")
+            x = torch.randn(tuple(shape), generator=rng, device="cpu" if rng is None else rng.device).to(device)
+        path = list(timesteps) if timesteps is not None else self.timesteps(generator, start_timestep)
+        if len(path) < 2 or any(a <= b for a, b in zip(path[:-1], path[1:])) or path[-1] < CLEAN:
+            raise ValueError(f"timesteps must be a strictly descending path ending at >= -1, got {path}.")
+        scheduler = generator.scheduler
+        prediction_type = getattr(scheduler, "prediction_type", "epsilon")
+        prediction_type = getattr(prediction_type, "value", prediction_type)
+        prepared = guidance.prepare(generator, condition, x.shape[0])
+        alphas = [alpha_bar(scheduler, t) for t in path]
+        steps = range(len(path) - 1)
+        for i in tqdm(steps, desc="sampling", disable=not self.progress, leave=False):
+            t, t_next, a_t, a_next = path[i], path[i + 1], alphas[i], alphas[i + 1]
+            with self._autocast(x.device):
+                out, branch_outputs = guidance.predict(generator, x, t, prepared)
+            eps, x0 = to_epsilon_and_x0(out.to(x.dtype), x, a_t, prediction_type)
+            corrected = guidance.correct(eps, x, t, a_t, generator)
+            if corrected is not eps:
+                eps = corrected
+                x0 = (x - (1.0 - a_t) ** 0.5 * eps) / a_t**0.5
+            if self.clip_x0 is not None:
+                x0 = x0.clamp(*self.clip_x0)
+            noise = None
+            if eta > 0 and a_next < 1.0:  # the clean end (a = 1) adds no noise
+                noise = torch.randn(x.shape, generator=rng, device="cpu" if rng is None else rng.device).to(x)
+            x_next = ddim_transition(x0, eps, a_t, a_next, eta=eta, noise=noise)
+            if self.clamp is not None:
+                x_next = x_next.clamp(*self.clamp)
+            if callback is not None:
+                replaced = callback(SamplerStep(i, t, t_next, x, x_next, x0, eps, branch_outputs, a_t, a_next))
+                if replaced is not None:
+                    x_next = replaced
+            x = x_next
+        return x
