@@ -9,4 +9,72 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""Data: deterministic phantoms (the embedded default of every bundle) and folder datasets as MONAI datalists."""
+
 from __future__ import annotations
+
+from .phantoms import (
+    PHANTOM_KINDS,
+    MRI_MODALITIES,
+    MRI_FILE_NAMES,
+    MANIFEST_NAME,
+    phantom_affine,
+    make_endoscopy_phantoms,
+    make_grey_phantoms,
+    make_mri_phantoms,
+    make_sequence_phantoms,
+    make_two_modality_phantoms,
+    make_class_phantoms,
+    write_phantom_dataset,
+    main,
+)
+from .folders import (
+    IMAGE_EXTENSIONS,
+    NIFTI_EXTENSIONS,
+    SPLIT_NAMES,
+    read_spatial_size,
+    split_name,
+    paired_image_mask_datalist,
+    nifti_case_datalist,
+    class_folder_datalist,
+    split_datalist,
+    write_datalist,
+    load_datalist,
+)
+from .pipelines import (
+    PILConvert,
+    segmentation_2d_transforms,
+    classification_2d_transforms,
+    volume_3d_transforms,
+)
+
+__all__ = [
+    "PHANTOM_KINDS",
+    "MRI_MODALITIES",
+    "MRI_FILE_NAMES",
+    "MANIFEST_NAME",
+    "phantom_affine",
+    "make_endoscopy_phantoms",
+    "make_grey_phantoms",
+    "make_mri_phantoms",
+    "make_sequence_phantoms",
+    "make_two_modality_phantoms",
+    "make_class_phantoms",
+    "write_phantom_dataset",
+    "main",
+    "IMAGE_EXTENSIONS",
+    "NIFTI_EXTENSIONS",
+    "SPLIT_NAMES",
+    "read_spatial_size",
+    "split_name",
+    "paired_image_mask_datalist",
+    "nifti_case_datalist",
+    "class_folder_datalist",
+    "split_datalist",
+    "write_datalist",
+    "load_datalist",
+    "PILConvert",
+    "segmentation_2d_transforms",
+    "classification_2d_transforms",
+    "volume_3d_transforms",
+]

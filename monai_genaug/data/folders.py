@@ -235,7 +235,9 @@ class _Problems:
         )
 
 
-def _index_by_stem(files: Sequence[Path], extensions: tuple[str, ...], stem_suffix: str, problems: _Problems, role: str):
+def _index_by_stem(
+    files: Sequence[Path], extensions: tuple[str, ...], stem_suffix: str, problems: _Problems, role: str
+):
     """Map stem -> file for the files with a recognised extension; report non-image files and duplicates."""
     by_stem: dict[str, list[Path]] = {}
     others: list[str] = []

@@ -18,7 +18,8 @@ frames of 64 x 64 take a few tenths of a second on one core.
 Arrays follow MONAI's channel-first convention; spatial axes are in array order (``H, W`` for 2D,
 ``D, H, W`` for 3D) and written to disk in the same order (a NIfTI volume stores the array as is, so
 ``monai.transforms.LoadImage(ensure_channel_first=True)`` gives back the generator's array; a PNG is
-written with ``H`` rows and ``W`` columns, as any photograph).
+written with ``H`` rows and ``W`` columns, as any photograph, which MONAI's ``PILReader`` returns as
+``(C, W, H)`` unless ``reverse_indexing=False``).
 
 Generators (each returns a list of ``num`` dicts):
 
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import inspect
 import io
 import json
 import os
@@ -57,12 +59,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
-
-from monai.utils import optional_import
-
-nib, _has_nib = optional_import("nibabel")
-Image, _has_pil = optional_import("PIL.Image")
+from PIL import Image
 
 __all__ = [
     "PHANTOM_KINDS",
@@ -194,7 +193,11 @@ def _eval_field(params: tuple[np.ndarray, np.ndarray, np.ndarray], coords: Seque
 
 
 def _field(
-    rng: np.random.Generator, coords: Sequence[np.ndarray], num_modes: int = 6, min_freq: float = 0.5, max_freq: float = 2.0
+    rng: np.random.Generator,
+    coords: Sequence[np.ndarray],
+    num_modes: int = 6,
+    min_freq: float = 0.5,
+    max_freq: float = 2.0,
 ) -> np.ndarray:
     return _eval_field(_draw_field(rng, len(coords), num_modes, min_freq, max_freq), coords)
 
@@ -261,13 +264,13 @@ def _render_endoscopy(rng: np.random.Generator, shape: tuple[int, int]) -> dict[
     # mucosa: pink-red, low-frequency brightness texture and a fine darker-red vascular pattern
     mucosa = np.clip(np.array([0.80, 0.42, 0.38]) + rng.normal(0.0, 0.025, 3), 0.2, 1.0).astype(np.float32)
     low = _field(rng, coords, 6, 0.5, 2.0)
-    high = _field(rng, coords, 10, 3.0, 8.0)
+    high = _field(rng, coords, 16, 3.0, 8.0)
     veins = np.exp(-((_field(rng, coords, 8, 2.0, 5.0) / 0.15) ** 2)).astype(np.float32)
     rgb = mucosa[:, None, None] * (1.0 + 0.10 * low + 0.03 * high)[None]
     rgb = rgb * (1.0 - np.array([0.06, 0.22, 0.18], dtype=np.float32)[:, None, None] * veins[None])
 
     # polyp: irregular ellipse, paler and smoother than the mucosa, dome-shaded with a specular highlight
-    radius = rng.uniform(0.16, 0.36)
+    radius = rng.uniform(0.18, 0.42)
     radii = np.maximum(radius * np.array([1.0, rng.uniform(0.65, 1.0)]), 2.0 * px)
     center = rng.uniform(-0.45, 0.45, 2) * ext
     sd, body, r = _blob(rng, coords, center, radii, rng.uniform(0.06, 0.2))
@@ -282,10 +285,10 @@ def _render_endoscopy(rng: np.random.Generator, shape: tuple[int, int]) -> dict[
     half /= np.linalg.norm(half)
     diffuse = np.clip(np.tensordot(light, normal, axes=1), 0.0, 1.0)
     specular = np.clip(np.tensordot(half, normal, axes=1), 0.0, 1.0) ** rng.uniform(30.0, 80.0)
-    pale = np.clip(np.array([0.97, 0.76, 0.70]) + rng.normal(0.0, 0.02, 3), 0.0, 1.0)
-    m = rng.uniform(0.35, 0.6)
+    pale = np.clip(np.array([0.96, 0.66, 0.58]) + rng.normal(0.0, 0.02, 3), 0.0, 1.0)
+    m = rng.uniform(0.45, 0.7)
     polyp_col = (mucosa * (1 - m) + pale * m).astype(np.float32)
-    polyp_tex = 1.0 + 0.05 * _field(rng, body, 8, 3.0, 8.0)
+    polyp_tex = 1.0 + 0.04 * _field(rng, body, 12, 1.0, 3.0)
     polyp = polyp_col[:, None, None] * ((0.6 + 0.45 * diffuse) * polyp_tex)[None]
     rgb = rgb * (1.0 - soft) + polyp * soft
     highlight = soft * specular * rng.uniform(0.5, 0.9)
@@ -318,8 +321,9 @@ def _render_grey(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, 
     ext = _extent(shape)
 
     # tissue: mid-grey, smooth texture and horizontal echogenic layers
-    layers = np.cos(np.pi * rng.uniform(2.0, 5.0) * y + rng.uniform(0, 2 * np.pi) + 0.3 * _field(rng, coords, 4, 0.5, 1.5))
-    tissue = 0.5 + 0.08 * _field(rng, coords, 6, 0.5, 2.0) + 0.04 * _field(rng, coords, 8, 3.0, 7.0) + 0.05 * layers
+    wobble = 0.3 * _field(rng, coords, 4, 0.5, 1.5)
+    layers = np.cos(np.pi * rng.uniform(2.0, 5.0) * y + rng.uniform(0, 2 * np.pi) + wobble)
+    tissue = 0.5 + 0.08 * _field(rng, coords, 6, 0.5, 2.0) + 0.04 * _field(rng, coords, 16, 3.0, 7.0) + 0.05 * layers
 
     # lesion: dark (hypo-echoic), irregular, with posterior acoustic enhancement below it
     radius = rng.uniform(0.15, 0.35)
@@ -402,7 +406,11 @@ def _extra_class_intensity(modality_index: int, k: int) -> float:
 
 
 def _render_mri(
-    rng: np.random.Generator, shape: tuple[int, int, int], num_classes: int, modalities: tuple[str, ...], affine: np.ndarray
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    modalities: tuple[str, ...],
+    affine: np.ndarray,
 ) -> dict[str, np.ndarray]:
     coords = _grid(shape)
     px = _pixel(shape)
@@ -414,7 +422,7 @@ def _render_mri(
     rel = [c - np.float32(head_c[d]) for d, c in enumerate(coords)]
     r_head = np.sqrt(sum((rel[d] / np.float32(head_radii[d])) ** 2 for d in range(3))).astype(np.float32)
     edge = px / float(head_radii.min())  # one voxel in normalised head radius
-    gyri = 0.02 * np.tanh(_field(rng, rel, 8, 4.0, 9.0))
+    gyri = 0.02 * np.tanh(_field(rng, rel, 12, 4.0, 9.0))
     head = _sigmoid((1.0 - r_head) / (0.5 * edge))
     inner = _sigmoid((0.88 - r_head) / (0.5 * edge))
     brain_sd = r_head - (0.82 + gyri)
@@ -436,7 +444,7 @@ def _render_mri(
     # tumour: nested classes 1..num_classes inside the brain, each with its own irregular boundary
     brain_r = head_radii * 0.82
     min_r = (1.5 * num_classes + 1.0) * px
-    t_radius = max(rng.uniform(0.22, 0.34) * float(brain_r.mean()), min(min_r, 0.45 * float(brain_r.min())))
+    t_radius = max(rng.uniform(0.25, 0.4) * float(brain_r.mean()), min(min_r, 0.45 * float(brain_r.min())))
     t_radii = t_radius * rng.uniform(0.85, 1.15, 3)
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction)
@@ -466,7 +474,7 @@ def _render_mri(
     for m_idx, name in enumerate(modalities):
         c = MRI_MODALITIES[name]
         tissue = c["gm"] * (1.0 - wm) + c["wm"] * wm
-        tissue = tissue * (1.0 + 0.03 * _field(rng, rel, 8, 3.0, 8.0))
+        tissue = tissue * (1.0 + 0.03 * _field(rng, rel, 16, 3.0, 8.0))
         vol = c["air"] + (c["skull"] - c["air"]) * head
         vol = vol * (1.0 - inner) + c["csf"] * inner
         vol = vol * (1.0 - brain) + tissue * brain
@@ -506,7 +514,8 @@ def make_mri_phantoms(
 
     Args:
         num: number of volumes (>= 1).
-        spatial_size: ``(D, H, W)``, each >= 8; the tumour classes are all present from 32^3 on.
+        spatial_size: ``(D, H, W)``, each >= 8; every tumour class is present from about 32^3 on with up to
+            three classes, from about 40^3 on with four or five (smaller volumes may miss inner classes).
         seed: non-negative seed; sample ``i`` depends only on ``seed`` and ``i``.
         num_classes: number of foreground classes (>= 1); the label map holds 0..num_classes.
         modalities: names of the rendered modalities, any of ``"flair"``, ``"t1c"``, ``"t1"``, ``"t2"``.
@@ -545,20 +554,22 @@ def _render_sequence(rng: np.random.Generator, shape: tuple[int, int], num_frame
     ext = _extent(shape)
     tau = np.linspace(0.0, 1.0, num_frames, dtype=np.float32)
 
-    background = 0.25 + 0.06 * _field(rng, coords, 6, 0.5, 2.0) + 0.03 * _field(rng, coords, 8, 3.0, 7.0)
+    background = 0.25 + 0.08 * np.tanh(_field(rng, coords, 6, 0.5, 2.0))
+    background = background + 0.03 * np.tanh(_field(rng, coords, 16, 3.0, 7.0))
 
     # object: class 0 a disk, class c >= 1 a shape with c + 1 lobes; a smooth trajectory (drift + bend),
     # a steady rotation and a gentle pulsation
     lobes = 0 if cls == 0 else cls + 1
     amp = 0.0 if cls == 0 else 0.3
-    r0 = max(rng.uniform(0.22, 0.3), 2.5 * px)
+    r0 = max(rng.uniform(0.25, 0.35), 2.5 * px)
     c0 = rng.uniform(-0.25, 0.25, 2) * ext
     heading = rng.uniform(0.0, 2.0 * np.pi)
     v = np.array([np.sin(heading), np.cos(heading)]) * rng.uniform(0.25, 0.45)
     bend = np.array([np.cos(heading), -np.sin(heading)]) * rng.normal(0.0, 0.1)
     centers = (c0[None] + tau[:, None] * v[None] + (tau**2 - tau)[:, None] * bend[None]).astype(np.float32)
     theta = (rng.uniform(0.0, 2.0 * np.pi) + rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 1.2) * tau).astype(np.float32)
-    scale = (1.0 + 0.12 * np.sin(2.0 * np.pi * rng.uniform(0.3, 0.7) * tau + rng.uniform(0, 2 * np.pi))).astype(np.float32)
+    pulse = 2.0 * np.pi * rng.uniform(0.3, 0.7) * tau + rng.uniform(0, 2 * np.pi)
+    scale = (1.0 + 0.12 * np.sin(pulse)).astype(np.float32)
     scale = scale / scale[0]
     texture = _draw_field(rng, 2, 6, 1.0, 3.0)
     level = rng.uniform(0.7, 0.85)
@@ -590,6 +601,7 @@ def _render_sequence(rng: np.random.Generator, shape: tuple[int, int], num_frame
     pos_x = centers[:, 1, None, None] + s_t * (st * by0[None] + ct * bx0[None])
     motion = np.stack([pos_y - y[None], pos_x - x[None]]) / np.float32(px)  # pixels along (H, W)
     motion = motion * mask[0][None, None]
+    motion[:, 0] = 0.0  # exact by definition (removes rounding noise)
     center_px = centers / np.float32(px) + (np.array(shape, dtype=np.float32) - 1) / 2.0
     return {
         "image": _to_unit(frames)[None],
@@ -667,7 +679,7 @@ def _vessel_tree(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.nda
         if ndim == 2:
             a = 2 * np.pi * (j + rng.uniform(-0.25, 0.25)) / n_main
             direction = np.array([np.sin(a), np.cos(a)])
-        w0 = max(rng.uniform(0.035, 0.055), 1.2 * px)
+        w0 = max(rng.uniform(0.035, 0.055), (1.2 if ndim == 2 else 1.6) * px)
         pts, rad = curve(root, direction, rng.uniform(1.0, 1.8), w0, max(0.4 * w0, 0.6 * px))
         points.append(pts)
         radii.append(rad)
@@ -681,7 +693,9 @@ def _vessel_tree(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.nda
     return np.concatenate(points).astype(np.float32), np.concatenate(radii).astype(np.float32), root
 
 
-def _tube_distance(shape: Sequence[int], points: np.ndarray, radii: np.ndarray, cap: float, chunk: int = 32) -> np.ndarray:
+def _tube_distance(
+    shape: Sequence[int], points: np.ndarray, radii: np.ndarray, cap: float, chunk: int = 32
+) -> np.ndarray:
     """Signed distance to the union of balls (points, radii), negative inside, capped at ``cap``.
 
     Each ball only touches the pixels of its bounding box (radius + cap), so the cost grows with the number
@@ -716,7 +730,7 @@ def _render_two_modality(rng: np.random.Generator, shape: tuple[int, ...], affin
 
     # source: bright vessels on a dark, finely textured background, additive Gaussian noise (OCTA/MRA-like)
     soft_s = _sigmoid(-sd / (0.5 * px))
-    bg_s = 0.1 + 0.04 * _field(rng, coords, 6, 0.5, 2.0) + 0.03 * _field(rng, coords, 8, 4.0, 9.0)
+    bg_s = 0.1 + 0.04 * _field(rng, coords, 6, 0.5, 2.0) + 0.03 * _field(rng, coords, 16, 4.0, 9.0)
     ves_s = rng.uniform(0.75, 0.95) * (1.0 + 0.05 * _field(rng, coords, 6, 2.0, 5.0))
     source = bg_s * (1.0 - soft_s) + ves_s * soft_s + rng.normal(0.0, 0.03, shape)
 
@@ -779,7 +793,8 @@ def _render_class(rng: np.random.Generator, shape: tuple[int, int], channels: in
     along = np.cos(fibre_dir) * y + np.sin(fibre_dir) * x
     fibres = np.cos(np.pi * rng.uniform(6.0, 10.0) * along + 1.5 * _field(rng, coords, 6, 0.5, 2.0))
     bg_col = np.array([0.93, 0.66 + 0.08 * t, 0.80]) + rng.normal(0.0, 0.02, 3)
-    bg = bg_col[:, None, None] * (1.0 - (0.06 * (1 - t) + 0.02) * fibres - 0.04 * _field(rng, coords, 6, 0.5, 2.0))[None]
+    stroma = 1.0 - (0.06 * (1 - t) + 0.02) * fibres - 0.04 * _field(rng, coords, 6, 0.5, 2.0)
+    bg = bg_col[:, None, None] * stroma[None]
 
     # nuclei: haematoxylin-purple ellipses; density, size and roundness set by the class
     area = float(np.prod(ext)) * 4.0
@@ -800,7 +815,7 @@ def _render_class(rng: np.random.Generator, shape: tuple[int, int], channels: in
         sd = (np.sqrt(u**2 + v**2) - 1.0) * size[sl, None, None]
         nuc = np.maximum(nuc, _sigmoid(-sd / (0.5 * px)).max(axis=0))
     nuc_col = np.array([0.36, 0.22, 0.55]) * (1.0 - 0.25 * t) + rng.normal(0.0, 0.02, 3)
-    chromatin = 1.0 + 0.1 * _field(rng, coords, 8, 6.0, 12.0)
+    chromatin = 1.0 + 0.1 * _field(rng, coords, 16, 6.0, 12.0)
     rgb = bg * (1.0 - nuc) + (nuc_col[:, None, None] * chromatin[None]) * nuc
     rgb = rgb + rng.normal(0.0, 0.01, rgb.shape)
     if channels == 1:
@@ -845,6 +860,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -854,8 +870,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def _png_bytes(array: np.ndarray) -> bytes:
     """PNG of a channel-first (1 or 3, H, W) array in [0, 1] (float) or an integer array (uint8 values)."""
-    if not _has_pil:
-        raise ImportError("writing PNG phantoms needs Pillow: pip install pillow")
     a = np.asarray(array)
     if a.dtype.kind == "f":
         a = np.round(np.clip(a, 0.0, 1.0) * 255.0)
@@ -868,8 +882,6 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     """Gzipped NIfTI-1 of an array (stored as is, spatial axes in array order), reproducible byte for byte."""
-    if not _has_nib:
-        raise ImportError("writing NIfTI phantoms needs nibabel: pip install nibabel")
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(img.affine, code=1)
@@ -878,14 +890,17 @@ def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
 
 
 def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
-    if class_names is None:
-        return [f"class_{c}" for c in range(num_classes)]
+    if class_names is None:  # zero-padded, so that sorting the folder names keeps the class order
+        width = len(str(num_classes - 1))
+        return [f"class_{c:0{width}d}" for c in range(num_classes)]
     names = [str(n) for n in class_names]
     if len(names) != num_classes:
         raise ValueError(f"class_names has {len(names)} names but num_classes is {num_classes}; give one per class.")
     bad = [n for n in names if not n or n.startswith(".") or "/" in n or "\\" in n or n in ("..",)]
     if bad or len(set(names)) != len(names):
-        raise ValueError(f"class_names must be distinct, non-empty folder names without '/' or a leading '.', got {names}.")
+        raise ValueError(
+            f"class_names must be distinct, non-empty folder names without '/' or a leading '.', got {names}."
+        )
     return names
 
 
@@ -906,10 +921,15 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
             except (OSError, ValueError):
                 files = []
             root = out_dir.resolve()
+            parents = set()
             for rel in files:
                 p = (out_dir / rel).resolve()
                 if root in p.parents and p.is_file():
                     p.unlink()
+                    parents.update(q for q in p.parents if root in q.parents)
+            for q in sorted(parents, key=lambda q: len(q.parts), reverse=True):  # folders it emptied
+                if q.is_dir() and not any(q.iterdir()):
+                    q.rmdir()
             manifest.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -928,12 +948,14 @@ def write_phantom_dataset(
     Layouts (``<stem>`` is ``phantom_0000``, ``phantom_0001``, ...; MRI cases are ``case_0000``, ...):
 
     - ``"endoscopy"``, ``"grey"`` (Kvasir-SEG layout): ``out_dir/images/<stem>.png`` (RGB or L) and
-      ``out_dir/masks/<stem>.png`` (L, 0/255).
+      ``out_dir/masks/<stem>.png`` (L, 0/255). PNG masks are 0/255, NIfTI masks and labels 0/1 (0..K).
     - ``"mri"`` (BRATS-like): ``out_dir/case_0000/{Flair,T1c}.nii.gz`` (one file per modality, names in
       :data:`MRI_FILE_NAMES`), ``OTMultiClass.nii.gz`` (uint8 label map) and ``brainmask.nii.gz``; all
       ``(D, H, W)`` volumes with the phantom affine.
     - ``"sequence"``: ``out_dir/<class_name>/<stem>.nii.gz``, the clip as an ``(H, W, T)`` float32 volume
-      (frames along the last axis, like a slice stack), 1 mm pixels.
+      (frames along the last axis, like a slice stack), 1 mm pixels. Only the clip is written, not its
+      motion field. Classes cycle ``i % num_classes`` and ``num >= num_classes``, so every class folder
+      holds at least one sample.
     - ``"two_modality"``: ``out_dir/{source,target}/images/<stem>`` and ``out_dir/{source,target}/masks/<stem>``
       (the masks are identical), ``.png`` for 2D and ``.nii.gz`` for 3D.
     - ``"classes"``: ``out_dir/<class_name>/<stem>.png`` from :func:`make_class_phantoms`.
@@ -948,8 +970,9 @@ def write_phantom_dataset(
         seed: non-negative seed.
         overwrite: allow a non-empty ``out_dir``; the files listed by an earlier manifest there are removed
             first, other files are left alone and same-named files are replaced.
-        class_names: folder names of the classes for ``"sequence"`` and ``"classes"`` (default
-            ``class_0``, ``class_1``, ...).
+        class_names: folder names of the classes for ``"sequence"`` and ``"classes"``, in class-index order
+            (default ``class_0``, ``class_1``, ..., zero-padded beyond ten classes); the manifest records them
+            in this order, since sorting custom names may not give the class order.
         kwargs: passed to the generator (e.g. ``spatial_size``, ``num_classes``, ``num_frames``,
             ``modalities``, ``channels``).
 
@@ -971,7 +994,13 @@ def write_phantom_dataset(
     samples = generators[kind](num, seed=seed, **kwargs)  # validates num, seed and kwargs before touching disk
     names = None
     if kind in ("sequence", "classes"):
-        names = _class_names(class_names, int(kwargs.get("num_classes", 2)))
+        default = inspect.signature(generators[kind]).parameters["num_classes"].default
+        names = _class_names(class_names, int(kwargs.get("num_classes", default)))
+        if num < len(names):
+            raise ValueError(
+                f"num={num} is smaller than num_classes={len(names)}: a class folder would stay empty. "
+                "Ask for at least one sample per class (classes cycle i % num_classes)."
+            )
     out = Path(out_dir).expanduser()
     _prepare_out_dir(out, overwrite)
 
@@ -1013,11 +1042,12 @@ def write_phantom_dataset(
         "kind": kind,
         "num": int(num),
         "seed": int(seed),
-        "kwargs": {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in kwargs.items()},
+        "kwargs": kwargs,
         "class_names": names,
         "files": [f.as_posix() for f in files],
     }
-    _atomic_write_bytes(out / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
+    text = json.dumps(manifest, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    _atomic_write_bytes(out / MANIFEST_NAME, text.encode())
     return out
 
 
@@ -1053,7 +1083,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
             kwargs[key] = tuple(value) if isinstance(value, list) else value
     try:
         out = write_phantom_dataset(
-            args.kind, args.out, args.num, seed=args.seed, overwrite=args.overwrite, class_names=args.class_names, **kwargs
+            args.kind,
+            args.out,
+            args.num,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            class_names=args.class_names,
+            **kwargs,
         )
     except (TypeError, ValueError, FileExistsError, NotADirectoryError) as e:
         parser.error(str(e))

@@ -9,4 +9,57 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""The generative core: one generator, one sampler with guidance plug-ins, one inversion."""
+
 from __future__ import annotations
+
+from .latent_generator import (
+    CONDITION_KEYS,
+    LatentGenerator,
+    concat_conditions,
+    generator_config,
+)
+from .ddim import (
+    CLEAN,
+    alpha_bar,
+    ddim_transition,
+    timestep_path,
+    to_epsilon_and_x0,
+)
+from .guidance import (
+    Guidance,
+    NoGuidance,
+    ClassifierFreeGuidance,
+    MultiConditionGuidance,
+    ClassifierGuidance,
+)
+from .sampler import DiffusionSampler, SamplerStep
+from .inversion import (
+    ddim_invert,
+    ddim_jump,
+    inversion_path,
+    predict_epsilon,
+)
+
+__all__ = [
+    "CONDITION_KEYS",
+    "LatentGenerator",
+    "concat_conditions",
+    "generator_config",
+    "CLEAN",
+    "alpha_bar",
+    "ddim_transition",
+    "timestep_path",
+    "to_epsilon_and_x0",
+    "Guidance",
+    "NoGuidance",
+    "ClassifierFreeGuidance",
+    "MultiConditionGuidance",
+    "ClassifierGuidance",
+    "DiffusionSampler",
+    "SamplerStep",
+    "ddim_invert",
+    "ddim_jump",
+    "inversion_path",
+    "predict_epsilon",
+]

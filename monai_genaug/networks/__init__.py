@@ -9,4 +9,47 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""Networks MONAI lacks: learned prompt conditions, LoRA adapters, GMS mapping net, noisy-latent classifier, sequence UNet."""
+
 from __future__ import annotations
+
+from .conditioning import NULL_PROMPT, PromptEmbedding
+from .lora import (
+    DEFAULT_LORA_TARGETS,
+    LORA_TARGET_PRESETS,
+    resolve_lora_targets,
+    apply_lora,
+    has_lora,
+    get_lora_config,
+    lora_parameters,
+    lora_state_dict,
+    count_trainable_parameters,
+    save_lora,
+    load_lora,
+    merge_lora,
+    remove_lora,
+    set_lora_scale,
+    set_lora_enabled,
+    lora_disabled,
+)
+
+__all__ = [
+    "NULL_PROMPT",
+    "PromptEmbedding",
+    "DEFAULT_LORA_TARGETS",
+    "LORA_TARGET_PRESETS",
+    "resolve_lora_targets",
+    "apply_lora",
+    "has_lora",
+    "get_lora_config",
+    "lora_parameters",
+    "lora_state_dict",
+    "count_trainable_parameters",
+    "save_lora",
+    "load_lora",
+    "merge_lora",
+    "remove_lora",
+    "set_lora_scale",
+    "set_lora_enabled",
+    "lora_disabled",
+]

@@ -9,4 +9,30 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""MONAI transforms (array and dictionary variants) of monai_genaug."""
+
 from __future__ import annotations
+
+from .io import (
+    BRATS2013_REGIONS,
+    BinarizeLabel,
+    BinarizeLabeld,
+    BinarizeLabelD,
+    BinarizeLabelDict,
+    LabelToRegions,
+    LabelToRegionsd,
+    LabelToRegionsD,
+    LabelToRegionsDict,
+)
+
+__all__ = [
+    "BRATS2013_REGIONS",
+    "BinarizeLabel",
+    "BinarizeLabeld",
+    "BinarizeLabelD",
+    "BinarizeLabelDict",
+    "LabelToRegions",
+    "LabelToRegionsd",
+    "LabelToRegionsD",
+    "LabelToRegionsDict",
+]

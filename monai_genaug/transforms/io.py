@@ -106,7 +106,9 @@ class BinarizeLabel(Transform):
             img: channel-first mask, shape (C, spatial...).
         """
         if img.ndim < 2:
-            raise ValueError(f"BinarizeLabel expects a channel-first array (C, spatial...), got shape {tuple(img.shape)}.")
+            raise ValueError(
+                f"BinarizeLabel expects a channel-first array (C, spatial...), got shape {tuple(img.shape)}."
+            )
         x = convert_to_tensor(img, track_meta=False)
         if not torch.is_floating_point(x):
             x = x.to(torch.float32)
@@ -170,7 +172,9 @@ class LabelToRegions(Transform):
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(
-        self, regions: Sequence[Sequence[int]] | Mapping[str, Sequence[int]], dtype: DtypeLike | torch.dtype = torch.float32
+        self,
+        regions: Sequence[Sequence[int]] | Mapping[str, Sequence[int]],
+        dtype: DtypeLike | torch.dtype = torch.float32,
     ) -> None:
         values = list(regions.values()) if isinstance(regions, Mapping) else list(regions)
         if not values:
