@@ -17,7 +17,7 @@ batch axis), then combines the branch outputs linearly, and may correct the resu
 - :class:`ClassifierFreeGuidance`: ``null + s * (cond - null)`` with any null condition
   (Ho & Salimans, arXiv:2207.12598).
 - :class:`MultiConditionGuidance`: any weighted sum of branches, e.g. TTGA's three-branch form
-  ``s_u * eps(null) + s_c * eps(prompt) + s_i * eps(identity)`` (Ma et al., "Test-Time Generative Augmentation for
+  ``s_u * eps(null) + s_c * eps(prompt) + s_i * eps(identity)`` ("Test-Time Generative Augmentation for
   Medical Image Segmentation", arXiv:2406.17608), see :meth:`MultiConditionGuidance.ttga`.
 - :class:`ClassifierGuidance`: ``eps - s * sqrt(1 - a_t) * grad log p(y | x_t, t)`` from a noisy-input classifier
   (Dhariwal & Nichol, arXiv:2105.05233), on top of any of the above (HistoDiffusion).

@@ -13,7 +13,7 @@
 DDIM inversion (Song et al., arXiv:2010.02502; Mokady et al., "Null-text Inversion", arXiv:2211.09794) runs the
 deterministic DDIM transition towards *more* noise, mapping a clean latent to the ``x_tau`` from which DDIM
 denoising reproduces it. :func:`ddim_jump` moves from ``x_t`` to any level ``t'`` with a single noise estimate:
-TTGA's identity path and its null-text loss (Ma et al., arXiv:2406.17608, spec A4/A5) jump from tau straight to 0.
+TTGA's identity path and its null-text loss (arXiv:2406.17608, spec A4/A5) jump from tau straight to 0.
 Both go through the same guidance plug-ins and the same transition formula as :class:`DiffusionSampler`.
 """
 

@@ -144,6 +144,7 @@ def generator_config(
     beta_start: float = 0.0015,
     beta_end: float = 0.0195,
     use_flash_attention: bool = False,
+    cross_attention_dim: int | None = None,
 ) -> dict[str, Any]:
     """Build a JSON-serialisable :class:`LatentGenerator` config from a size preset and the conditions wanted.
 
@@ -162,6 +163,8 @@ def generator_config(
         beta_start: first beta of linear schedules.
         beta_end: last beta of linear schedules.
         use_flash_attention: use PyTorch scaled-dot-product attention in the UNet (faster, no attention maps).
+        cross_attention_dim: width of the cross-attention context; default the preset's when ``num_prompts`` is set.
+            Give it without ``num_prompts`` for a generator conditioned on raw ``context`` embeddings (e.g. CLIP).
     """
     if preset not in _PRESETS:
         raise ValueError(f"unknown preset '{preset}'; choose one of {sorted(_PRESETS)}.")
@@ -191,7 +194,7 @@ def generator_config(
             "conditioning": {
                 "num_prompts": num_prompts,
                 "prompt_tokens": p["prompt_tokens"],
-                "cross_attention_dim": p["cross_attention_dim"] if num_prompts else None,
+                "cross_attention_dim": cross_attention_dim or (p["cross_attention_dim"] if num_prompts else None),
                 "num_classes": num_classes,
                 "seg_channels": seg_channels,
                 "concat_channels": concat_channels,

@@ -9,4 +9,13 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""MONAI inferers of monai_genaug."""
+
 from __future__ import annotations
+
+from .generative_tta import CONCAT_UNCERTAINTY, GenerativeTTAInferer
+
+__all__ = [
+    "CONCAT_UNCERTAINTY",
+    "GenerativeTTAInferer",
+]

@@ -9,4 +9,22 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""The five methods, each a small pipeline composed of the generative core."""
+
 from __future__ import annotations
+
+from .ttga import (
+    MASK_SCHEMES,
+    TTGAState,
+    TTGAOutput,
+    TTGAAugmenter,
+    ttga_legacy_scheduler,
+)
+
+__all__ = [
+    "MASK_SCHEMES",
+    "TTGAState",
+    "TTGAOutput",
+    "TTGAAugmenter",
+    "ttga_legacy_scheduler",
+]

@@ -9,4 +9,32 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""Segmentation, uncertainty / error-estimation and synthetic-quality metrics."""
+
 from __future__ import annotations
+
+from .uncertainty import (
+    mean_probability,
+    predictive_entropy,
+    expected_entropy,
+    mutual_information,
+    predictive_variance,
+    uncertainty_maps,
+    roc_auc,
+    error_map,
+    error_estimation_auc,
+    error_estimation_dice,
+)
+
+__all__ = [
+    "mean_probability",
+    "predictive_entropy",
+    "expected_entropy",
+    "mutual_information",
+    "predictive_variance",
+    "uncertainty_maps",
+    "roc_auc",
+    "error_map",
+    "error_estimation_auc",
+    "error_estimation_dice",
+]

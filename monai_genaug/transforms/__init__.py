@@ -24,6 +24,12 @@ from .io import (
     LabelToRegionsD,
     LabelToRegionsDict,
 )
+from .generative_tta import (
+    RandGenerativeTTA,
+    RandGenerativeTTAd,
+    RandGenerativeTTAD,
+    RandGenerativeTTADict,
+)
 
 __all__ = [
     "BRATS2013_REGIONS",
@@ -35,4 +41,8 @@ __all__ = [
     "LabelToRegionsd",
     "LabelToRegionsD",
     "LabelToRegionsDict",
+    "RandGenerativeTTA",
+    "RandGenerativeTTAd",
+    "RandGenerativeTTAD",
+    "RandGenerativeTTADict",
 ]

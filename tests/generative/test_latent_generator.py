@@ -143,3 +143,13 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
         LatentGenerator.load(str(tmp_path / "junk.pt"))
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         LatentGenerator.load(str(tmp_path / "missing.pt"))
+
+
+def test_raw_context_generator():
+    """A generator conditioned on raw embeddings (e.g. CLIP) has cross-attention but no learned prompts."""
+    gen = LatentGenerator.from_preset("tiny", spatial_dims=2, cross_attention_dim=12)
+    assert gen.uses_context and gen.prompt_embedding is None
+    z = torch.randn(2, 2, 8, 8)
+    assert gen(z, 3, {"context": torch.randn(2, 5, 12)}).shape == z.shape
+    with pytest.raises(ValueError, match="needs a cross-attention 'context'"):
+        gen(z, 3)
