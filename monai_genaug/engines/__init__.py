@@ -9,4 +9,75 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""Ignite workflows: prepare-batch classes, diffusion / autoencoder / LoRA trainers, handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking."""
+
 from __future__ import annotations
+
+from .prepare_batch import LatentDiffusionPrepareBatch
+from .diffusion import (
+    GeneratorSamples,
+    FinalGeneratorSaver,
+    trainable_modules,
+    create_diffusion_trainer,
+)
+from .autoencoder import (
+    kl_divergence,
+    AutoencoderKLTrainer,
+    ReconstructionSamples,
+    FinalAutoencoderSaver,
+    create_perceptual_loss,
+    create_autoencoder_trainer,
+)
+from .ema import EMAHandler
+from .nan_guard import NonFiniteLossError, NaNGuard
+from .resume import (
+    CHECKPOINT_FORMAT,
+    get_rng_state,
+    set_rng_state,
+    AttributeState,
+    find_non_finite,
+    loader_generators,
+    ResumableCheckpointHandler,
+)
+from .sample_grid import SampleGridHandler
+from .tracking import (
+    TrackingUnavailableWarning,
+    default_tracking_uri,
+    check_tracking_uri,
+    flatten_params,
+    loss_from_output,
+    SafeMLFlowHandler,
+    create_mlflow_handler,
+)
+
+__all__ = [
+    "LatentDiffusionPrepareBatch",
+    "GeneratorSamples",
+    "FinalGeneratorSaver",
+    "trainable_modules",
+    "create_diffusion_trainer",
+    "kl_divergence",
+    "AutoencoderKLTrainer",
+    "ReconstructionSamples",
+    "FinalAutoencoderSaver",
+    "create_perceptual_loss",
+    "create_autoencoder_trainer",
+    "EMAHandler",
+    "NonFiniteLossError",
+    "NaNGuard",
+    "CHECKPOINT_FORMAT",
+    "get_rng_state",
+    "set_rng_state",
+    "AttributeState",
+    "find_non_finite",
+    "loader_generators",
+    "ResumableCheckpointHandler",
+    "SampleGridHandler",
+    "TrackingUnavailableWarning",
+    "default_tracking_uri",
+    "check_tracking_uri",
+    "flatten_params",
+    "loss_from_output",
+    "SafeMLFlowHandler",
+    "create_mlflow_handler",
+]

@@ -33,10 +33,9 @@ import torch
 from monai.engines import DiffusionPrepareBatch
 from torch import nn
 
-__all__ = ["CONDITION_NAMES", "LatentDiffusionPrepareBatch"]
+from monai_genaug.generative.latent_generator import CONDITION_KEYS
 
-#: condition names understood by ``LatentGenerator.forward``
-CONDITION_NAMES = ("prompt", "context", "class_labels", "seg", "concat")
+__all__ = ["LatentDiffusionPrepareBatch"]
 
 
 class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
@@ -80,10 +79,10 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
             condition_keys = {condition_keys: condition_keys}
         elif not isinstance(condition_keys, Mapping):
             condition_keys = {k: k for k in condition_keys}
-        unknown = sorted(set(condition_keys) - set(CONDITION_NAMES))
+        unknown = sorted(set(condition_keys) - set(CONDITION_KEYS))
         if unknown:
             raise ValueError(
-                f"unknown condition name(s) {unknown} in condition_keys; use {list(CONDITION_NAMES)} "
+                f"unknown condition name(s) {unknown} in condition_keys; use {list(CONDITION_KEYS)} "
                 "mapped to batch keys, e.g. {'class_labels': 'label'}."
             )
         self.generator = generator
@@ -135,11 +134,13 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         if prediction_type == "sample":
             return images
         raise ValueError(
-            f"scheduler.prediction_type '{prediction_type}' is not supported; use 'epsilon', 'v_prediction' or 'sample'."
+            f"scheduler.prediction_type '{prediction_type}' is not supported; "
+            "use 'epsilon', 'v_prediction' or 'sample'."
         )
 
-    def get_latents(self, batchdata: Mapping[str, Any], device: torch.device | str | None, non_blocking: bool,
-                    **kwargs: Any) -> torch.Tensor:
+    def get_latents(
+        self, batchdata: Mapping[str, Any], device: torch.device | str | None, non_blocking: bool, **kwargs: Any
+    ) -> torch.Tensor:
         """Clean latents ``x0``: ``batch[latent_key]`` when present, else the images encoded without gradients."""
         if self.latent_key in batchdata:
             return torch.as_tensor(batchdata[self.latent_key]).to(device=device, non_blocking=non_blocking, **kwargs)
@@ -157,8 +158,10 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
                 return self.generator.encode(images)
             return self.generator.encode(images, sample=self.sample_posterior, generator=self._rng_on(images.device))
 
-    def get_condition(self, batchdata: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
-        """Gather the conditions (still on the loader's device) from the batch; None when there are none."""
+    def get_condition(
+        self, batchdata: Mapping[str, Any], device: torch.device | str | None = None, non_blocking: bool = False
+    ) -> dict[str, torch.Tensor] | None:
+        """Gather the conditions from the batch and move them to ``device``; None when there are none."""
         if not self.condition_keys:
             return None
         missing = [key for key in self.condition_keys.values() if key not in batchdata]
@@ -172,15 +175,18 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
             value = torch.as_tensor(batchdata[key])
             if name in ("prompt", "class_labels"):
                 value = value.reshape(value.shape[0], -1)[:, 0].long() if value.ndim > 1 else value.long()
-            condition[name] = value
+            condition[name] = value.to(device=device, non_blocking=non_blocking)
         return condition
 
     def drop_condition(self, condition: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-        """Apply condition dropout through ``generator.drop_condition`` (a no-op for ``condition_dropout=0``)."""
+        """Apply condition dropout through ``generator.drop_condition`` (a no-op for ``condition_dropout=0``).
+
+        The dropout mask is drawn from the CPU generator (``LatentGenerator.drop_condition`` draws on the CPU and
+        moves the mask to the conditions' device).
+        """
         if condition is None or self.condition_dropout <= 0.0:
             return condition
-        device = next(iter(condition.values())).device
-        return self.generator.drop_condition(condition, self.condition_dropout, generator=self._rng_on(device))
+        return self.generator.drop_condition(condition, self.condition_dropout, generator=self.rng)
 
     def __call__(
         self,
@@ -200,11 +206,5 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
         timesteps = self.get_timesteps(x0)
         noisy = self.scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
         target = self.get_target(x0, noise, timesteps)
-        condition = self.drop_condition(self.get_condition(batchdata))
-        infer_kwargs: dict[str, Any] = {}
-        if condition is not None:
-            infer_kwargs["condition"] = {
-                k: v.to(device=device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
-                for k, v in condition.items()
-            }
-        return noisy, target, (timesteps,), infer_kwargs
+        condition = self.drop_condition(self.get_condition(batchdata, device, non_blocking))
+        return noisy, target, (timesteps,), ({} if condition is None else {"condition": condition})

@@ -17,7 +17,12 @@ the engine counters. On ``STARTED`` it loads the file (``weights_only=True``) wh
 exists; otherwise it seeds the global RNGs. It never overwrites the last good checkpoint with non-finite weights.
 
 Checkpoints are taken at epoch boundaries only: a run killed mid-epoch restarts that epoch from its beginning, with
-the same data order and the same random draws, so the final weights equal those of an uninterrupted run.
+the same data order and the same random draws, so the final weights equal those of an uninterrupted run. To make the
+data order a function of the saved state only, the handler starts a fresh data-loader iterator at every epoch start
+(Ignite would otherwise advance the previous epoch's iterator once more, which draws from the shuffling generator in
+an uninterrupted run but not in a resumed one). Random MONAI transforms run in the main process
+(``num_workers=0``) keep their own random states, which are not checkpointed; use ``num_workers > 0`` (MONAI seeds
+the workers from the loader's generator) when augmentations must resume exactly.
 """
 
 from __future__ import annotations
@@ -35,9 +40,22 @@ import torch
 from monai.utils import set_determinism
 from torch import nn
 
-from monai_genaug.utils.checkpoint import CheckpointMismatchError, atomic_save, check_state_dict_compatible, load_checkpoint
+from monai_genaug.utils.checkpoint import (
+    CheckpointMismatchError,
+    atomic_save,
+    check_state_dict_compatible,
+    load_checkpoint,
+)
 
-__all__ = ["CHECKPOINT_FORMAT", "get_rng_state", "set_rng_state", "ResumableCheckpointHandler"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "get_rng_state",
+    "set_rng_state",
+    "AttributeState",
+    "find_non_finite",
+    "loader_generators",
+    "ResumableCheckpointHandler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +68,12 @@ def get_rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "random": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -64,8 +86,13 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     np_state = state["numpy"]
     np.random.set_state(
-        ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"],
-         np_state["cached_gaussian"])
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
     )
     rnd = state["random"]
     random.setstate((rnd[0], tuple(rnd[1]), rnd[2]))
@@ -73,7 +100,30 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _non_finite_modules(save_dict: Mapping[str, Any]) -> list[str]:
+class AttributeState:
+    """Checkpoint ``getattr(owner, name)`` as it is at save / load time (e.g. a trainer's GradScaler, created in run()).
+
+    Args:
+        owner: the object holding the attribute.
+        name: the attribute name; a missing or None attribute saves an empty dict and loads nothing.
+    """
+
+    def __init__(self, owner: Any, name: str) -> None:
+        self.owner = owner
+        self.name = name
+
+    def state_dict(self) -> dict[str, Any]:
+        obj = getattr(self.owner, self.name, None)
+        return {} if obj is None else obj.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        obj = getattr(self.owner, self.name, None)
+        if obj is not None and state_dict:
+            obj.load_state_dict(state_dict)
+
+
+def find_non_finite(save_dict: Mapping[str, Any]) -> list[str]:
+    """Names of the networks in ``save_dict`` with a NaN/inf weight or buffer, as ``"<name>.<first bad key>"``."""
     bad = []
     for name, obj in save_dict.items():
         if isinstance(obj, nn.Module):
@@ -82,6 +132,16 @@ def _non_finite_modules(save_dict: Mapping[str, Any]) -> list[str]:
                     bad.append(f"{name}.{key}")
                     break
     return bad
+
+
+def loader_generators(loader: Any) -> dict[str, torch.Generator]:
+    """The ``torch.Generator`` objects that drive a data loader's shuffling (to checkpoint them)."""
+    found: dict[str, torch.Generator] = {}
+    for name, owner in (("loader_generator", loader), ("sampler_generator", getattr(loader, "sampler", None))):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found.values()):
+            found[name] = gen
+    return found
 
 
 class ResumableCheckpointHandler:
@@ -98,6 +158,8 @@ class ResumableCheckpointHandler:
         strict: a missing or mismatched entry raises instead of being skipped with a warning.
         seed: when the run starts fresh (nothing resumed), seed the global RNGs with ``monai.utils.set_determinism``;
             None leaves them alone.
+        fresh_epoch_iterator: start a new data-loader iterator at every epoch start (needed for an exact resume; with
+            an ``epoch_length`` shorter than the loader every epoch then starts at the loader's beginning).
 
     Raises (when resuming):
         CheckpointMismatchError: a network in the checkpoint does not fit the network being trained.
@@ -113,11 +175,14 @@ class ResumableCheckpointHandler:
         resume: bool = True,
         strict: bool = True,
         seed: int | None = None,
+        fresh_epoch_iterator: bool = True,
     ) -> None:
         if save_interval < 1:
             raise ValueError(f"save_interval must be >= 1 epoch, got {save_interval}.")
         for name, obj in save_dict.items():
-            if not isinstance(obj, torch.Generator) and not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+            if not isinstance(obj, torch.Generator) and not (
+                hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")
+            ):
                 raise TypeError(
                     f"save_dict['{name}'] ({type(obj).__name__}) has no state_dict/load_state_dict and is not a "
                     "torch.Generator; it cannot be checkpointed."
@@ -129,6 +194,7 @@ class ResumableCheckpointHandler:
         self.resume = resume
         self.strict = strict
         self.seed = seed
+        self.fresh_epoch_iterator = fresh_epoch_iterator
         self.resumed_from: dict[str, int] | None = None
         self._last_saved_iteration: int | None = None
 
@@ -137,8 +203,15 @@ class ResumableCheckpointHandler:
         from ignite.engine import Events
 
         engine.add_event_handler(Events.STARTED, self.start)
+        if self.fresh_epoch_iterator:
+            engine.add_event_handler(Events.EPOCH_STARTED, self._fresh_iterator)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    @staticmethod
+    def _fresh_iterator(engine) -> None:
+        if engine.state.dataloader is not None:
+            engine.set_data(engine.state.dataloader)
 
     # ------------------------------------------------------------------ saving
     def state_dict(self, engine) -> dict[str, Any]:
@@ -163,7 +236,7 @@ class ResumableCheckpointHandler:
         if getattr(engine.state, "nan_detected", False):
             warnings.warn(f"not saving '{self.path}': a non-finite loss was detected in this run.", stacklevel=2)
             return None
-        bad = _non_finite_modules(self.save_dict)
+        bad = find_non_finite(self.save_dict)
         if bad:
             warnings.warn(
                 f"not saving '{self.path}': non-finite weights in {', '.join(bad)}; the last good checkpoint is kept.",
@@ -178,8 +251,10 @@ class ResumableCheckpointHandler:
     def completed(self, engine) -> None:
         """Save once more when training finished normally and the last epoch was not saved yet."""
         state = engine.state
-        finished = state.epoch_length is not None and state.max_epochs is not None and (
-            state.iteration >= state.epoch_length * state.max_epochs
+        finished = (
+            state.epoch_length is not None
+            and state.max_epochs is not None
+            and (state.iteration >= state.epoch_length * state.max_epochs)
         )
         if finished and self._last_saved_iteration != state.iteration:
             self.save(engine)
@@ -203,14 +278,20 @@ class ResumableCheckpointHandler:
             )
         meta = ckpt["engine"]
         state = engine.state
-        if state.epoch_length is not None and meta["epoch_length"] is not None and meta["epoch_length"] != state.epoch_length:
+        if (
+            state.epoch_length is not None
+            and meta["epoch_length"] is not None
+            and meta["epoch_length"] != state.epoch_length
+        ):
             raise ValueError(
-                f"checkpoint '{path}' was written with {meta['epoch_length']} iterations per epoch but this trainer runs "
+                f"checkpoint '{path}' was written with {meta['epoch_length']} iterations per epoch but this trainer "
+                f"runs "
                 f"{state.epoch_length}; resume with the same data loader (batch size, data set) or pass resume=False."
             )
         if state.max_epochs is not None and meta["epoch"] > state.max_epochs:
             raise ValueError(
-                f"checkpoint '{path}' is at epoch {meta['epoch']}, beyond this trainer's max_epochs={state.max_epochs}; "
+                f"checkpoint '{path}' is at epoch {meta['epoch']}, beyond this trainer's "
+                f"max_epochs={state.max_epochs}; "
                 "raise max_epochs to continue training."
             )
         objects = ckpt["objects"]

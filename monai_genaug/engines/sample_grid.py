@@ -103,7 +103,9 @@ class SampleGridHandler:
     def sample(self) -> torch.Tensor:
         """Run ``sample_fn`` without gradients, with EMA weights when given, without touching the global RNG."""
         was_training = self.network.training if self.network is not None else None
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        devices = (
+            list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        )
         try:
             if self.network is not None:
                 self.network.eval()
@@ -123,9 +125,17 @@ class SampleGridHandler:
     def __call__(self, engine) -> Path:
         """Sample, write the grid, log it to MLflow; returns the PNG path."""
         count = engine.state.epoch if self.epoch_level else engine.state.iteration
-        name = f"{self.file_prefix}_epoch{count:04d}.png" if self.epoch_level else f"{self.file_prefix}_iter{count:06d}.png"
+        name = (
+            f"{self.file_prefix}_epoch{count:04d}.png"
+            if self.epoch_level
+            else f"{self.file_prefix}_iter{count:06d}.png"
+        )
         path = save_image_grid(
-            self.sample(), self.output_dir / name, nrow=self.nrow, normalise=self.normalise, sequence_dim=self.sequence_dim
+            self.sample(),
+            self.output_dir / name,
+            nrow=self.nrow,
+            normalise=self.normalise,
+            sequence_dim=self.sequence_dim,
         )
         self.paths.append(path)
         logger.info(f"saved sample grid '{path}'.")
@@ -133,5 +143,7 @@ class SampleGridHandler:
             if hasattr(self.mlflow_handler, "log_artifact"):
                 self.mlflow_handler.log_artifact(path, self.artifact_path)
             elif getattr(self.mlflow_handler, "cur_run", None) is not None:
-                self.mlflow_handler.client.log_artifact(self.mlflow_handler.cur_run.info.run_id, str(path), self.artifact_path)
+                self.mlflow_handler.client.log_artifact(
+                    self.mlflow_handler.cur_run.info.run_id, str(path), self.artifact_path
+                )
         return path

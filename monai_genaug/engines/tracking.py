@@ -208,6 +208,18 @@ class SafeMLFlowHandler(MLFlowHandler):
         except Exception as e:
             self._disable("close", e)
 
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log scalar metrics (e.g. an evaluator's ``val_loss``) into the current run at ``step``.
+
+        Args:
+            metrics: name -> number.
+            step: the step (e.g. the trainer's epoch).
+        """
+        if self.disabled or self.cur_run is None or not metrics:
+            return
+        values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
+        self._guarded("log_metrics", self._log_metrics, values, step)
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Log one file into the current run (no-op when tracking is off or the run has not started).
 
@@ -217,7 +229,9 @@ class SafeMLFlowHandler(MLFlowHandler):
         """
         if self.disabled or self.cur_run is None:
             return
-        self._guarded("log_artifact", self.client.log_artifact, self.cur_run.info.run_id, os.fspath(path), artifact_path)
+        self._guarded(
+            "log_artifact", self.client.log_artifact, self.cur_run.info.run_id, os.fspath(path), artifact_path
+        )
 
 
 def create_mlflow_handler(
@@ -245,7 +259,8 @@ def create_mlflow_handler(
         params: hyper-parameters / config, flattened with :func:`flatten_params` and logged at start.
         tag_name: metric name of the per-iteration loss.
         iteration_log: log the loss every iteration.
-        epoch_log: log ``engine.state.metrics`` (e.g. the epoch mean ``train_loss``) every epoch.
+        epoch_log: log ``engine.state.metrics`` (e.g. the trainers' ``epoch_loss``, the epoch mean loss) every
+            epoch.
         artifacts: files or folders logged when the run completes.
         close_on_complete: mark the run finished when training completes.
         timeout: seconds allowed for probing an HTTP(S) tracking server.

@@ -43,7 +43,8 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, SPADEDiffusio
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
-from monai_genaug.networks.conditioning import NULL_PROMPT, PromptEmbedding
+from monai_genaug.networks.conditioning import PromptEmbedding
+from monai_genaug.networks.lora import apply_lora, get_lora_config, has_lora
 from monai_genaug.utils.checkpoint import atomic_save, check_state_dict_compatible, load_checkpoint, to_json_config
 
 __all__ = [
@@ -313,6 +314,8 @@ class LatentGenerator(nn.Module):
         unet = _UNETS[unet_type](
             spatial_dims=sd, in_channels=latent_channels + concat_channels, out_channels=latent_channels, **unet_cfg
         )
+        if config.get("lora"):
+            apply_lora(unet, **config["lora"])
         sched_type = sched_cfg.pop("type", "DDPMScheduler")
         if sched_type not in _SCHEDULERS:
             raise ValueError(f"unknown scheduler type '{sched_type}'; choose one of {sorted(_SCHEDULERS)}.")
@@ -339,11 +342,15 @@ class LatentGenerator(nn.Module):
         return cls.from_config(generator_config(preset, **kwargs))
 
     def save(self, path: str, extra: Mapping[str, Any] | None = None) -> None:
-        """Write weights + config to ``path`` atomically (temp file + rename); ``extra`` must be JSON-like."""
+        """Write weights + config to ``path`` atomically (temp file + rename); ``extra`` must be JSON-like.
+
+        A UNet with LoRA adapters is saved with its adapter config, so :meth:`load` rebuilds the adapters.
+        """
         if not self.config:
             raise ValueError("this generator was built without a config; build it with LatentGenerator.from_config().")
         config = dict(self.config)
         config["scale_factor"] = float(self.scale_factor)
+        config["lora"] = get_lora_config(self.unet) if has_lora(self.unet) else None
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         atomic_save(
             {"format": CHECKPOINT_FORMAT, "config": config, "state_dict": state, "extra": dict(extra or {})}, path
@@ -600,6 +607,14 @@ class LatentGenerator(nn.Module):
         if "seg" in cond:
             kwargs["seg"] = cond["seg"].to(x_t.dtype)
         return self.unet(x, t, **kwargs)
+
+    def train(self, mode: bool = True) -> LatentGenerator:
+        """Set train mode on the UNet and prompts; the autoencoder stays in eval mode (it is frozen during diffusion
+        training; train it through its own trainer on ``generator.autoencoder``)."""
+        super().train(mode)
+        if self.autoencoder is not None:
+            self.autoencoder.eval()
+        return self
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters a diffusion trainer optimises: the UNet's and the prompt embedding's (autoencoder excluded)."""

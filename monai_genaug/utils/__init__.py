@@ -9,4 +9,28 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""Utilities: atomic checkpoints, image grids, data paths."""
+
 from __future__ import annotations
+
+from .checkpoint import (
+    atomic_save,
+    load_checkpoint,
+    check_state_dict_compatible,
+    CheckpointMismatchError,
+    to_json_config,
+)
+from .images import make_image_grid, save_image_grid
+from .paths import SHARED_DATA_ENV, shared_data_dir
+
+__all__ = [
+    "atomic_save",
+    "load_checkpoint",
+    "check_state_dict_compatible",
+    "CheckpointMismatchError",
+    "to_json_config",
+    "make_image_grid",
+    "save_image_grid",
+    "SHARED_DATA_ENV",
+    "shared_data_dir",
+]

@@ -39,13 +39,13 @@ def _as_tensor(batch) -> torch.Tensor:
     if isinstance(batch, np.ndarray):
         batch = torch.from_numpy(batch)
     if not isinstance(batch, torch.Tensor):
-        raise TypeError(f"tensor_batch must be a torch.Tensor, numpy array or list of them, got {type(batch).__name__}.")
+        raise TypeError(
+            f"tensor_batch must be a torch.Tensor, numpy array or list of them, got {type(batch).__name__}."
+        )
     return batch.detach().to("cpu", torch.float32)
 
 
-def _to_tiles(
-    batch: torch.Tensor, sequence_dim: int | None, slice_axis: int
-) -> tuple[torch.Tensor, int | None]:
+def _to_tiles(batch: torch.Tensor, sequence_dim: int | None, slice_axis: int) -> tuple[torch.Tensor, int | None]:
     """Return (N, C, H, W) tiles and the number of tiles per row forced by a sequence layout (or None)."""
     if batch.ndim < 4:
         raise ValueError(

@@ -153,3 +153,21 @@ def test_raw_context_generator():
     assert gen(z, 3, {"context": torch.randn(2, 5, 12)}).shape == z.shape
     with pytest.raises(ValueError, match="needs a cross-attention 'context'"):
         gen(z, 3)
+
+
+def test_lora_generator_round_trip_and_autoencoder_stays_eval(tmp_path):
+    from monai_genaug.networks.lora import apply_lora, has_lora
+
+    torch.manual_seed(0)
+    gen = LatentGenerator.from_preset("tiny", spatial_dims=2, num_prompts=1)
+    apply_lora(gen.unet, rank=2)
+    with torch.no_grad():
+        for name, p in gen.unet.named_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    gen.save(str(tmp_path / "lora_gen.pt"))
+    loaded = LatentGenerator.load(str(tmp_path / "lora_gen.pt"))
+    assert has_lora(loaded.unet)
+    z = torch.randn(1, 2, 8, 8)
+    assert torch.equal(gen.eval()(z, 5, {"prompt": torch.tensor([0])}), loaded.eval()(z, 5, {"prompt": torch.tensor([0])}))
+    loaded.train()
+    assert loaded.unet.training and not loaded.autoencoder.training

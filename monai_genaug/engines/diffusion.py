@@ -1,0 +1,468 @@
+# Copyright (c) monai_genaug contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""(Latent, conditional) diffusion training and LoRA fine-tuning of a ``LatentGenerator`` on MONAI's
+``SupervisedTrainer``.
+
+No custom trainer: :class:`~monai_genaug.engines.prepare_batch.LatentDiffusionPrepareBatch` turns each batch into
+``(x_t, target, (t,), {"condition": ...})`` and ``SupervisedTrainer(network=generator, inferer=SimpleInferer(),
+loss_function=MSELoss())`` regresses the scheduler's target (epsilon or v; Ho et al., arXiv:2006.11239; Salimans &
+Ho, arXiv:2202.00512) in pixel or latent space (Rombach et al., arXiv:2112.10752) with any conditioning and
+condition dropout (Ho & Salimans, arXiv:2207.12598). :func:`create_diffusion_trainer` adds the handlers: NaN guard,
+EMA, stats, MLflow, LR schedule, validation, sample grids, final generator files and a resumable checkpoint.
+
+LoRA fine-tuning is the same trainer on a generator whose UNet carries adapters
+(:func:`monai_genaug.networks.lora.apply_lora` freezes the base weights, so only the adapters are optimised); the
+final files are then LoRA adapter files (:func:`monai_genaug.networks.lora.save_lora`).
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from ignite.metrics import Average, Loss
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import LrScheduleHandler, StatsHandler
+from monai.inferers import SimpleInferer
+from torch import nn
+
+from monai_genaug.engines.ema import EMAHandler
+from monai_genaug.engines.nan_guard import NaNGuard
+from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
+from monai_genaug.engines.resume import AttributeState, ResumableCheckpointHandler, find_non_finite, loader_generators
+from monai_genaug.engines.sample_grid import SampleGridHandler
+from monai_genaug.engines.tracking import create_mlflow_handler, loss_from_output
+from monai_genaug.generative.sampler import DiffusionSampler
+from monai_genaug.networks.lora import has_lora, save_lora
+
+__all__ = [
+    "GeneratorSamples",
+    "FinalGeneratorSaver",
+    "trainable_modules",
+    "create_diffusion_trainer",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _pred_and_label(output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    return output["pred"], output["label"]
+
+
+def trainable_modules(generator: nn.Module) -> nn.ModuleDict:
+    """The parts of a ``LatentGenerator`` a diffusion trainer updates (UNet and prompt embedding), as one module.
+
+    This is what the EMA tracks: the frozen autoencoder is left out.
+    """
+    parts = nn.ModuleDict({"unet": generator.unet})
+    if getattr(generator, "prompt_embedding", None) is not None:
+        parts["prompt_embedding"] = generator.prompt_embedding
+    return parts
+
+
+class GeneratorSamples:
+    """A ``sample_fn`` for :class:`~monai_genaug.engines.sample_grid.SampleGridHandler`: decoded samples of a generator.
+
+    Every call starts from the same seeded noise, so grids of successive epochs are comparable. Sampling goes through
+    the package's one sampler (:class:`~monai_genaug.generative.sampler.DiffusionSampler`).
+
+    Args:
+        generator: the ``LatentGenerator``.
+        spatial_size: image size, e.g. (64, 64) or (32, 32, 32).
+        num_samples: samples per grid.
+        num_inference_steps: sampler steps.
+        condition: condition dict for the batch (e.g. ``{"seg": masks}``); default: for a class-conditional
+            generator, classes 0, 1, ... in turn; otherwise unconditional.
+        guidance: a guidance plug-in from :mod:`monai_genaug.generative.guidance` (None: plain conditional).
+        eta: DDIM stochasticity.
+        seed: seed of the starting noise.
+
+    Raises:
+        ValueError: the generator needs a structural condition (``seg`` / ``concat``) that ``condition`` lacks, or a
+            condition's batch size differs from ``num_samples``.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        spatial_size: Sequence[int],
+        num_samples: int = 4,
+        num_inference_steps: int = 10,
+        condition: Mapping[str, torch.Tensor] | None = None,
+        guidance: Any | None = None,
+        eta: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        needed = [k for k, on in (("seg", generator.is_spade), ("concat", generator.concat_channels)) if on]
+        missing = [k for k in needed if k not in (condition or {})]
+        if missing:
+            raise ValueError(
+                f"this generator needs condition {missing} to sample; pass sample_condition={{'{missing[0]}': ...}} "
+                f"with {num_samples} items (or a sample_fn)."
+            )
+        wrong = {k: int(v.shape[0]) for k, v in (condition or {}).items() if v.shape[0] != num_samples}
+        if wrong:
+            raise ValueError(f"sample condition batch sizes {wrong} differ from num_samples={num_samples}.")
+        self.generator = generator
+        self.latent_shape = tuple(generator.latent_shape(tuple(spatial_size)))
+        self.num_samples = int(num_samples)
+        self.sampler = DiffusionSampler(num_inference_steps=num_inference_steps, eta=eta, progress=False)
+        self.condition = condition
+        self.guidance = guidance
+        self.seed = seed
+
+    def __call__(self) -> torch.Tensor:
+        condition = self.condition
+        num_classes = getattr(self.generator, "num_classes", None)
+        if condition is None and num_classes:
+            condition = {"class_labels": torch.arange(self.num_samples) % num_classes}
+        if condition is not None:
+            device = self.generator.scale_factor.device
+            condition = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in condition.items()}
+        rng = torch.Generator().manual_seed(self.seed)
+        z = self.sampler(
+            self.generator,
+            shape=(self.num_samples, *self.latent_shape),
+            condition=condition,
+            guidance=self.guidance,
+            rng=rng,
+        )
+        return self.generator.decode(z)
+
+
+class FinalGeneratorSaver:
+    """Write the trained generator when training completes normally (not after a NaN stop or an interruption).
+
+    Files: ``generator_final.pt`` (live weights) and ``generator_ema.pt`` (EMA weights), both loadable with
+    ``LatentGenerator.load``. When the UNet carries LoRA adapters, ``lora_final.pt`` / ``lora_ema.pt`` adapter files
+    are written instead (:func:`monai_genaug.networks.lora.save_lora`; load them with ``load_lora`` into the base UNet).
+
+    Args:
+        generator: the ``LatentGenerator``.
+        output_dir: destination folder.
+        ema: the :class:`~monai_genaug.engines.ema.EMAHandler`, or None.
+    """
+
+    def __init__(self, generator: nn.Module, output_dir: str | os.PathLike, ema: EMAHandler | None = None) -> None:
+        self.generator = generator
+        self.output_dir = Path(output_dir)
+        self.ema = ema
+        self.paths: list[Path] = []
+
+    def attach(self, engine) -> None:
+        """Register on ``COMPLETED``."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _write(self, stem: str) -> Path:
+        if has_lora(self.generator.unet):
+            path = self.output_dir / f"lora_{stem}.pt"
+            save_lora(self.generator.unet, path)
+        else:
+            path = self.output_dir / f"generator_{stem}.pt"
+            self.generator.save(str(path))
+        self.paths.append(path)
+        return path
+
+    def __call__(self, engine) -> None:
+        state = engine.state
+        finished = state.epoch_length is not None and state.iteration >= state.epoch_length * state.max_epochs
+        if not finished or getattr(state, "nan_detected", False):
+            return
+        if find_non_finite({"generator": self.generator}):
+            warnings.warn("final generator weights are not finite; no final generator file written.", stacklevel=2)
+            return
+        try:
+            self._write("final")
+            if self.ema is not None:
+                with self.ema.use_ema_weights():
+                    self._write("ema")
+        except ValueError as e:  # e.g. a generator built without a config cannot be saved as a LatentGenerator file
+            warnings.warn(
+                f"final generator files not written ({e}); the weights are in the training checkpoint.", stacklevel=2
+            )
+            return
+        logger.info(f"saved final generator files {[str(p) for p in self.paths]}.")
+
+
+def create_diffusion_trainer(
+    generator: nn.Module,
+    train_loader: Any,
+    max_epochs: int,
+    output_dir: str | os.PathLike,
+    lr: float = 1e-4,
+    device: str | torch.device = "cpu",
+    optimizer: torch.optim.Optimizer | None = None,
+    lr_scheduler: Any | None = None,
+    epoch_length: int | None = None,
+    condition_keys: Mapping[str, str] | Sequence[str] | None = None,
+    condition_dropout: float = 0.0,
+    image_key: str = "image",
+    latent_key: str = "latent",
+    sample_posterior: bool = True,
+    ema_decay: float | None = 0.999,
+    ema_warmup_iters: int | None = None,
+    val_loader: Any | None = None,
+    val_interval: int = 1,
+    sample_fn: Callable[[], torch.Tensor] | None = None,
+    sample_size: Sequence[int] | None = None,
+    sample_every: int = 1,
+    num_grid_samples: int = 4,
+    num_inference_steps: int = 10,
+    sample_condition: Mapping[str, torch.Tensor] | None = None,
+    tracking: bool = False,
+    tracking_uri: str | None = None,
+    experiment_name: str = "monai_genaug",
+    run_name: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    amp: bool = False,
+    seed: int = 0,
+    resume: bool = True,
+    save_interval: int = 1,
+    nan_raise: bool = True,
+    extra_handlers: Sequence[Any] | None = None,
+) -> SupervisedTrainer:
+    """Build a ready MONAI ``SupervisedTrainer`` for (latent, conditional) diffusion training or LoRA fine-tuning.
+
+    The autoencoder is frozen (eval mode, no gradients); only ``generator.trainable_parameters()`` (UNet, prompt
+    embedding; with LoRA only the adapters) are optimised. Handlers, in firing order: NaN guard, EMA, stats,
+    MLflow, LR scheduler, validation (``val_loss``), sample grid (``output_dir/samples_epochNNNN.png``), final
+    generator files, resumable checkpoint (``output_dir/checkpoint_last.pt``, resumed on start when ``resume``).
+    MLflow metrics: ``train_loss`` per iteration, ``epoch_loss`` (epoch mean) and ``val_loss`` per epoch.
+    Handlers are exposed as trainer attributes: ``ema``, ``nan_guard``, ``checkpoint``, ``mlflow_handler``,
+    ``sample_grid``, ``final_saver``, ``evaluator``.
+
+    Args:
+        generator: the ``LatentGenerator`` (pixel or latent space, any conditioning).
+        train_loader: data loader of dicts with ``image_key`` (or ``latent_key``) and the condition batch keys. For an
+            exact resume, shuffle with a ``torch.Generator`` (``DataLoader(..., generator=g)``) or the global seed.
+        max_epochs: epochs to train (in total, counting resumed ones).
+        output_dir: folder for the checkpoint, grids, final files and the default MLflow store.
+        lr: AdamW learning rate (when ``optimizer`` is None).
+        device: training device.
+        optimizer: a ready optimiser over ``generator.trainable_parameters()``; default AdamW(lr).
+        lr_scheduler: a torch LR scheduler stepped every epoch (and checkpointed).
+        epoch_length: iterations per epoch (default: ``len(train_loader)``).
+        condition_keys: condition name -> batch key, e.g. ``{"class_labels": "label"}``.
+        condition_dropout: classifier-free guidance dropout probability.
+        image_key: batch key of the images.
+        latent_key: batch key of pre-computed latents (used when present).
+        sample_posterior: encode with posterior samples (True) or means.
+        ema_decay: EMA decay of the trained weights; None disables the EMA.
+        ema_warmup_iters: ramp the EMA decay from 0 to ``ema_decay`` over this many iterations (None: no ramp).
+        val_loader: validation loader; the validation loss (``val_loss``) is computed every ``val_interval`` epochs
+            with its own fixed-seed noise.
+        val_interval: epochs between validations.
+        sample_fn: callable returning images for the sample grid; default :class:`GeneratorSamples` when
+            ``sample_size`` is given; no grid when both are None.
+        sample_size: spatial image size of the default sample grid.
+        sample_every: epochs between sample grids.
+        num_grid_samples: samples per default grid.
+        num_inference_steps: sampler steps of the default grid.
+        sample_condition: condition of the default grid samples (needed for SPADE / concat generators).
+        tracking: log to MLflow (also on whenever ``tracking_uri`` is given).
+        tracking_uri: MLflow URI; default ``sqlite:///<output_dir>/mlruns.db``. Unreachable -> warning, no tracking.
+        experiment_name: MLflow experiment.
+        run_name: MLflow run name.
+        params: extra hyper-parameters to log (the generator config and training settings are always logged).
+        amp: automatic mixed precision (CUDA).
+        seed: seed of the global RNGs at a fresh start, of the noise / timestep draws (``seed``) and of the
+            validation noise (``seed + 1``).
+        resume: continue from ``output_dir/checkpoint_last.pt`` when it exists.
+        save_interval: epochs between checkpoints.
+        nan_raise: on a non-finite loss raise :class:`~monai_genaug.engines.nan_guard.NonFiniteLossError` (True) or
+            terminate quietly with an error log (False).
+        extra_handlers: more handlers (with ``attach(engine)``), attached before the checkpoint handler.
+
+    Raises:
+        ValueError: the generator has no trainable parameters, or bad argument values.
+    """
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    generator = generator.to(device)
+    if generator.autoencoder is not None:
+        generator.autoencoder.requires_grad_(False)
+        generator.autoencoder.eval()
+    trainable = list(generator.trainable_parameters())
+    if not trainable:
+        raise ValueError("the generator has no trainable parameters (all frozen); unfreeze the UNet or apply LoRA.")
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(trainable, lr=lr)
+
+    prepare_batch = LatentDiffusionPrepareBatch(
+        generator,
+        condition_keys=condition_keys,
+        condition_dropout=condition_dropout,
+        image_key=image_key,
+        latent_key=latent_key,
+        sample_posterior=sample_posterior,
+        seed=seed,
+    )
+    checkpoint_path = output_dir / "checkpoint_last.pt"
+    handlers: list[Any] = []
+    nan_guard = NaNGuard(checkpoint_path=checkpoint_path, raise_error=nan_raise)
+    handlers.append(nan_guard)
+    ema = None
+    if ema_decay is not None:
+        ema = EMAHandler(
+            trainable_modules(generator),
+            decay=ema_decay,
+            warmup_decay=0.0 if ema_warmup_iters else None,
+            warmup_iters=ema_warmup_iters or None,
+        )
+        handlers.append(ema)
+    handlers.append(StatsHandler(name="monai_genaug.train", tag_name="train_loss", output_transform=loss_from_output))
+
+    mlflow_handler = None
+    if tracking or tracking_uri is not None:
+        logged = {
+            "trainer": "diffusion",
+            "lr": optimizer.param_groups[0]["lr"],
+            "max_epochs": max_epochs,
+            "batch_size": getattr(train_loader, "batch_size", None),
+            "condition_keys": dict(prepare_batch.condition_keys),
+            "condition_dropout": condition_dropout,
+            "ema_decay": ema_decay,
+            "prediction_type": str(getattr(generator.scheduler, "prediction_type", "epsilon")),
+            "num_train_timesteps": prepare_batch.num_train_timesteps,
+            "lora": has_lora(generator.unet),
+            "amp": amp,
+            "seed": seed,
+            "generator": getattr(generator, "config", {}),
+            **dict(params or {}),
+        }
+        mlflow_handler = create_mlflow_handler(
+            output_dir=output_dir,
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+            run_name=run_name,
+            params=logged,
+        )
+        if mlflow_handler is not None:
+            handlers.append(mlflow_handler)
+    if lr_scheduler is not None:
+        handlers.append(LrScheduleHandler(lr_scheduler, print_lr=False))
+
+    evaluator = None
+    if val_loader is not None:
+        val_prepare = LatentDiffusionPrepareBatch(
+            generator,
+            condition_keys=condition_keys,
+            condition_dropout=0.0,
+            image_key=image_key,
+            latent_key=latent_key,
+            sample_posterior=False,
+            seed=seed + 1,
+        )
+        evaluator = SupervisedEvaluator(
+            device=device,
+            val_data_loader=val_loader,
+            network=generator,
+            prepare_batch=val_prepare,
+            inferer=SimpleInferer(),
+            key_val_metric={"val_loss": Loss(nn.MSELoss(), output_transform=_pred_and_label)},
+            metric_cmp_fn=operator.lt,
+            amp=amp,
+            decollate=False,
+        )
+        evaluator.add_event_handler(Events.STARTED, val_prepare.reset)
+        if mlflow_handler is not None:
+            # log val_loss into the trainer's run at the trainer's epoch
+            evaluator.add_event_handler(
+                Events.COMPLETED, lambda e: mlflow_handler.log_metrics(e.state.metrics, step=e.state.epoch)
+            )
+        handlers.append(_ValidationRunner(evaluator, val_interval))
+
+    sample_grid = None
+    if sample_fn is None and sample_size is not None:
+        sample_fn = GeneratorSamples(
+            generator,
+            sample_size,
+            num_samples=num_grid_samples,
+            num_inference_steps=num_inference_steps,
+            condition=sample_condition,
+            seed=seed,
+        )
+    if sample_fn is not None:
+        sample_grid = SampleGridHandler(
+            sample_fn, output_dir, interval=sample_every, ema=ema, network=generator, mlflow_handler=mlflow_handler
+        )
+        handlers.append(sample_grid)
+    final_saver = FinalGeneratorSaver(generator, output_dir, ema=ema)
+    handlers.append(final_saver)
+    handlers.extend(extra_handlers or [])
+
+    trainer = SupervisedTrainer(
+        device=device,
+        max_epochs=max_epochs,
+        train_data_loader=train_loader,
+        network=generator,
+        optimizer=optimizer,
+        loss_function=nn.MSELoss(),
+        epoch_length=epoch_length,
+        prepare_batch=prepare_batch,
+        inferer=SimpleInferer(),
+        key_train_metric={"epoch_loss": Average(output_transform=loss_from_output)},
+        metric_cmp_fn=operator.lt,
+        train_handlers=handlers,
+        amp=amp,
+        decollate=False,
+    )
+    save_dict: dict[str, Any] = {"generator": generator, "optimizer": optimizer, "prepare_batch": prepare_batch}
+    if ema is not None:
+        save_dict["ema"] = ema
+    if lr_scheduler is not None:
+        save_dict["lr_scheduler"] = lr_scheduler
+    if amp:
+        save_dict["grad_scaler"] = AttributeState(trainer, "scaler")
+    save_dict.update(loader_generators(train_loader))
+    checkpoint = ResumableCheckpointHandler(
+        output_dir, save_dict, resume=resume, seed=seed, save_interval=save_interval
+    )
+    checkpoint.attach(trainer)  # last: saves after the LR step, validation and grids of the epoch
+
+    trainer.ema = ema
+    trainer.nan_guard = nan_guard
+    trainer.checkpoint = checkpoint
+    trainer.mlflow_handler = mlflow_handler
+    trainer.sample_grid = sample_grid
+    trainer.final_saver = final_saver
+    trainer.evaluator = evaluator
+    return trainer
+
+
+class _ValidationRunner:
+    """Run the evaluator every ``interval`` epochs inside ``fork_rng`` (validation never shifts training's RNG)."""
+
+    def __init__(self, evaluator: SupervisedEvaluator, interval: int) -> None:
+        if interval < 1:
+            raise ValueError(f"val_interval must be >= 1, got {interval}.")
+        self.evaluator = evaluator
+        self.interval = interval
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine) -> None:
+        devices = (
+            list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        )
+        with torch.random.fork_rng(devices=devices):
+            self.evaluator.run(engine.state.epoch)
