@@ -39,12 +39,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, SPADEDiffusionModelUNet
+from monai.networks.nets import DiffusionModelUNet, SPADEDiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from monai_genaug.networks.conditioning import PromptEmbedding
 from monai_genaug.networks.lora import apply_lora, get_lora_config, has_lora
+from monai_genaug.networks.sd.networks import AUTOENCODER_TYPES, SDDiffusionModelUNet
 from monai_genaug.utils.checkpoint import atomic_save, check_state_dict_compatible, load_checkpoint, to_json_config
 
 __all__ = [
@@ -57,7 +58,11 @@ __all__ = [
 
 CONDITION_KEYS = ("prompt", "context", "class_labels", "seg", "concat")
 CHECKPOINT_FORMAT = "monai_genaug.LatentGenerator"
-_UNETS = {"DiffusionModelUNet": DiffusionModelUNet, "SPADEDiffusionModelUNet": SPADEDiffusionModelUNet}
+_UNETS = {
+    "DiffusionModelUNet": DiffusionModelUNet,
+    "SPADEDiffusionModelUNet": SPADEDiffusionModelUNet,
+    "SDDiffusionModelUNet": SDDiffusionModelUNet,  # converted Stable Diffusion (monai_genaug.sd_import)
+}
 _SCHEDULERS = {"DDPMScheduler": DDPMScheduler, "DDIMScheduler": DDIMScheduler}
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -293,7 +298,13 @@ class LatentGenerator(nn.Module):
         autoencoder = None
         latent_channels = image_channels
         if ae_cfg:
-            autoencoder = AutoencoderKL(spatial_dims=sd, in_channels=image_channels, out_channels=image_channels, **ae_cfg)
+            ae_cfg = dict(ae_cfg)
+            ae_type = ae_cfg.pop("type", "AutoencoderKL")
+            if ae_type not in AUTOENCODER_TYPES:
+                raise ValueError(f"unknown autoencoder type '{ae_type}'; choose one of {sorted(AUTOENCODER_TYPES)}.")
+            autoencoder = AUTOENCODER_TYPES[ae_type](
+                spatial_dims=sd, in_channels=image_channels, out_channels=image_channels, **ae_cfg
+            )
             latent_channels = int(ae_cfg["latent_channels"])
         unet_type = unet_cfg.pop("type", "DiffusionModelUNet")
         if unet_type not in _UNETS:
