@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Networks MONAI lacks: learned prompt conditions, LoRA adapters, GMS mapping net, noisy-latent classifier, sequence UNet."""
+"""Networks MONAI lacks: learned prompt conditions, LoRA adapters, GMS latent mapping net, Stable Diffusion weight import (monai_genaug.networks.sd)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from .lora import (
     set_lora_enabled,
     lora_disabled,
 )
+from .latent_mapping import LatentMappingNet, head_names
 
 __all__ = [
     "NULL_PROMPT",
@@ -52,4 +53,6 @@ __all__ = [
     "set_lora_scale",
     "set_lora_enabled",
     "lora_disabled",
+    "LatentMappingNet",
+    "head_names",
 ]

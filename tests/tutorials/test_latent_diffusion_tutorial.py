@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 from PIL import Image
 
@@ -20,10 +21,11 @@ def test_quick_mode(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     summary = module.main(["--quick", "--output_dir", str(tmp_path), "--device", "cpu"])
-    grid = Image.open(summary["sample_grid"])
-    assert grid.size[0] > grid.size[1] > 0  # 4 rows of 6 samples
+    with Image.open(summary["sample_grid"]) as grid:
+        assert grid.size[0] > grid.size[1] > 0  # 4 rows of 6 samples
     gen = LatentGenerator.load(str(tmp_path / "generator.pt"))
-    assert gen.num_classes == 2 and float(gen.scale_factor) == summary["scale_factor"] != 1.0
+    assert gen.num_classes == 2 and summary["scale_factor"] != 1.0
+    assert float(gen.scale_factor) == pytest.approx(summary["scale_factor"], rel=1e-6)
     assert json.loads((tmp_path / "summary.json").read_text())["seconds"] > 0
     # MLflow logged the run into the SQLite store
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")

@@ -1,0 +1,940 @@
+# Copyright (c) monai_genaug contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""GMS: segmentation by mapping image latents to mask latents of one frozen autoencoder, 2D and 3D, binary and
+multi-class.
+
+Huo et al., "Generative Medical Segmentation", arXiv:2403.18198 (AAAI 2025). A frozen autoencoder encodes the image;
+a small :class:`~monai_genaug.networks.latent_mapping.LatentMappingNet` (no down-sampling) maps the image latent to
+the latent of the mask; the same frozen decoder turns the mapped latent back into a soft mask. Only the mapping
+network is trained, with a latent MSE plus a Dice loss on the decoded mask, with deep supervision
+(:class:`GMSLoss`).
+
+:class:`GMSSegmenter` is network-like: ``segmenter(images)`` returns class probabilities ``(B, K + 1, *spatial)``
+(background first), so it works with any MONAI inferer (``SimpleInferer``, ``SlidingWindowInferer``) and evaluator.
+
+**Masks in the autoencoder's space.** A mask of foreground class ``k`` becomes an "image": ``lo`` outside, ``hi``
+inside (``mask_value_range``, default ``(0, 1)``), repeated over the image channels, and is encoded with the
+posterior mean. The decoded mask is the channel mean mapped back to [0, 1]. The autoencoder must reconstruct both
+images and such masks: train it on both (``monai_genaug.engines.gms.create_autoencoder_trainer``) or give a separate
+``mask_autoencoder``.
+
+**Multi-class: one latent per class.** With ``num_classes = K > 1`` foreground classes the mapping network outputs
+``K * latent_channels`` channels: one mask latent per class, each decoded on its own (the K decodes share one
+batched decoder call). The per-class soft masks ``p_k`` become probabilities ``[1 - max_k p_k, p_1, ..., p_K]``
+normalised to sum to one, so ``argmax`` gives exactly one label per pixel: class ``k`` where ``p_k`` is the largest
+and at least 0.5, background elsewhere. For ``K = 1`` this is ``[1 - p, p]``: the original's threshold at 0.5. The
+original GMS is binary only (its issue #3); one latent per class avoids K separate models and the colour-code trick
+(whose RGB mixing blurs class boundaries in a lossy autoencoder).
+
+**Differences from the original code** (see the spec): the latent noise augmentation draws
+``(mu + sigma * eps) * scale`` (the original adds the unscaled sigma to the scaled mean); the encoder runs under
+``no_grad``; the scale factor is estimated from the data (1 / std of the image latents) instead of SD's 0.18215.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.losses import DiceLoss
+from monai.networks.nets import AutoencoderKL
+from torch import nn
+
+from monai_genaug.networks.latent_mapping import LatentMappingNet
+from monai_genaug.networks.sd.networks import AUTOENCODER_TYPES
+from monai_genaug.utils.checkpoint import (
+    atomic_save,
+    check_state_dict_compatible,
+    load_checkpoint,
+    to_json_config,
+)
+
+__all__ = [
+    "AUTOENCODER_CHECKPOINT_FORMAT",
+    "GMS_CHECKPOINT_FORMAT",
+    "GMSLoss",
+    "GMSSegmenter",
+    "LatentCache",
+    "MaskReconstructor",
+    "autoencoder_factor",
+    "build_autoencoder",
+    "build_gms_segmenter",
+    "check_labels",
+    "class_probabilities",
+    "decoded_to_soft_masks",
+    "gms_config",
+    "labels_to_onehot",
+    "load_autoencoder",
+    "load_gms_segmenter",
+    "masks_to_images",
+    "save_autoencoder",
+]
+
+GMS_CHECKPOINT_FORMAT = "monai_genaug.GMSSegmenter"
+AUTOENCODER_CHECKPOINT_FORMAT = "monai_genaug.AutoencoderKL"
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # unit tests: a few thousand parameters, 16-32 px
+    "tiny": {
+        "autoencoder": {
+            "channels": [8, 16],
+            "num_res_blocks": [1, 1],
+            "attention_levels": [False, False],
+            "latent_channels": 2,
+            "norm_num_groups": 4,
+            "with_encoder_nonlocal_attn": False,
+            "with_decoder_nonlocal_attn": False,
+        },
+        "mapping": {"channels": 8, "channel_mult": [1, 2], "norm_num_groups": 4},
+    },
+    # CPU: 2D 64-128 px, 3D 32-64 voxels (x4 down-sampling); 2D: 0.51 M parameters in all, 0.39 M trainable
+    "small": {
+        "autoencoder": {
+            "channels": [16, 32, 32],
+            "num_res_blocks": [1, 1, 1],
+            "attention_levels": [False, False, False],
+            "latent_channels": 4,
+            "norm_num_groups": 8,
+            "with_encoder_nonlocal_attn": False,
+            "with_decoder_nonlocal_attn": False,
+        },
+        "mapping": {"channels": 16, "channel_mult": [1, 2, 4, 4], "norm_num_groups": 8},
+        "3d": {
+            "autoencoder": {"channels": [8, 16, 16], "norm_num_groups": 4},
+            "mapping": {"channels": 8, "channel_mult": [1, 2, 4, 4], "norm_num_groups": 8},
+        },
+    },
+    # the paper's mapping network (ch 32, 1.56 M parameters) on a MONAI autoencoder with x4 down-sampling
+    "paper": {
+        "autoencoder": {
+            "channels": [32, 64, 64],
+            "num_res_blocks": [1, 1, 1],
+            "attention_levels": [False, False, False],
+            "latent_channels": 4,
+            "norm_num_groups": 16,
+            "with_encoder_nonlocal_attn": False,
+            "with_decoder_nonlocal_attn": False,
+        },
+        "mapping": {"channels": 32, "channel_mult": [1, 2, 4, 4], "norm_num_groups": 16},
+    },
+    # GPU: an SD-like autoencoder (x8 down-sampling, 4 latent channels) and the paper's mapping network
+    "base": {
+        "autoencoder": {
+            "channels": [64, 128, 256, 256],
+            "num_res_blocks": [2, 2, 2, 2],
+            "attention_levels": [False, False, False, False],
+            "latent_channels": 4,
+            "norm_num_groups": 32,
+            "with_encoder_nonlocal_attn": True,
+            "with_decoder_nonlocal_attn": True,
+        },
+        "mapping": {"channels": 32, "channel_mult": [1, 2, 4, 4], "norm_num_groups": 16},
+    },
+}
+
+
+def gms_config(
+    preset: str = "small",
+    spatial_dims: int = 2,
+    image_channels: int = 3,
+    num_classes: int = 1,
+    mask_value_range: Sequence[float] = (0.0, 1.0),
+    deep_supervision: bool | Sequence[str] = True,
+    use_flash_attention: bool = False,
+    mapping_channels: int | None = None,
+) -> dict[str, Any]:
+    """A JSON-serialisable :class:`GMSSegmenter` config from a size preset.
+
+    Args:
+        preset: ``"tiny"`` (tests), ``"small"`` (CPU: 2D 64-128 px, 3D 32-64 voxels; thinner nets in 3D; mapping
+            width 16), ``"paper"`` (the paper's 1.56 M-parameter mapping network, width 32, on a x4 autoencoder) or
+            ``"base"`` (GPU: SD-like x8 autoencoder and the paper's mapping network).
+        spatial_dims: 2 or 3.
+        image_channels: image channels (3 RGB, 1 grey, one per MRI modality).
+        num_classes: foreground classes K (1 = binary).
+        mask_value_range: the values (outside, inside) a mask takes when encoded as an image.
+        deep_supervision: heads of the mapping network (see :class:`LatentMappingNet`).
+        use_flash_attention: memory-efficient attention in the mapping network (recommended in 3D).
+        mapping_channels: override the base width of the mapping network.
+    """
+    if preset not in _PRESETS:
+        raise ValueError(f"unknown GMS preset '{preset}'; choose one of {sorted(_PRESETS)}.")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+    p = copy.deepcopy(_PRESETS[preset])
+    over = p.pop("3d", None)
+    if spatial_dims == 3 and over:
+        p["autoencoder"].update(over["autoencoder"])
+        p["mapping"].update(over["mapping"])
+    latent = int(p["autoencoder"]["latent_channels"])
+    mapping = dict(p["mapping"])
+    if mapping_channels is not None:
+        mapping["channels"] = int(mapping_channels)
+    mapping.update(
+        in_channels=latent,
+        out_channels=latent * int(num_classes),
+        deep_supervision=deep_supervision if isinstance(deep_supervision, bool) else list(deep_supervision),
+        use_flash_attention=bool(use_flash_attention),
+    )
+    return to_json_config(
+        {
+            "spatial_dims": int(spatial_dims),
+            "image_channels": int(image_channels),
+            "num_classes": int(num_classes),
+            "mask_value_range": [float(v) for v in mask_value_range],
+            "scale_factor": 1.0,
+            "autoencoder": p["autoencoder"],
+            "mapping": mapping,
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the frozen tokenizer
+# ----------------------------------------------------------------------------------------------------------------
+def build_autoencoder(spatial_dims: int, image_channels: int, **kwargs: Any) -> AutoencoderKL:
+    """A MONAI ``AutoencoderKL`` with ``in_channels = out_channels = image_channels``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        image_channels: channels of the images (masks are encoded with the same number of channels).
+        kwargs: the other ``AutoencoderKL`` arguments (``channels``, ``latent_channels``, ...).
+    """
+    ae_type = kwargs.pop("type", "AutoencoderKL")  # "SDAutoencoderKL": converted Stable Diffusion VAE
+    if ae_type not in AUTOENCODER_TYPES:
+        raise ValueError(f"unknown autoencoder type '{ae_type}'; choose one of {sorted(AUTOENCODER_TYPES)}.")
+    return AUTOENCODER_TYPES[ae_type](
+        spatial_dims=spatial_dims, in_channels=image_channels, out_channels=image_channels, **kwargs
+    )
+
+
+def autoencoder_factor(autoencoder: nn.Module) -> int:
+    """Spatial down-sampling factor of a MONAI ``AutoencoderKL`` (2 ** (number of levels - 1))."""
+    channels = getattr(getattr(autoencoder, "encoder", None), "channels", None)
+    if channels is None:
+        raise TypeError(
+            f"cannot read the down-sampling factor of {type(autoencoder).__name__}; GMS expects a MONAI AutoencoderKL "
+            "(encoder.channels), or wrap yours to expose it."
+        )
+    return 2 ** (len(channels) - 1)
+
+
+def save_autoencoder(autoencoder: nn.Module, path: str | os.PathLike, config: Mapping[str, Any]) -> None:
+    """Write an autoencoder checkpoint (weights + the config it was built from) atomically.
+
+    Args:
+        autoencoder: the ``AutoencoderKL``.
+        path: destination file.
+        config: ``{"spatial_dims", "image_channels", "autoencoder": {AutoencoderKL kwargs}}`` (a :func:`gms_config`
+            works); extra JSON-like entries are kept.
+    """
+    config = to_json_config(config)
+    for key in ("spatial_dims", "image_channels", "autoencoder"):
+        if key not in config:
+            raise ValueError(f"autoencoder config lacks '{key}'; pass a gms_config() or the same keys.")
+    state = {k: v.detach().cpu() for k, v in autoencoder.state_dict().items()}
+    atomic_save({"format": AUTOENCODER_CHECKPOINT_FORMAT, "config": config, "autoencoder": state}, path)
+
+
+def load_autoencoder(
+    path: str | os.PathLike, map_location: str | torch.device | None = "cpu"
+) -> tuple[AutoencoderKL, dict[str, Any]]:
+    """Rebuild an autoencoder written by :func:`save_autoencoder`; returns ``(autoencoder, config)``."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != AUTOENCODER_CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"'{path}' is not a GMS autoencoder checkpoint (expected format '{AUTOENCODER_CHECKPOINT_FORMAT}'); "
+            "write it with monai_genaug.methods.gms.save_autoencoder()."
+        )
+    cfg = ckpt.get("config") or {}
+    missing = [k for k in ("spatial_dims", "image_channels", "autoencoder") if k not in cfg]
+    if missing:
+        raise ValueError(
+            f"autoencoder checkpoint '{path}' has no {missing} in its config, so the network cannot be rebuilt; train it "
+            "with monai_genaug.engines.gms.create_gms_autoencoder_trainer or save it with save_autoencoder(config=...)."
+        )
+    ae = build_autoencoder(int(cfg["spatial_dims"]), int(cfg["image_channels"]), **cfg["autoencoder"])
+    check_state_dict_compatible(ae, ckpt["autoencoder"], name=f"autoencoder in {path}")
+    ae.load_state_dict(ckpt["autoencoder"])
+    return ae, cfg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# masks
+# ----------------------------------------------------------------------------------------------------------------
+def check_labels(labels: torch.Tensor, num_classes: int, spatial_dims: int, name: str = "mask") -> torch.Tensor:
+    """Check a label map ``(B, 1, *spatial)`` holds integer labels in ``0..num_classes``; return it as long.
+
+    Raises:
+        TypeError: not a tensor.
+        ValueError: wrong shape, non-integer values, or labels outside ``0..num_classes`` (the message names them,
+            and says how to binarise a multi-class mask for a binary model).
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor label map, got {type(labels).__name__}.")
+    axes = ", ".join("HWD"[:spatial_dims])
+    if labels.ndim != spatial_dims + 2 or labels.shape[1] != 1:
+        raise ValueError(
+            f"{name} must be a (B, 1, {axes}) label map with values 0..{num_classes}, got shape {tuple(labels.shape)}; "
+            "merge one-hot masks with argmax(dim=1, keepdim=True)."
+        )
+    x = labels.as_tensor() if hasattr(labels, "as_tensor") else labels
+    if torch.is_floating_point(x):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} holds NaN or infinite values.")
+        rounded = torch.round(x)
+        if (rounded - x).abs().max() > 1e-3:
+            raise ValueError(
+                f"{name} holds non-integer values (e.g. {float(x[(rounded - x).abs() > 1e-3][0]):.4g}); GMS needs label "
+                "maps: binarise soft or 0..255 masks first (monai_genaug.transforms.io.BinarizeLabeld)."
+            )
+        x = rounded
+    x = x.long()
+    values = torch.unique(x)
+    bad = values[(values < 0) | (values > num_classes)].tolist()
+    if bad:
+        if num_classes == 1 and all(v > 1 for v in bad):
+            raise ValueError(
+                f"{name} holds labels {sorted(values.tolist())} but this GMS model is binary (num_classes=1, labels "
+                "0/1). Binarise the mask (e.g. BinarizeLabeld(threshold=0) for 'any label', or threshold=127 for "
+                "0/255 masks) or build a multi-class model with num_classes=" + f"{max(values.tolist())}."
+            )
+        raise ValueError(
+            f"{name} holds labels {bad} outside the declared labels 0..{num_classes} (num_classes={num_classes} "
+            "foreground classes); remap the label values (monai.transforms.MapLabelValued) or raise num_classes."
+        )
+    return x
+
+
+def labels_to_onehot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Foreground one-hot ``(B, K, *spatial)`` float masks of a ``(B, 1, *spatial)`` label map (background dropped)."""
+    classes = torch.arange(1, num_classes + 1, device=labels.device).view(1, -1, *([1] * (labels.ndim - 2)))
+    return (labels == classes).float()
+
+
+def masks_to_images(
+    labels: torch.Tensor, num_classes: int, channels: int, value_range: Sequence[float] = (0.0, 1.0)
+) -> torch.Tensor:
+    """Turn a label map into one "image" per foreground class, as the autoencoder sees masks.
+
+    Args:
+        labels: (B, 1, *spatial) integer label map with values 0..num_classes (checked by the caller).
+        num_classes: foreground classes K.
+        channels: image channels (the mask is repeated over them).
+        value_range: (outside, inside) values.
+
+    Returns:
+        (B * K, channels, *spatial): sample-major, class-minor (sample b, class k at index ``b * K + k - 1``).
+    """
+    lo, hi = float(value_range[0]), float(value_range[1])
+    onehot = labels_to_onehot(labels, num_classes)  # (B, K, *S)
+    img = lo + (hi - lo) * onehot
+    img = img.reshape(-1, 1, *labels.shape[2:])
+    return img.expand(-1, channels, *labels.shape[2:]).contiguous()
+
+
+def decoded_to_soft_masks(decoded: torch.Tensor, num_classes: int, value_range: Sequence[float] = (0.0, 1.0)) -> torch.Tensor:
+    """Decoded mask "images" ``(B * K, C, *spatial)`` -> per-class soft masks ``(B, K, *spatial)`` in [0, 1].
+
+    The channel mean is mapped from ``value_range`` to [0, 1] and clamped (the original's RGB average).
+    """
+    lo, hi = float(value_range[0]), float(value_range[1])
+    soft = (decoded.mean(dim=1) - lo) / (hi - lo)
+    return soft.reshape(-1, num_classes, *decoded.shape[2:]).clamp(0.0, 1.0)
+
+
+def class_probabilities(soft: torch.Tensor) -> torch.Tensor:
+    """Per-class soft masks ``(B, K, *spatial)`` -> ``[1 - max_k p_k, p_1, ..., p_K]`` normalised to sum to one.
+
+    ``argmax`` of the result gives one label per pixel: class ``k`` where ``p_k`` is the largest and >= 0.5.
+    """
+    bg = 1.0 - soft.amax(dim=1, keepdim=True)
+    probs = torch.cat([bg, soft], dim=1)
+    return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+class MaskReconstructor(nn.Module):
+    """Encode and decode label maps with a (frozen) autoencoder: the upper bound of a GMS model's accuracy.
+
+    ``reconstructor(labels)`` returns class probabilities ``(B, K + 1, *spatial)`` of the reconstructed masks (same
+    encoding and decoding as :class:`GMSSegmenter`), so MONAI's ``MeanDice`` on its ``argmax`` measures how well the
+    autoencoder can represent masks at all.
+
+    Args:
+        autoencoder: a MONAI ``AutoencoderKL``.
+        num_classes: foreground classes K.
+        mask_value_range: the (outside, inside) values of a mask encoded as an image.
+    """
+
+    def __init__(self, autoencoder: nn.Module, num_classes: int = 1, mask_value_range: Sequence[float] = (0.0, 1.0)) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.num_classes = int(num_classes)
+        self.mask_value_range = tuple(float(v) for v in mask_value_range)
+        self.spatial_dims = int(autoencoder.encoder.spatial_dims)
+        self.channels = int(autoencoder.encoder.in_channels)
+
+    @torch.no_grad()
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of the reconstructed label map ``(B, 1, *spatial)``."""
+        labels = check_labels(labels, self.num_classes, self.spatial_dims)
+        imgs = masks_to_images(labels, self.num_classes, self.channels, self.mask_value_range)
+        mu, _ = self.autoencoder.encode(imgs.float())
+        return class_probabilities(decoded_to_soft_masks(self.autoencoder.decode(mu), self.num_classes, self.mask_value_range))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# latent cache
+# ----------------------------------------------------------------------------------------------------------------
+class LatentCache:
+    """A content-addressed LRU cache of frozen-encoder outputs, so training re-encodes only what it has not seen.
+
+    The key of a sample is a hash of its exact bytes (values, shape, dtype) and a tag, so a cached latent is returned
+    only for a bit-identical input: an image changed by on-the-fly augmentation (flip, colour jitter, crop) gets a new
+    key and is encoded afresh. Caching therefore never changes the result of training; it only saves time, fully for
+    deterministic pipelines and partly for augmentations with few outcomes (flips / 90-degree rotations give at most
+    eight variants of a 2D image). Latent noise augmentation is applied after the lookup, on the cached posterior.
+
+    Args:
+        max_bytes: memory budget of the stored tensors; the least recently used entries are dropped beyond it.
+        device: where stored tensors live (None: where they were computed).
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20, device: str | torch.device | None = None) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}.")
+        self.max_bytes = int(max_bytes)
+        self.device = None if device is None else torch.device(device)
+        self._store: OrderedDict[str, tuple[torch.Tensor, ...]] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(x: torch.Tensor, tag: str = "") -> str:
+        """Hash of a tensor's exact content (plus ``tag``, e.g. ``"image"`` or ``"mask"``)."""
+        t = x.detach()
+        t = t.as_tensor() if hasattr(t, "as_tensor") else t
+        t = t.to("cpu").contiguous()
+        h = hashlib.blake2b(digest_size=20)
+        h.update(f"{tag}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    def get(self, key: str) -> tuple[torch.Tensor, ...] | None:
+        """The cached tensors of ``key`` (marked as recently used), or None."""
+        value = self._store.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self._store.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: str, value: Sequence[torch.Tensor]) -> None:
+        """Store detached copies of ``value`` under ``key``, evicting the least recently used beyond the budget."""
+        stored = tuple(v.detach().to(self.device) if self.device is not None else v.detach() for v in value)
+        size = sum(v.numel() * v.element_size() for v in stored)
+        if key in self._store:
+            self._bytes -= sum(v.numel() * v.element_size() for v in self._store.pop(key))
+        if size > self.max_bytes:
+            return
+        self._store[key] = stored
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._store.popitem(last=False)
+            self._bytes -= sum(v.numel() * v.element_size() for v in old)
+
+    def clear(self) -> None:
+        """Drop every entry and reset the counters."""
+        self._store.clear()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored tensors."""
+        return self._bytes
+
+    def __repr__(self) -> str:
+        return f"LatentCache(entries={len(self)}, bytes={self._bytes}, hits={self.hits}, misses={self.misses})"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the segmenter
+# ----------------------------------------------------------------------------------------------------------------
+class GMSSegmenter(nn.Module):
+    """GMS segmenter: frozen autoencoder + trainable latent mapping network + latent scale factor.
+
+    Huo et al., "Generative Medical Segmentation", arXiv:2403.18198.
+
+    ``segmenter(images)`` returns probabilities ``(B, K + 1, *spatial)`` (background first; ``include_background=
+    False`` returns the K per-class soft masks). For training, ``segmenter(latents, latent_input=True,
+    return_heads=True, decode_levels=...)`` returns the mapped latents of every head and the decoded masks of
+    ``decode_levels`` (what :class:`GMSLoss` takes); :class:`~monai_genaug.engines.gms.GMSPrepareBatch` produces
+    these calls for MONAI's ``SupervisedTrainer``.
+
+    Args:
+        autoencoder: the frozen tokenizer, a MONAI ``AutoencoderKL`` (``encode`` -> ``(mu, sigma)``, ``decode``);
+            e.g. ``LatentGenerator.autoencoder`` with ``scale_factor=float(generator.scale_factor)``.
+        mapping_net: a :class:`LatentMappingNet` with ``in_channels = latent channels`` and ``out_channels =
+            num_classes * mask latent channels``.
+        num_classes: foreground classes K (1 = binary). Labels are 0 (background) .. K.
+        scale_factor: multiplies the image (and mask) latents; see :meth:`estimate_scale_factor`.
+        mask_autoencoder: a separate frozen autoencoder for masks (same spatial factor), or None to use
+            ``autoencoder`` for masks too (the GMS recipe).
+        mask_scale_factor: scale of the mask latents; None: ``scale_factor`` (required None when masks share the
+            image autoencoder).
+        mask_value_range: the (outside, inside) values of a mask encoded as an image.
+        include_background: ``forward`` returns ``K + 1`` normalised probabilities (True) or the K raw per-class
+            soft masks (False).
+        config: the JSON config the segmenter was built from (kept in checkpoints; see :func:`gms_config`).
+
+    Example::
+
+        seg = GMSSegmenter.from_config(gms_config("small", spatial_dims=2, image_channels=3, num_classes=1))
+        seg.estimate_scale_factor(train_images)
+        probs = seg(images)                      # (B, 2, H, W); labels = probs.argmax(1)
+    """
+
+    def __init__(
+        self,
+        autoencoder: nn.Module,
+        mapping_net: nn.Module,
+        num_classes: int = 1,
+        scale_factor: float = 1.0,
+        mask_autoencoder: nn.Module | None = None,
+        mask_scale_factor: float | None = None,
+        mask_value_range: Sequence[float] = (0.0, 1.0),
+        include_background: bool = True,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes (foreground classes) must be an integer >= 1, got {num_classes!r}.")
+        lo, hi = (float(v) for v in mask_value_range)
+        if not hi != lo:
+            raise ValueError(f"mask_value_range must hold two different values (outside, inside), got {mask_value_range}.")
+        self.autoencoder = autoencoder
+        self.mask_autoencoder = mask_autoencoder
+        self.mapping = mapping_net
+        self.num_classes = num_classes
+        self.mask_value_range = (lo, hi)
+        self.include_background = bool(include_background)
+        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+        if mask_scale_factor is not None and mask_autoencoder is None:
+            raise ValueError("mask_scale_factor needs a separate mask_autoencoder; with one autoencoder the scales are equal.")
+        self.register_buffer(
+            "mask_scale_factor", torch.tensor(float(mask_scale_factor if mask_scale_factor is not None else scale_factor))
+        )
+        self.config: dict[str, Any] = dict(config) if config is not None else {}
+
+        self.spatial_dims = int(getattr(mapping_net, "spatial_dims", self.config.get("spatial_dims", 2)))
+        self.factor = autoencoder_factor(autoencoder)
+        self.image_channels = int(autoencoder.encoder.in_channels)
+        self.latent_channels = int(autoencoder.latent_channels)
+        mask_ae = self.mask_ae
+        self.mask_latent_channels = int(mask_ae.latent_channels)
+        self.mask_channels = int(mask_ae.encoder.in_channels)
+        if mask_autoencoder is not None and autoencoder_factor(mask_autoencoder) != self.factor:
+            raise ValueError(
+                f"the mask autoencoder down-samples by {autoencoder_factor(mask_autoencoder)}, the image autoencoder by "
+                f"{self.factor}; the latents must have the same size."
+            )
+        m_in = getattr(mapping_net, "in_channels", self.latent_channels)
+        m_out = getattr(mapping_net, "out_channels", self.mask_latent_channels * num_classes)
+        if m_in != self.latent_channels or m_out != self.mask_latent_channels * num_classes:
+            raise ValueError(
+                f"the mapping network maps {m_in} -> {m_out} channels but GMS needs {self.latent_channels} (image latent) "
+                f"-> {self.mask_latent_channels * num_classes} (num_classes={num_classes} x {self.mask_latent_channels} "
+                "mask latent channels, one latent per class)."
+            )
+        self.freeze_autoencoders()
+
+    # ------------------------------------------------------------------ construction and checkpoints
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any], autoencoder: nn.Module | None = None, include_background: bool = True
+    ) -> GMSSegmenter:
+        """Build a segmenter from a :func:`gms_config` (or a checkpoint's config).
+
+        Args:
+            config: the config.
+            autoencoder: an already built (e.g. trained) autoencoder to use instead of a new one from the config.
+            include_background: see the class.
+        """
+        config = to_json_config(config)
+        try:
+            sd = int(config["spatial_dims"])
+            image_channels = int(config["image_channels"])
+            num_classes = int(config["num_classes"])
+            ae_cfg = dict(config["autoencoder"])
+            map_cfg = dict(config["mapping"])
+        except KeyError as e:
+            raise ValueError(f"GMS config lacks the key {e}; build it with gms_config().") from e
+        if autoencoder is None:
+            autoencoder = build_autoencoder(sd, image_channels, **ae_cfg)
+        mapping = LatentMappingNet(spatial_dims=sd, **map_cfg)
+        return cls(
+            autoencoder,
+            mapping,
+            num_classes=num_classes,
+            scale_factor=float(config.get("scale_factor", 1.0)),
+            mask_value_range=config.get("mask_value_range", (0.0, 1.0)),
+            include_background=include_background,
+            config=config,
+        )
+
+    def save(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
+        """Write weights (autoencoder included) + config atomically; ``extra`` must be JSON-like."""
+        if not self.config:
+            raise ValueError("this segmenter was built without a config; build it with GMSSegmenter.from_config().")
+        if self.mask_autoencoder is not None:
+            raise ValueError("saving a segmenter with a separate mask autoencoder is not supported; save the parts.")
+        config = dict(self.config)
+        config["scale_factor"] = float(self.scale_factor)
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        atomic_save(
+            {"format": GMS_CHECKPOINT_FORMAT, "config": config, "state_dict": state, "extra": to_json_config(extra or {})},
+            path,
+        )
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, map_location: str | torch.device | None = "cpu", include_background: bool = True
+    ) -> GMSSegmenter:
+        """Rebuild a segmenter from a checkpoint written by :meth:`save` (``weights_only=True``)."""
+        ckpt = load_checkpoint(path, map_location=map_location)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != GMS_CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"'{path}' is not a GMS checkpoint (expected format '{GMS_CHECKPOINT_FORMAT}'); save segmenters with "
+                "GMSSegmenter.save()."
+            )
+        seg = cls.from_config(ckpt["config"], include_background=include_background)
+        check_state_dict_compatible(seg, ckpt["state_dict"], name=str(path))
+        seg.load_state_dict(ckpt["state_dict"])
+        return seg
+
+    # ------------------------------------------------------------------ freezing
+    @property
+    def mask_ae(self) -> nn.Module:
+        """The autoencoder used for masks (the image autoencoder unless a separate one was given)."""
+        return self.mask_autoencoder if self.mask_autoencoder is not None else self.autoencoder
+
+    def freeze_autoencoders(self) -> None:
+        """Freeze the autoencoder(s): no gradients, eval mode (kept in eval by :meth:`train`)."""
+        for ae in (self.autoencoder, self.mask_autoencoder):
+            if ae is not None:
+                ae.requires_grad_(False)
+                ae.eval()
+
+    def train(self, mode: bool = True) -> GMSSegmenter:
+        """Set the mapping network's mode; the frozen autoencoders stay in eval mode."""
+        super().train(mode)
+        for ae in (self.autoencoder, self.mask_autoencoder):
+            if ae is not None:
+                ae.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters GMS trains: the mapping network's."""
+        return [p for p in self.mapping.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ checks
+    def check_images(self, images: torch.Tensor, name: str = "images") -> None:
+        """Raise a clear error when ``images`` cannot go through the autoencoder (type, shape, channels, size)."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}.")
+        axes = ", ".join("HWD"[: self.spatial_dims])
+        if images.ndim != self.spatial_dims + 2:
+            raise ValueError(
+                f"{name} must be (B, {self.image_channels}, {axes}) for this {self.spatial_dims}D GMS model, got shape "
+                f"{tuple(images.shape)}."
+            )
+        if images.shape[1] != self.image_channels:
+            raise ValueError(
+                f"{name} have {images.shape[1]} channels but the autoencoder takes {self.image_channels} "
+                "(3 for RGB, 1 for grey, one per MRI modality); convert the images or use a matching model."
+            )
+        spatial = tuple(int(s) for s in images.shape[2:])
+        if any(s % self.factor or s < self.factor for s in spatial):
+            good = tuple(max(self.factor, round(s / self.factor) * self.factor) for s in spatial)
+            raise ValueError(
+                f"{name} spatial size {spatial} cannot go through the autoencoder: every size must be a positive multiple "
+                f"of its down-sampling factor {self.factor}. Resize (monai.transforms.Resized(spatial_size={good})) or pad "
+                f"(monai.transforms.DivisiblePadd(k={self.factor})) the images."
+            )
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        if not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}.")
+        if latents.ndim != self.spatial_dims + 2 or latents.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"image latents must be (B, {self.latent_channels}, *spatial) ({self.spatial_dims}D), got shape "
+                f"{tuple(latents.shape)}; pass images without latent_input=True."
+            )
+
+    # ------------------------------------------------------------------ encoding and decoding
+    @torch.no_grad()
+    def image_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled posterior ``(mu, sigma)`` of the frozen encoder for ``images``."""
+        self.check_images(images)
+        x = images.as_tensor() if hasattr(images, "as_tensor") else images
+        return self.autoencoder.encode(x)
+
+    def encode_images(
+        self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Scaled image latents: ``mu * scale`` or a posterior sample ``(mu + sigma * eps) * scale``."""
+        mu, sigma = self.image_posterior(images)
+        return self.scale_latents(mu, sigma if sample else None, generator)
+
+    def scale_latents(
+        self, mu: torch.Tensor, sigma: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``mu * scale``, or ``(mu + sigma * eps) * scale`` with ``eps ~ N(0, 1)`` drawn from ``generator``."""
+        if sigma is not None:
+            eps = torch.randn(mu.shape, generator=generator, device=generator.device if generator else mu.device)
+            mu = mu + sigma * eps.to(mu.device, mu.dtype)
+        return mu * self.scale_factor
+
+    @torch.no_grad()
+    def mask_posterior_mean(self, labels: torch.Tensor) -> torch.Tensor:
+        """Unscaled mask latents ``(B, K * mask_latent_channels, *latent)`` of a checked label map."""
+        imgs = masks_to_images(labels, self.num_classes, self.mask_channels, self.mask_value_range)
+        mu, _ = self.mask_ae.encode(imgs.to(self.scale_factor.dtype))
+        b = labels.shape[0]
+        return mu.reshape(b, self.num_classes * mu.shape[1], *mu.shape[2:])
+
+    def encode_masks(self, labels: torch.Tensor) -> torch.Tensor:
+        """Scaled mask latents ``(B, K * mask_latent_channels, *latent)`` of a ``(B, 1, *spatial)`` label map."""
+        labels = check_labels(labels, self.num_classes, self.spatial_dims)
+        self.check_images(
+            torch.empty(labels.shape[0], self.image_channels, *labels.shape[2:], device="meta"), name="masks"
+        )
+        return self.mask_posterior_mean(labels) * self.mask_scale_factor
+
+    def decode_masks(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode mapped latents ``(B, K * c, *latent)`` to per-class soft masks ``(B, K, *spatial)`` in [0, 1].
+
+        Gradients flow through the frozen decoder (for the Dice loss).
+        """
+        b, k, c = latents.shape[0], self.num_classes, self.mask_latent_channels
+        if latents.shape[1] != k * c:
+            raise ValueError(f"mask latents must have {k * c} channels (K={k} x {c}), got {latents.shape[1]}.")
+        z = latents.reshape(b * k, c, *latents.shape[2:]) / self.mask_scale_factor
+        return decoded_to_soft_masks(self.mask_ae.decode(z), k, self.mask_value_range)  # (B, K, *spatial)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        x: torch.Tensor,
+        latent_input: bool = False,
+        return_heads: bool = False,
+        decode_levels: Sequence[str] | None = None,
+    ) -> torch.Tensor | dict[str, dict[str, torch.Tensor]]:
+        """Segment images (default) or, for training, map latents and decode the supervised heads.
+
+        Args:
+            x: images (B, image_channels, *spatial) with sizes divisible by the autoencoder factor, or scaled image
+                latents when ``latent_input``.
+            latent_input: ``x`` is already a scaled image latent (e.g. a cached / noise-augmented one).
+            return_heads: return ``{"latents": {head: latent}, "masks": {head: (B, K, *spatial) soft masks}}`` for
+                every head of the mapping network instead of probabilities.
+            decode_levels: heads to decode when ``return_heads`` (default: all).
+
+        Returns:
+            probabilities (B, K + 1, *spatial) (or (B, K, *spatial) without background), or the heads dict.
+        """
+        if latent_input:
+            self._check_latents(x)
+            z = x
+        else:
+            z = self.encode_images(x)
+        if not return_heads:
+            soft = self.decode_masks(self.mapping(z))
+            return class_probabilities(soft) if self.include_background else soft
+        heads = self.mapping.forward_heads(z) if hasattr(self.mapping, "forward_heads") else {"out": self.mapping(z)}
+        levels = list(heads) if decode_levels is None else list(decode_levels)
+        missing = [lvl for lvl in levels if lvl not in heads]
+        if missing:
+            raise ValueError(f"decode_levels {missing} are not heads of the mapping network, which has {list(heads)}.")
+        return {"latents": heads, "masks": {lvl: self.decode_masks(heads[lvl]) for lvl in levels}}
+
+    @torch.no_grad()
+    def predict_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """Label maps ``(B, 1, *spatial)`` (long, 0..K): one label per pixel."""
+        soft = self.decode_masks(self.mapping(self.encode_images(images)))
+        return class_probabilities(soft).argmax(dim=1, keepdim=True)
+
+    # ------------------------------------------------------------------ scale factor
+    @torch.no_grad()
+    def estimate_scale_factor(
+        self,
+        data: torch.Tensor | Iterable[Any],
+        image_key: str = "image",
+        max_batches: int | None = None,
+        set_value: bool = True,
+    ) -> float:
+        """Set ``scale_factor = 1 / std`` of the unscaled image posterior means and return it.
+
+        Args:
+            data: an image tensor, or an iterable of image tensors or of dicts with ``image_key`` (a data loader).
+            image_key: key of the images in dict batches.
+            max_batches: stop after this many batches.
+            set_value: store the value (for both image and mask latents when they share the autoencoder).
+        """
+        batches = [data] if isinstance(data, torch.Tensor) else data
+        device = self.scale_factor.device
+        total, total_sq, count = 0.0, 0.0, 0
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            images = batch[image_key] if isinstance(batch, Mapping) else batch
+            mu, _ = self.image_posterior(images.to(device))
+            mu = mu.double()
+            total += float(mu.sum())
+            total_sq += float((mu * mu).sum())
+            count += mu.numel()
+        if count < 2:
+            raise ValueError("estimate_scale_factor got no images; pass a tensor or a non-empty data loader.")
+        var = total_sq / count - (total / count) ** 2
+        if not var > 0:
+            raise ValueError("image latents have zero variance; train the autoencoder before estimating the scale factor.")
+        value = 1.0 / var**0.5
+        if set_value:
+            self.scale_factor.fill_(value)
+            if self.mask_autoencoder is None:
+                self.mask_scale_factor.fill_(value)
+        return value
+
+
+def load_gms_segmenter(
+    path: str | os.PathLike, map_location: str | torch.device | None = "cpu", include_background: bool = True
+) -> GMSSegmenter:
+    """Load a :class:`GMSSegmenter` checkpoint (a function for bundle configs: ``"_target_": "...load_gms_segmenter"``)."""
+    return GMSSegmenter.load(path, map_location=map_location, include_background=include_background)
+
+
+def build_gms_segmenter(
+    config: Mapping[str, Any], autoencoder_path: str | os.PathLike | None = None, map_location: str | torch.device | None = "cpu"
+) -> GMSSegmenter:
+    """A new segmenter from a :func:`gms_config`, optionally on a trained autoencoder file (a bundle-config helper).
+
+    Args:
+        config: the GMS config (its ``autoencoder`` block, ``spatial_dims`` and ``image_channels`` are replaced by the
+            autoencoder checkpoint's when ``autoencoder_path`` is given).
+        autoencoder_path: an autoencoder written by :func:`save_autoencoder` (or the GMS autoencoder trainer), or None
+            for a new, untrained autoencoder.
+        map_location: where the autoencoder weights are loaded.
+    """
+    config = dict(to_json_config(config))
+    if autoencoder_path in (None, "", "None", "null"):
+        return GMSSegmenter.from_config(config)
+    ae, ae_cfg = load_autoencoder(autoencoder_path, map_location=map_location)
+    for key in ("spatial_dims", "image_channels", "autoencoder"):
+        config[key] = ae_cfg[key]
+    config["mapping"] = dict(config["mapping"], in_channels=int(ae.latent_channels))
+    config["mapping"]["out_channels"] = int(ae.latent_channels) * int(config["num_classes"])
+    return GMSSegmenter.from_config(config, autoencoder=ae)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loss
+# ----------------------------------------------------------------------------------------------------------------
+class GMSLoss(nn.Module):
+    """GMS loss: latent MSE plus Dice on the decoded masks, summed over the deep-supervision heads.
+
+    ``L = w_rec * sum_l a_l * MSE(z_l, z_mask) + w_dice * sum_l a_l * Dice(D(z_l), mask)`` with the heads ``l`` of
+    ``ds_levels`` for the MSE and of ``dice_levels`` for the Dice; ``D`` is the frozen decoder (see
+    :meth:`GMSSegmenter.decode_masks`) and ``a_l`` the level weights. Dice is MONAI's ``DiceLoss`` with its defaults
+    (no activation, background channel included, smooth 1e-5), applied to the K per-class soft masks against the
+    one-hot foreground classes, as in the original (binary: one channel).
+
+    Args:
+        w_rec: weight of the latent MSE (paper: 1).
+        w_dice: weight of the Dice loss (paper: 1).
+        ds_levels: heads supervised in latent space; None for every head the mapping network built (its default
+            heads are the paper's ``("level2", "level1", "out")``).
+        dice_levels: heads supervised in image space (decoded); None for ``ds_levels``. ``("out",)`` saves two of
+            three decoder passes (the cheaper 3D ablation of the spec).
+        level_weights: per-head weights ``{head: a_l}`` (default 1 for all).
+        dice_kwargs: extra arguments of ``monai.losses.DiceLoss``.
+
+    ``forward(pred, target)`` takes ``pred = {"latents": {head: z}, "masks": {head: soft}}`` (from
+    ``GMSSegmenter(..., return_heads=True)``) and ``target = {"latent": z_mask, "mask": (B, K, *spatial)}``; the
+    terms of the last call are kept in :attr:`last_terms`.
+    """
+
+    def __init__(
+        self,
+        w_rec: float = 1.0,
+        w_dice: float = 1.0,
+        ds_levels: Sequence[str] | None = None,
+        dice_levels: Sequence[str] | None = None,
+        level_weights: Mapping[str, float] | None = None,
+        dice_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if w_rec < 0 or w_dice < 0 or (w_rec == 0 and w_dice == 0):
+            raise ValueError(f"w_rec and w_dice must be >= 0 and not both 0, got {w_rec}, {w_dice}.")
+        for name, levels in (("ds_levels", ds_levels), ("dice_levels", dice_levels)):
+            if levels is not None and (isinstance(levels, str) or not levels):
+                raise ValueError(f"{name} must be None or a non-empty sequence of head names, got {levels!r}.")
+        self.w_rec = float(w_rec)
+        self.w_dice = float(w_dice)
+        self.ds_levels = tuple(ds_levels) if ds_levels is not None else None
+        self.dice_levels = tuple(dice_levels) if dice_levels is not None else self.ds_levels
+        self.level_weights = {k: float(v) for k, v in (level_weights or {}).items()}
+        self.dice = DiceLoss(**dict(dice_kwargs or {}))
+        self.last_terms: dict[str, float] = {}
+
+    @property
+    def decode_levels(self) -> tuple[str, ...] | None:
+        """Heads whose decoded masks the loss needs: ``()`` when ``w_dice == 0``, None for "all heads"."""
+        return self.dice_levels if self.w_dice > 0 else ()
+
+    def forward(self, pred: Mapping[str, Mapping[str, torch.Tensor]], target: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Total loss of the heads ``pred`` against ``target`` (see the class docstring)."""
+        if not isinstance(pred, Mapping) or "latents" not in pred:
+            raise TypeError(
+                "GMSLoss takes the heads dict of GMSSegmenter(x, latent_input=True, return_heads=True); use "
+                "monai_genaug.engines.gms.GMSPrepareBatch with SupervisedTrainer."
+            )
+        latents, masks = pred["latents"], pred.get("masks", {})
+        ds_levels = self.ds_levels if self.ds_levels is not None else tuple(latents)
+        dice_levels = self.dice_levels if self.dice_levels is not None else ds_levels
+        missing = [lvl for lvl in ds_levels if lvl not in latents]
+        if self.w_dice > 0:
+            missing += [lvl for lvl in dice_levels if lvl not in masks]
+        if missing:
+            raise ValueError(
+                f"GMSLoss needs the heads {sorted(set(missing))}, the prediction has latents {list(latents)} and decoded "
+                f"masks {list(masks)}; build the mapping network with these heads or change ds_levels/dice_levels."
+            )
+        weight = self.level_weights
+        rec = sum(weight.get(lvl, 1.0) * nn.functional.mse_loss(latents[lvl], target["latent"]) for lvl in ds_levels)
+        total = self.w_rec * rec
+        terms = {"latent_mse": float(rec.detach())}
+        if self.w_dice > 0:
+            dice = sum(weight.get(lvl, 1.0) * self.dice(masks[lvl], target["mask"]) for lvl in dice_levels)
+            total = total + self.w_dice * dice
+            terms["dice"] = float(dice.detach())
+        self.last_terms = terms
+        return total
