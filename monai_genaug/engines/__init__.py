@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Ignite workflows: prepare-batch classes, diffusion / autoencoder / LoRA trainers, handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking."""
+"""Ignite workflows: prepare-batch classes, diffusion / autoencoder / LoRA / GMS trainers, handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking."""
 
 from __future__ import annotations
 
@@ -27,6 +27,23 @@ from .autoencoder import (
     FinalAutoencoderSaver,
     create_perceptual_loss,
     create_autoencoder_trainer,
+)
+from .gms import (
+    BestModelSaver,
+    GMSAutoencoderPrepareBatch,
+    GMSPrepareBatch,
+    LabelPrepareBatch,
+    MaskForegroundWeightedL1Loss,
+    ScaleFactorInitializer,
+    SegmentationGridSaver,
+    create_gms_autoencoder_trainer,
+    create_gms_evaluator,
+    create_gms_trainer,
+    gms_data_dir,
+    gms_datalist,
+    gms_transforms,
+    image_meta,
+    label_map_saver,
 )
 from .ema import EMAHandler
 from .nan_guard import NonFiniteLossError, NaNGuard
@@ -62,6 +79,21 @@ __all__ = [
     "FinalAutoencoderSaver",
     "create_perceptual_loss",
     "create_autoencoder_trainer",
+    "BestModelSaver",
+    "GMSAutoencoderPrepareBatch",
+    "GMSPrepareBatch",
+    "LabelPrepareBatch",
+    "MaskForegroundWeightedL1Loss",
+    "ScaleFactorInitializer",
+    "SegmentationGridSaver",
+    "create_gms_autoencoder_trainer",
+    "create_gms_evaluator",
+    "create_gms_trainer",
+    "gms_data_dir",
+    "gms_datalist",
+    "gms_transforms",
+    "image_meta",
+    "label_map_saver",
     "EMAHandler",
     "NonFiniteLossError",
     "NaNGuard",
