@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Data: deterministic phantoms (the embedded default of every bundle) and folder datasets as MONAI datalists."""
+"""Data: deterministic phantoms (the embedded default of every bundle), folder datasets as MONAI datalists, synthetic sets mixed into training."""
 
 from __future__ import annotations
 
@@ -47,6 +47,14 @@ from .pipelines import (
     classification_2d_transforms,
     volume_3d_transforms,
 )
+from .synthetic import (
+    SYNTHETIC_KEY,
+    SyntheticMixDataset,
+    match_class_counts,
+    mix_synthetic_datalist,
+    synthetic_name,
+    write_synthetic_images,
+)
 
 __all__ = [
     "PHANTOM_KINDS",
@@ -77,4 +85,10 @@ __all__ = [
     "segmentation_2d_transforms",
     "classification_2d_transforms",
     "volume_3d_transforms",
+    "SYNTHETIC_KEY",
+    "SyntheticMixDataset",
+    "match_class_counts",
+    "mix_synthetic_datalist",
+    "synthetic_name",
+    "write_synthetic_images",
 ]

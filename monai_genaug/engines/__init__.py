@@ -9,11 +9,12 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Ignite workflows: prepare-batch classes, diffusion / autoencoder / LoRA / GMS trainers, handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking."""
+"""Ignite workflows: prepare-batch classes, diffusion / autoencoder / LoRA / GMS / classifier / segmentation trainers, validation (mean-Dice evaluator, best-model saver), handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking."""
 
 from __future__ import annotations
 
 from .prepare_batch import LatentDiffusionPrepareBatch
+from .validation import BestModelSaver, create_dice_evaluator
 from .diffusion import (
     GeneratorSamples,
     FinalGeneratorSaver,
@@ -27,9 +28,9 @@ from .autoencoder import (
     FinalAutoencoderSaver,
     create_perceptual_loss,
     create_autoencoder_trainer,
+    prepare_image_batch,
 )
 from .gms import (
-    BestModelSaver,
     GMSAutoencoderPrepareBatch,
     GMSPrepareBatch,
     LabelPrepareBatch,
@@ -37,13 +38,34 @@ from .gms import (
     ScaleFactorInitializer,
     SegmentationGridSaver,
     create_gms_autoencoder_trainer,
-    create_gms_evaluator,
     create_gms_trainer,
     gms_data_dir,
     gms_datalist,
     gms_transforms,
     image_meta,
     label_map_saver,
+)
+from .classifier import (
+    ClassificationPrepareBatch,
+    FinalClassifierSaver,
+    NoisyLatentPrepareBatch,
+    create_classifier_trainer,
+    create_noisy_classifier_trainer,
+    evaluate_classifier,
+    noisy_latent_accuracy,
+)
+from .segmentation import (
+    SEGMENTER_FORMAT,
+    SegmentationPrepareBatch,
+    build_segmenter,
+    check_label_map,
+    create_segmentation_evaluator,
+    create_segmentation_trainer,
+    evaluate_segmentation,
+    load_segmenter,
+    save_segmenter,
+    segmenter_config,
+    segmenter_divisor,
 )
 from .ema import EMAHandler
 from .nan_guard import NonFiniteLossError, NaNGuard
@@ -69,6 +91,8 @@ from .tracking import (
 
 __all__ = [
     "LatentDiffusionPrepareBatch",
+    "BestModelSaver",
+    "create_dice_evaluator",
     "GeneratorSamples",
     "FinalGeneratorSaver",
     "trainable_modules",
@@ -79,7 +103,7 @@ __all__ = [
     "FinalAutoencoderSaver",
     "create_perceptual_loss",
     "create_autoencoder_trainer",
-    "BestModelSaver",
+    "prepare_image_batch",
     "GMSAutoencoderPrepareBatch",
     "GMSPrepareBatch",
     "LabelPrepareBatch",
@@ -87,13 +111,30 @@ __all__ = [
     "ScaleFactorInitializer",
     "SegmentationGridSaver",
     "create_gms_autoencoder_trainer",
-    "create_gms_evaluator",
     "create_gms_trainer",
     "gms_data_dir",
     "gms_datalist",
     "gms_transforms",
     "image_meta",
     "label_map_saver",
+    "ClassificationPrepareBatch",
+    "FinalClassifierSaver",
+    "NoisyLatentPrepareBatch",
+    "create_classifier_trainer",
+    "create_noisy_classifier_trainer",
+    "evaluate_classifier",
+    "noisy_latent_accuracy",
+    "SEGMENTER_FORMAT",
+    "SegmentationPrepareBatch",
+    "build_segmenter",
+    "check_label_map",
+    "create_segmentation_evaluator",
+    "create_segmentation_trainer",
+    "evaluate_segmentation",
+    "load_segmenter",
+    "save_segmenter",
+    "segmenter_config",
+    "segmenter_divisor",
     "EMAHandler",
     "NonFiniteLossError",
     "NaNGuard",

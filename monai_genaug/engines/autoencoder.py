@@ -56,6 +56,7 @@ __all__ = [
     "FinalAutoencoderSaver",
     "create_perceptual_loss",
     "create_autoencoder_trainer",
+    "prepare_image_batch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,13 @@ def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     kl = 0.5 * torch.sum(z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1.0, dim=dims)
     return kl.mean()
 
+
+def prepare_image_batch(
+    batchdata: dict | Sequence, device: torch.device | str | None = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple[torch.Tensor, None]:
+    """Batch parser of the autoencoder trainers: the image only (a label in the batch is not a reconstruction target)."""
+    images, _ = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+    return images, None
 
 class _GeneratorAdversarialLoss:
     """``g_loss_function`` of the parent trainer: the generator wants its fakes called real."""
@@ -124,7 +132,8 @@ class AutoencoderKLTrainer(AdversarialTrainer):
         perceptual_weight: weight of the perceptual term.
         epoch_length: iterations per epoch.
         non_blocking: non-blocking host-to-device copies.
-        prepare_batch: batch parser returning ``(images, targets)``; targets default to the images.
+        prepare_batch: batch parser returning ``(images, targets)``; the default reads only the image, so the
+            targets are the images even when the batch also holds a label.
         train_handlers: handlers with ``attach(engine)``.
         key_train_metric: ignite metrics computed every epoch.
         metric_cmp_fn: comparison of the key metric (default: lower is better).
@@ -153,7 +162,7 @@ class AutoencoderKLTrainer(AdversarialTrainer):
         perceptual_weight: float = 0.001,
         epoch_length: int | None = None,
         non_blocking: bool = False,
-        prepare_batch: Callable = default_prepare_batch,
+        prepare_batch: Callable | None = None,
         train_handlers: Sequence | None = None,
         key_train_metric: dict | None = None,
         metric_cmp_fn: Callable = operator.lt,
@@ -183,7 +192,7 @@ class AutoencoderKLTrainer(AdversarialTrainer):
             d_loss_function=_DiscriminatorAdversarialLoss(adversarial_loss),
             epoch_length=epoch_length,
             non_blocking=non_blocking,
-            prepare_batch=prepare_batch,
+            prepare_batch=prepare_image_batch if prepare_batch is None else prepare_batch,
             key_train_metric=key_train_metric,
             metric_cmp_fn=metric_cmp_fn,
             train_handlers=train_handlers,

@@ -46,18 +46,15 @@ import numpy as np
 import torch
 from ignite.engine import Events
 from ignite.metrics import Average
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines import SupervisedTrainer
 from monai.handlers import (
     LrScheduleHandler,
-    MeanDice,
     StatsHandler,
     ValidationHandler,
-    from_engine,
 )
 from monai.inferers import SimpleInferer
 from monai.optimizers import WarmupCosineSchedule
 from monai.transforms import (
-    AsDiscreted,
     Compose,
     Orientationd,
     RandFlipd,
@@ -83,6 +80,7 @@ from monai_genaug.engines.resume import (
     loader_generators,
 )
 from monai_genaug.engines.tracking import create_mlflow_handler, loss_from_output
+from monai_genaug.engines.validation import BestModelSaver, create_dice_evaluator
 from monai_genaug.methods.gms import (
     GMSLoss,
     GMSSegmenter,
@@ -96,7 +94,6 @@ from monai_genaug.methods.gms import (
 from monai_genaug.utils.images import save_image_grid
 
 __all__ = [
-    "BestModelSaver",
     "GMSAutoencoderPrepareBatch",
     "GMSPrepareBatch",
     "LabelPrepareBatch",
@@ -104,7 +101,6 @@ __all__ = [
     "ScaleFactorInitializer",
     "SegmentationGridSaver",
     "create_gms_autoencoder_trainer",
-    "create_gms_evaluator",
     "create_gms_trainer",
     "gms_data_dir",
     "gms_datalist",
@@ -359,110 +355,9 @@ class ScaleFactorInitializer:
         return self.value
 
 
-class BestModelSaver:
-    """Save a model atomically whenever an evaluator's metric improves (a validation split, never the test split).
-
-    Args:
-        save_fn: called with the destination path (e.g. ``segmenter.save``).
-        path: destination file.
-        metric_name: key of ``evaluator.state.metrics``.
-        greater_is_better: True for Dice, False for losses.
-        trainer: the trainer whose epoch is recorded (optional).
-
-    The best value survives a resume when this handler is in the checkpoint's ``save_dict``
-    (``state_dict`` / ``load_state_dict``).
-    """
-
-    def __init__(
-        self,
-        save_fn: Callable[[str], Any],
-        path: str | os.PathLike,
-        metric_name: str = "val_mean_dice",
-        greater_is_better: bool = True,
-        trainer: Any | None = None,
-    ) -> None:
-        self.save_fn = save_fn
-        self.path = Path(path)
-        self.metric_name = metric_name
-        self.greater_is_better = greater_is_better
-        self.trainer = trainer
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        self.best = state_dict.get("best")
-        self.best_epoch = state_dict.get("best_epoch")
-
-    def __call__(self, engine) -> None:
-        value = engine.state.metrics.get(self.metric_name)
-        if value is None or not np.isfinite(float(value)):
-            return
-        value = float(value)
-        better = self.best is None or (value > self.best if self.greater_is_better else value < self.best)
-        if not better:
-            return
-        self.best = value
-        self.best_epoch = int(self.trainer.state.epoch) if self.trainer is not None else int(engine.state.epoch)
-        self.save_fn(str(self.path))
-        logger.info(f"new best {self.metric_name}={value:.4f} (epoch {self.best_epoch}); saved '{self.path}'.")
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# evaluators and trainers
+# trainers
 # ----------------------------------------------------------------------------------------------------------------
-def _onehot_post(num_classes: int, argmax: bool = True) -> Compose:
-    return Compose(
-        [
-            AsDiscreted(keys="pred", argmax=argmax, to_onehot=num_classes + 1),
-            AsDiscreted(keys="label", to_onehot=num_classes + 1),
-        ]
-    )
-
-
-def create_gms_evaluator(
-    network: nn.Module,
-    val_loader: Any,
-    num_classes: int,
-    device: str | torch.device = "cpu",
-    inferer: Any | None = None,
-    prepare_batch: Callable | None = None,
-    metric_name: str = "val_mean_dice",
-    val_handlers: Sequence[Any] | None = None,
-    amp: bool = False,
-) -> SupervisedEvaluator:
-    """A ``SupervisedEvaluator`` computing the mean foreground Dice of class probabilities (B, K + 1, *spatial).
-
-    Args:
-        network: a :class:`GMSSegmenter` (or any network returning K + 1 class probabilities / logits).
-        val_loader: loader of ``{"image", "label"}`` dicts (label maps 0..K).
-        num_classes: foreground classes K.
-        device: device.
-        inferer: MONAI inferer (default ``SimpleInferer``; ``SlidingWindowInferer`` for large 3D volumes).
-        prepare_batch: MONAI prepare-batch (default: ``image`` and ``label``).
-        metric_name: name of the key metric.
-        val_handlers: more evaluator handlers.
-        amp: automatic mixed precision (CUDA).
-    """
-    kwargs = {"prepare_batch": prepare_batch} if prepare_batch is not None else {}
-    return SupervisedEvaluator(
-        device=torch.device(device),
-        val_data_loader=val_loader,
-        network=network,
-        inferer=inferer or SimpleInferer(),
-        postprocessing=_onehot_post(num_classes),
-        key_val_metric={metric_name: MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))},
-        val_handlers=list(val_handlers or []),
-        amp=amp,
-        **kwargs,
-    )
-
-
 def create_gms_trainer(
     segmenter: GMSSegmenter,
     train_loader: Any,
@@ -620,7 +515,7 @@ def create_gms_trainer(
     }
     if val_loader is not None:
         best_saver = BestModelSaver(segmenter.save, model_path, "val_mean_dice", trainer=trainer)
-        evaluator = create_gms_evaluator(
+        evaluator = create_dice_evaluator(
             segmenter, val_loader, segmenter.num_classes, device, inferer=val_inferer, val_handlers=[best_saver], amp=amp
         )
         if mlflow_handler is not None:
@@ -765,7 +660,7 @@ def create_gms_autoencoder_trainer(
     if val_loader is not None:
         saver = BestModelSaver(lambda p: save_autoencoder(autoencoder, p, config), path, "val_mask_dice")
         recon = MaskReconstructor(autoencoder, num_classes, value_range)
-        evaluator = create_gms_evaluator(
+        evaluator = create_dice_evaluator(
             recon, val_loader, num_classes, device, prepare_batch=LabelPrepareBatch(label_key),
             metric_name="val_mask_dice", val_handlers=[saver],
         )

@@ -9,4 +9,31 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+"""Filters of synthetic samples: one interface (fit on reference data, score, keep mask, chainable) and its implementations."""
+
 from __future__ import annotations
+
+from .base import (
+    FeatureFilter,
+    FilterChain,
+    FilterResult,
+    NotFittedError,
+    SyntheticFilter,
+    as_label_tensor,
+    iterate_sample_batches,
+    num_samples,
+)
+from .centroid import CentroidFilter, class_centroids
+
+__all__ = [
+    "FeatureFilter",
+    "FilterChain",
+    "FilterResult",
+    "NotFittedError",
+    "SyntheticFilter",
+    "as_label_tensor",
+    "iterate_sample_batches",
+    "num_samples",
+    "CentroidFilter",
+    "class_centroids",
+]

@@ -199,6 +199,11 @@ class ClassifierGuidance(Guidance):
         scale: float = 10.0,
         base: Guidance | None = None,
     ) -> None:
+        if float(scale) < 0:
+            raise ValueError(
+                f"ClassifierGuidance: scale must be >= 0 (got {scale}); a negative scale pushes samples away from the "
+                "target class. Use scale=0 for unguided sampling."
+            )
         self.classifier = classifier
         self.class_labels = class_labels
         self.scale = float(scale)

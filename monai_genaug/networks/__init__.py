@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Networks MONAI lacks: learned prompt conditions, LoRA adapters, GMS latent mapping net, Stable Diffusion weight import (monai_genaug.networks.sd)."""
+"""Networks MONAI lacks: learned prompt conditions, LoRA adapters, GMS latent mapping net, noisy-latent classifier, Stable Diffusion weight import (monai_genaug.networks.sd)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ from .lora import (
     lora_disabled,
 )
 from .latent_mapping import LatentMappingNet, head_names
+from .noisy_classifier import (
+    CLASSIFIER_CHECKPOINT_FORMAT,
+    AttentionPool,
+    NoisyLatentClassifier,
+    classifier_config,
+)
 
 __all__ = [
     "NULL_PROMPT",
@@ -55,4 +61,8 @@ __all__ = [
     "lora_disabled",
     "LatentMappingNet",
     "head_names",
+    "CLASSIFIER_CHECKPOINT_FORMAT",
+    "AttentionPool",
+    "NoisyLatentClassifier",
+    "classifier_config",
 ]

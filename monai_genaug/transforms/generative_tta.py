@@ -27,7 +27,7 @@ data loader, or prefer :class:`~monai_genaug.inferers.generative_tta.GenerativeT
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,7 +37,8 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from monai_genaug.methods.ttga import TTGAAugmenter
+if TYPE_CHECKING:  # imported at call time: monai_genaug.methods needs the data layer, which needs these transforms
+    from monai_genaug.methods.ttga import TTGAAugmenter
 
 __all__ = [
     "RandGenerativeTTA",
@@ -77,6 +78,8 @@ class RandGenerativeTTA(RandomizableTransform, InvertibleTransform):
     def __init__(
         self, augmenter: TTGAAugmenter, prob: float = 1.0, lambda_i: float | Sequence[float] | None = None
     ) -> None:
+        from monai_genaug.methods.ttga import TTGAAugmenter
+
         if not isinstance(augmenter, TTGAAugmenter):
             raise TypeError(f"augmenter must be a TTGAAugmenter, got {type(augmenter).__name__}.")
         RandomizableTransform.__init__(self, prob)

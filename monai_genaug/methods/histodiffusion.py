@@ -1,0 +1,1065 @@
+# Copyright (c) monai_genaug contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""HistoDiffusion: unconditional latent-diffusion pre-training, noisy-latent classifier guidance, centroid filtering.
+
+Ye, Ni, Jin, Huang, Xue, "Synthetic Augmentation with Large-scale Unconditional Pre-training", MICCAI 2023,
+arXiv:2308.04020. The pipeline, composed from the package's parts:
+
+1. an autoencoder and an **unconditional** latent diffusion model trained on unlabelled images
+   (:meth:`HistoDiffusion.autoencoder_trainer`, :meth:`HistoDiffusion.diffusion_trainer`: the engines of
+   :mod:`monai_genaug.engines`);
+2. a timestep-conditioned latent classifier (:class:`~monai_genaug.networks.noisy_classifier.NoisyLatentClassifier`)
+   trained on the small labelled set, on noisy latents at random timesteps by default (the release trains at t = 0
+   only: ``noised=False``) (:meth:`HistoDiffusion.classifier_trainer`);
+3. class-guided synthesis through the package's one sampler with the classifier-guidance plug-in
+   (``eps' = eps - s sqrt(1 - a_t) grad log p(y | z_t, t)``, ``a_t`` from the scheduler; DDIM with ``eta``), one
+   class per batch, images written as ``<class>/<source>_<label>_<seed>.png`` plus a datalist
+   (:meth:`HistoDiffusion.synthesize`);
+4. centroid filtering of the synthetic set (:meth:`HistoDiffusion.centroid_filter`,
+   :class:`~monai_genaug.filters.centroid.CentroidFilter`) with any feature extractor (:class:`LatentFeatures`,
+   :class:`ClassifierFeatures`, or a user backbone such as an SSL ViT);
+5. downstream training on real + kept synthetic images (:func:`evaluate_synthetic_augmentation`).
+
+Defaults follow the paper's code where it is sound (noise schedule: T = 1000, scaled-linear betas 0.0015 -> 0.0155;
+DDIM eta 1, guidance scale 10) and fix its bugs (``a_t`` looked up with a fixed ``t // 20``; attention pool fixed to
+2 x 2; classifier trained at t = 0 only; centroids over real + synthetic; off-by-one cap).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import DataLoader, Dataset
+from monai.networks.nets import Classifier
+from monai.transforms import Compose, RandFlipd, RandRotate90d
+from torch import nn
+
+from monai_genaug.data.folders import (
+    class_folder_datalist,
+    load_datalist,
+    split_datalist,
+    write_datalist,
+)
+from monai_genaug.data.phantoms import write_phantom_dataset
+from monai_genaug.data.synthetic import (
+    SYNTHETIC_KEY,
+    mix_synthetic_datalist,
+    write_synthetic_images,
+)
+from monai_genaug.engines.autoencoder import create_autoencoder_trainer
+from monai_genaug.engines.classifier import (
+    create_classifier_trainer,
+    create_noisy_classifier_trainer,
+    evaluate_classifier,
+)
+from monai_genaug.engines.diffusion import create_diffusion_trainer
+from monai_genaug.filters.base import iterate_sample_batches
+from monai_genaug.filters.centroid import CentroidFilter
+from monai_genaug.generative.guidance import ClassifierGuidance, NoGuidance
+from monai_genaug.generative.latent_generator import LatentGenerator, generator_config
+from monai_genaug.generative.sampler import DiffusionSampler
+from monai_genaug.networks.noisy_classifier import (
+    NoisyLatentClassifier,
+    classifier_config,
+)
+from monai_genaug.utils.checkpoint import check_state_dict_compatible, load_checkpoint
+from monai_genaug.utils.images import save_image_grid
+
+__all__ = [
+    "HISTODIFFUSION_SCHEDULE",
+    "ClassifierFeatures",
+    "HistoDiffusion",
+    "LatentFeatures",
+    "ClassSynthesisResult",
+    "default_downstream_network",
+    "estimate_scale_factor",
+    "evaluate_synthetic_augmentation",
+    "filter_synthetic_datalist",
+    "histodiffusion_generator_config",
+    "load_autoencoder_weights",
+    "materialize",
+    "prepare_histodiffusion_data",
+]
+
+logger = logging.getLogger(__name__)
+
+#: HistoDiffusion's noise schedule (CompVis "linear" = linear in sqrt(beta) = MONAI's scaled_linear_beta)
+HISTODIFFUSION_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "schedule": "scaled_linear_beta",
+    "beta_start": 0.0015,
+    "beta_end": 0.0155,
+}
+
+
+def _merge(base: dict, override: Mapping[str, Any]) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def histodiffusion_generator_config(
+    preset: str = "small",
+    spatial_dims: int = 2,
+    image_channels: int = 3,
+    overrides: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """An unconditional :class:`LatentGenerator` config with HistoDiffusion's noise schedule.
+
+    Args:
+        preset: size preset of :func:`~monai_genaug.generative.latent_generator.generator_config`.
+        spatial_dims: 2 or 3.
+        image_channels: image channels (3 for H&E).
+        overrides: nested entries merged into the config, e.g. ``{"unet": {"channels": [32, 64]}}``.
+        kwargs: other :func:`generator_config` arguments (e.g. ``num_train_timesteps``, ``use_flash_attention``).
+    """
+    args = {**HISTODIFFUSION_SCHEDULE, **kwargs}
+    for key in ("num_prompts", "num_classes", "seg_channels"):
+        if args.get(key):
+            raise ValueError(f"HistoDiffusion's diffusion model is unconditional; do not pass {key}.")
+    cfg = generator_config(preset, spatial_dims=spatial_dims, image_channels=image_channels, latent=True, **args)
+    return _merge(cfg, overrides or {})
+
+
+def load_autoencoder_weights(generator: LatentGenerator, path: str | os.PathLike) -> None:
+    """Load an autoencoder file (``autoencoder_final.pt`` of the autoencoder trainer, or a generator checkpoint)
+    into ``generator.autoencoder``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file holds no autoencoder weights, or the generator has no autoencoder.
+        CheckpointMismatchError: the weights do not fit the generator's autoencoder.
+    """
+    if generator.autoencoder is None:
+        raise ValueError("this generator has no autoencoder (pixel-space diffusion); nothing to load.")
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt, Mapping) and "autoencoder" in ckpt and isinstance(ckpt["autoencoder"], Mapping):
+        state = ckpt["autoencoder"]
+    elif isinstance(ckpt, Mapping) and "state_dict" in ckpt:
+        prefix = "autoencoder."
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    else:
+        state = {}
+    if not state:
+        raise ValueError(
+            f"'{path}' holds no autoencoder weights; give autoencoder_final.pt from the autoencoder trainer or a "
+            "LatentGenerator checkpoint."
+        )
+    check_state_dict_compatible(generator.autoencoder, state, name=f"{path} (autoencoder)")
+    generator.autoencoder.load_state_dict(state)
+
+
+def estimate_scale_factor(
+    generator: LatentGenerator, loader: Any, image_key: str = "image", max_batches: int = 4
+) -> float:
+    """Set ``generator.scale_factor`` to 1 / std of the latents of the first ``max_batches`` batches of ``loader``.
+
+    Raises:
+        ValueError: the loader is empty or its batches lack ``image_key``.
+    """
+    images = []
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        if image_key not in batch:
+            raise ValueError(f"the batches have no '{image_key}' (keys: {sorted(batch)}); set image_key.")
+        images.append(torch.as_tensor(batch[image_key]))
+    if not images:
+        raise ValueError("the loader gave no batch to estimate the latent scale factor from.")
+    generator.eval()
+    device = generator.scale_factor.device
+    return generator.estimate_scale_factor(torch.cat(images).to(device))
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _stratified_subset(items: Sequence[dict], fraction: float, seed: int, min_per_class: int = 1) -> list[dict]:
+    by_class: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        by_class.setdefault(int(item["label"]), []).append(i)
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for c in sorted(by_class):
+        idx = by_class[c]
+        n = min(len(idx), max(min_per_class, math.floor(fraction * len(idx) + 0.5)))
+        chosen.extend(idx[int(j)] for j in rng.permutation(len(idx))[:n])
+    return [items[i] for i in sorted(chosen)]
+
+
+def prepare_histodiffusion_data(
+    dataset_dir: str | os.PathLike | None,
+    output_dir: str | os.PathLike,
+    labelled_fraction: float = 0.1,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    num_phantoms: int = 240,
+    phantom_classes: int = 4,
+    phantom_size: Sequence[int] = (32, 32),
+    class_names: Sequence[str] | None = None,
+    min_labelled_per_class: int = 2,
+) -> dict[str, Any]:
+    """Splits of a class-per-folder data set for HistoDiffusion; phantoms when ``dataset_dir`` is None.
+
+    The training split is the **unlabelled** pool of the autoencoder and the diffusion model; its stratified
+    ``labelled_fraction`` (at least ``min_labelled_per_class`` per class) is the **labelled** set of the guidance
+    classifier, the filter's centroids and the downstream classifier. Without ``dataset_dir``, ``num_phantoms``
+    histology-like phantoms (:func:`~monai_genaug.data.phantoms.make_class_phantoms`) are written to
+    ``output_dir/phantoms`` (replaced on every call; deterministic by ``seed``).
+
+    Args:
+        dataset_dir: ``root/<class>/<image>`` folder (e.g. Kather 2016 texture), or None for phantoms.
+        output_dir: where phantoms and the datalist JSON are written.
+        labelled_fraction: fraction of the training split that keeps its labels.
+        val_fraction: fraction of the images for validation.
+        test_fraction: fraction of the images for testing.
+        seed: seed of the splits and of the phantoms.
+        num_phantoms: number of phantoms.
+        phantom_classes: number of phantom classes.
+        phantom_size: phantom (H, W).
+        class_names: class folders in label order (default: all sub-folders, sorted).
+        min_labelled_per_class: minimum labelled images per class.
+
+    Returns:
+        ``{"unlabelled", "labelled", "validation", "test": datalists, "class_names": [...], "datalist": path}``.
+    """
+    if not 0.0 < float(labelled_fraction) <= 1.0:
+        raise ValueError(f"labelled_fraction must be in (0, 1], got {labelled_fraction}.")
+    output_dir = Path(output_dir).expanduser()
+    if dataset_dir is None or str(dataset_dir) in ("", "None", "null"):
+        names = list(class_names) if class_names is not None else None
+        root = write_phantom_dataset(
+            "classes",
+            output_dir / "phantoms",
+            num_phantoms,
+            seed=seed,
+            overwrite=True,
+            class_names=names,
+            spatial_size=tuple(phantom_size),
+            num_classes=int(phantom_classes),
+        )
+    else:
+        root = Path(dataset_dir).expanduser()
+    items = class_folder_datalist(root, class_names=class_names)
+    names = [n for _, n in sorted({(i["label"], i["class_name"]) for i in items})]
+    splits = split_datalist(items, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    labelled = _stratified_subset(splits["training"], labelled_fraction, seed, min_labelled_per_class)
+    out = {
+        "unlabelled": splits["training"],
+        "labelled": labelled,
+        "validation": splits["validation"],
+        "test": splits["test"],
+        "class_names": names,
+    }
+    out["datalist"] = str(
+        write_datalist(
+            {k: out[k] for k in ("unlabelled", "labelled", "validation", "test")},
+            output_dir / "datalist.json",
+            metadata={"class_names": names, "dataset_dir": str(root)},
+        )
+    )
+    return out
+
+
+def materialize(items: Sequence[Mapping[str, Any]], transform: Callable | None = None) -> list[dict]:
+    """Apply ``transform`` (e.g. a loading pipeline) to every item once and keep the results in memory.
+
+    Returns ``{"image": tensor, "label": int, "synthetic": 0/1}`` items (small data sets: decode PNGs only once).
+    """
+    out = []
+    for i, item in enumerate(items):
+        d = transform(dict(item)) if transform is not None else dict(item)
+        if "image" not in d or "label" not in d:
+            raise KeyError(f"item {i} lacks 'image' or 'label' after the transform (keys: {sorted(d)}).")
+        out.append(
+            {
+                "image": torch.as_tensor(np.asarray(d["image"])).float(),
+                "label": int(np.asarray(d["label"]).reshape(-1)[0]),
+                SYNTHETIC_KEY: int(d.get(SYNTHETIC_KEY, 0)),
+            }
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ features
+class LatentFeatures(nn.Module):
+    """Filter features from a generator's autoencoder: per-channel mean and std of the posterior-mean latent plus
+    the latent average-pooled to a ``grid`` per axis, flattened.
+
+    A feature extractor with no training beyond the pipeline's own autoencoder; a stronger, independent backbone
+    (an SSL ViT as in the paper) can be passed to :class:`~monai_genaug.filters.centroid.CentroidFilter` instead.
+
+    Args:
+        generator: the ``LatentGenerator``.
+        grid: pooled grid size per spatial axis.
+    """
+
+    def __init__(self, generator: LatentGenerator, grid: int = 2) -> None:
+        super().__init__()
+        if generator.autoencoder is None:
+            raise ValueError("LatentFeatures needs a generator with an autoencoder.")
+        self.generator = generator
+        self.grid = int(grid)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        z = self.generator.encode(images)
+        flat = z.flatten(2)
+        pool = F.adaptive_avg_pool2d if z.ndim == 4 else F.adaptive_avg_pool3d
+        return torch.cat([flat.mean(2), flat.std(2), pool(z, self.grid).flatten(1)], dim=1)
+
+
+class ClassifierFeatures(nn.Module):
+    """Filter features from the noisy-latent classifier: its attention-pooled embedding of the clean latent.
+
+    Args:
+        classifier: the :class:`~monai_genaug.networks.noisy_classifier.NoisyLatentClassifier`.
+        generator: the ``LatentGenerator`` that encodes the images.
+        timestep: noise level the classifier is queried at (0: clean latents, no noise added).
+    """
+
+    def __init__(self, classifier: NoisyLatentClassifier, generator: LatentGenerator, timestep: int = 0) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.generator = generator
+        self.timestep = int(timestep)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(self.generator.encode(images), self.timestep)
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+def _save_class_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int = 8) -> None:
+    """One row of up to ``per_class`` samples per class (middle slice for 3D)."""
+    rows = []
+    for c in torch.unique(labels).tolist():
+        picked = images[labels == c][:per_class]
+        if picked.shape[0] < per_class:  # pad short rows so the grid stays one row per class
+            picked = torch.cat([picked, picked.new_zeros(per_class - picked.shape[0], *picked.shape[1:])])
+        rows.append(picked)
+    batch = torch.cat(rows)
+    if batch.shape[1] not in (1, 3):
+        batch = batch[:, :1]
+    save_image_grid(batch, path, nrow=per_class, normalise=False)
+
+
+@dataclass
+class ClassSynthesisResult:
+    """What :meth:`HistoDiffusion.synthesize` returns.
+
+    Attributes:
+        labels: ``(N,)`` intended class per sample.
+        seeds: ``(N,)`` seed per sample (file names ``{source}_{label}_{seed}``).
+        images: ``(N, C, *spatial)`` decoded images (None when ``keep_images=False``).
+        datalist: datalist entries of the written files (empty without ``output_dir``).
+        datalist_path: the datalist JSON (None without ``output_dir``).
+        seconds: wall-clock sampling time (UNet, guidance and decoding).
+        settings: the synthesis settings.
+    """
+
+    labels: torch.Tensor
+    seeds: torch.Tensor
+    images: torch.Tensor | None = None
+    datalist: list[dict] = field(default_factory=list)
+    datalist_path: str | None = None
+    seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class HistoDiffusion:
+    """HistoDiffusion as one object: pre-training, noisy-latent classifier, guided synthesis and filtering.
+
+    Args:
+        generator: an unconditional latent :class:`LatentGenerator` (e.g. from
+            :func:`histodiffusion_generator_config`).
+        classifier: the noisy-latent classifier (may be added later with :meth:`set_classifier`).
+        class_names: one name per class; default ``class_0, ...`` from the classifier's ``num_classes``.
+        num_classes: number of classes when neither ``classifier`` nor ``class_names`` is given.
+        device: device of training and sampling.
+
+    Raises:
+        ValueError: the generator is conditional, has no autoencoder, or the classifier does not match the
+            generator's latents / the class names.
+
+    Example::
+
+        hd = HistoDiffusion.from_preset("small", image_channels=3, num_classes=9, image_size=(64, 64))
+        hd.autoencoder_trainer(unlabelled_loader, 50, "out/ae").run()
+        hd.diffusion_trainer(unlabelled_loader, 200, "out/ldm").run()
+        hd.classifier_trainer(labelled_loader, 100, "out/clf").run()
+        result = hd.synthesize(num_per_class=100, spatial_size=(64, 64), output_dir="out/synthetic")
+        kept = hd.centroid_filter(max_per_class=50).fit(labelled_images, labels)(result.images, result.labels)
+    """
+
+    def __init__(
+        self,
+        generator: LatentGenerator,
+        classifier: NoisyLatentClassifier | None = None,
+        class_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if not isinstance(generator, LatentGenerator):
+            raise TypeError(f"generator must be a LatentGenerator, got {type(generator).__name__}.")
+        if generator.autoencoder is None:
+            raise ValueError("HistoDiffusion is latent diffusion: the generator needs an autoencoder.")
+        conditional = generator.num_classes is not None or generator.uses_context or generator.is_spade
+        if conditional or generator.concat_channels:
+            raise ValueError(
+                "HistoDiffusion guides an unconditional diffusion model with a classifier; build the generator "
+                "without class / prompt / mask / concat conditioning (histodiffusion_generator_config)."
+            )
+        self.device = torch.device(device)
+        self.generator = generator.to(self.device)
+        if class_names is not None:
+            class_names = [str(c) for c in class_names]
+            if len(set(class_names)) != len(class_names) or len(class_names) < 2:
+                raise ValueError(f"class_names must hold at least 2 distinct names, got {class_names}.")
+        k = len(class_names) if class_names is not None else None
+        if classifier is not None:
+            k = self._check_classifier(classifier, k)
+        if k is None:
+            k = num_classes
+        if k is None or int(k) < 2:
+            raise ValueError("give the classifier, class_names or num_classes (>= 2).")
+        if num_classes is not None and int(num_classes) != int(k):
+            raise ValueError(f"num_classes={num_classes} contradicts the classifier / class_names ({k} classes).")
+        self.num_classes = int(k)
+        self.class_names = class_names if class_names is not None else [f"class_{c}" for c in range(self.num_classes)]
+        self.classifier = classifier.to(self.device) if classifier is not None else None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str = "small",
+        spatial_dims: int = 2,
+        image_channels: int = 3,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        image_size: Sequence[int] = (32, 32),
+        classifier_preset: str | None = None,
+        generator_overrides: Mapping[str, Any] | None = None,
+        classifier_overrides: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        **generator_kwargs: Any,
+    ) -> HistoDiffusion:
+        """An untrained pipeline from size presets.
+
+        Args:
+            preset: generator preset (``"tiny"``, ``"small"``, ``"base"``).
+            spatial_dims: 2 or 3.
+            image_channels: image channels.
+            num_classes: number of classes (or give ``class_names``).
+            class_names: class names.
+            image_size: image spatial size (sizes the classifier's attention pool).
+            classifier_preset: classifier preset (default: ``"tiny"`` for a tiny generator, else ``"small"``).
+            generator_overrides: nested overrides of the generator config.
+            classifier_overrides: overrides of the classifier config.
+            device: device.
+            generator_kwargs: other :func:`histodiffusion_generator_config` arguments.
+        """
+        k = len(class_names) if class_names is not None else num_classes
+        if k is None:
+            raise ValueError("give num_classes or class_names.")
+        gen = LatentGenerator.from_config(
+            histodiffusion_generator_config(
+                preset, spatial_dims, image_channels, overrides=generator_overrides, **generator_kwargs
+            )
+        )
+        latent_shape = gen.latent_shape(tuple(image_size))
+        clf = NoisyLatentClassifier.from_config(
+            classifier_config(
+                classifier_preset or ("tiny" if preset == "tiny" else "small"),
+                spatial_dims=spatial_dims,
+                in_channels=latent_shape[0],
+                num_classes=int(k),
+                input_shape=latent_shape[1:],
+                **dict(classifier_overrides or {}),
+            )
+        )
+        return cls(gen, clf, class_names=class_names, num_classes=num_classes, device=device)
+
+    @classmethod
+    def load(
+        cls,
+        generator_path: str | os.PathLike,
+        classifier_path: str | os.PathLike | None = None,
+        class_names: Sequence[str] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> HistoDiffusion:
+        """A pipeline from a generator checkpoint and (optionally) a classifier checkpoint.
+
+        Class names come from ``class_names`` or the classifier file; they must agree when both are given.
+        """
+        gen = LatentGenerator.load(str(generator_path))
+        clf = None
+        if classifier_path is not None:
+            clf = NoisyLatentClassifier.load(classifier_path)
+            stored = NoisyLatentClassifier.read_extra(classifier_path).get("class_names")
+            if stored and class_names is not None and list(stored) != [str(c) for c in class_names]:
+                raise ValueError(
+                    f"class_names {list(class_names)} differ from those stored with the classifier "
+                    f"'{classifier_path}': {list(stored)}."
+                )
+            class_names = class_names if class_names is not None else stored
+        return cls(gen, clf, class_names=class_names, device=device)
+
+    def save(self, output_dir: str | os.PathLike) -> dict[str, str]:
+        """Write ``generator.pt`` and (when present) ``classifier.pt`` into ``output_dir``; returns their paths."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"generator": str(out / "generator.pt")}
+        self.generator.save(paths["generator"])
+        if self.classifier is not None:
+            paths["classifier"] = str(out / "classifier.pt")
+            self.classifier.save(paths["classifier"], extra={"class_names": self.class_names})
+        return paths
+
+    def _check_classifier(self, classifier: nn.Module, num_classes: int | None) -> int:
+        k = getattr(classifier, "num_classes", None)
+        if k is None:
+            raise ValueError("the classifier must expose num_classes (e.g. a NoisyLatentClassifier).")
+        if num_classes is not None and int(k) != int(num_classes):
+            raise ValueError(
+                f"the classifier predicts {k} classes but the pipeline has {num_classes} "
+                f"(class_names / num_classes); train a classifier for these classes."
+            )
+        channels = getattr(classifier, "in_channels", None)
+        if channels is not None and int(channels) != int(self.generator.latent_channels):
+            raise ValueError(
+                f"the classifier takes {channels} input channels but the generator's latents have "
+                f"{self.generator.latent_channels}; build it with in_channels=generator.latent_channels."
+            )
+        return int(k)
+
+    def set_classifier(self, classifier: NoisyLatentClassifier) -> None:
+        """Attach a (trained) classifier; it must match the pipeline's classes and the generator's latents."""
+        self._check_classifier(classifier, self.num_classes)
+        self.classifier = classifier.to(self.device)
+
+    # ------------------------------------------------------------------ training (engines)
+    def autoencoder_trainer(self, train_loader: Any, max_epochs: int, output_dir: str | os.PathLike, **kwargs: Any):
+        """Stage 1: a ready autoencoder trainer (:func:`~monai_genaug.engines.autoencoder.create_autoencoder_trainer`)
+        for ``generator.autoencoder``; its final file is ``output_dir/autoencoder_final.pt``."""
+        kwargs.setdefault("config", self.generator.config.get("autoencoder"))
+        kwargs.setdefault("device", self.device)
+        return create_autoencoder_trainer(self.generator.autoencoder, train_loader, max_epochs, output_dir, **kwargs)
+
+    def estimate_scale_factor(self, loader: Any, image_key: str = "image", max_batches: int = 4) -> float:
+        """Set the generator's latent scale factor to 1 / std of the latents of the first ``max_batches`` batches."""
+        return estimate_scale_factor(self.generator, loader, image_key, max_batches)
+
+    def diffusion_trainer(
+        self,
+        train_loader: Any,
+        max_epochs: int,
+        output_dir: str | os.PathLike,
+        estimate_scale: bool = True,
+        **kwargs: Any,
+    ):
+        """Stage 2: a ready unconditional latent-diffusion trainer
+        (:func:`~monai_genaug.engines.diffusion.create_diffusion_trainer`); the scale factor is estimated from the
+        loader first (``estimate_scale``). Latents are posterior means unless ``sample_posterior=True`` is passed
+        (the original samples the posterior; a briefly trained autoencoder's posterior noise is large). Final files:
+        ``output_dir/generator_final.pt`` / ``generator_ema.pt``."""
+        if estimate_scale:
+            self.estimate_scale_factor(train_loader)
+        kwargs.setdefault("device", self.device)
+        kwargs.setdefault("sample_posterior", False)
+        return create_diffusion_trainer(self.generator, train_loader, max_epochs, output_dir, **kwargs)
+
+    def classifier_trainer(
+        self,
+        train_loader: Any,
+        max_epochs: int,
+        output_dir: str | os.PathLike,
+        noised: bool = True,
+        **kwargs: Any,
+    ):
+        """Stage 3: a ready noisy-latent classifier trainer
+        (:func:`~monai_genaug.engines.classifier.create_noisy_classifier_trainer`); ``noised=False`` trains at t = 0
+        only (the release). Final file: ``output_dir/classifier_final.pt`` (with the class names)."""
+        if self.classifier is None:
+            raise ValueError("the pipeline has no classifier; pass one or use HistoDiffusion.from_preset().")
+        kwargs.setdefault("device", self.device)
+        kwargs.setdefault("class_names", self.class_names)
+        return create_noisy_classifier_trainer(
+            self.classifier, self.generator, train_loader, max_epochs, output_dir, noised=noised, **kwargs
+        )
+
+    # ------------------------------------------------------------------ guided synthesis
+    def _check_classes(self, classes: Sequence[int] | None) -> list[int]:
+        if classes is None:
+            return list(range(self.num_classes))
+        classes = [int(c) for c in classes]
+        bad = [c for c in classes if not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(
+                f"class index(es) {bad} out of range: this pipeline has {self.num_classes} classes "
+                f"(0..{self.num_classes - 1}: {self.class_names})."
+            )
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes has duplicates: {classes}.")
+        return classes
+
+    def guidance(self, label: int | torch.Tensor, scale: float = 10.0) -> ClassifierGuidance | NoGuidance:
+        """The classifier-guidance plug-in for ``label`` (plain :class:`NoGuidance` when ``scale == 0``)."""
+        if not float(scale) >= 0:
+            raise ValueError(f"guidance scale must be >= 0, got {scale}.")
+        if float(scale) == 0.0:
+            return NoGuidance()
+        if self.classifier is None:
+            raise ValueError("classifier guidance needs a classifier; train one or set guidance_scale=0.")
+        self.classifier.eval()
+        return ClassifierGuidance(self.classifier, class_labels=label, scale=float(scale))
+
+    def sample_latents(
+        self,
+        label: int,
+        num_samples: int,
+        spatial_size: Sequence[int],
+        guidance_scale: float = 10.0,
+        eta: float = 1.0,
+        num_inference_steps: int = 50,
+        rng: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """``num_samples`` latents guided towards class ``label`` (one batch)."""
+        self._check_classes([label])
+        self.generator.eval()
+        sampler = DiffusionSampler(num_inference_steps=num_inference_steps, eta=eta, progress=progress)
+        shape = (int(num_samples), *self.generator.latent_shape(tuple(spatial_size)))
+        return sampler(self.generator, shape=shape, guidance=self.guidance(int(label), guidance_scale), rng=rng)
+
+    def synthesize(
+        self,
+        num_per_class: int | Mapping[int, int],
+        spatial_size: Sequence[int],
+        classes: Sequence[int] | None = None,
+        guidance_scale: float = 10.0,
+        eta: float = 1.0,
+        num_inference_steps: int = 50,
+        batch_size: int = 16,
+        seed: int = 0,
+        output_dir: str | os.PathLike | None = None,
+        source: str = "histodiffusion",
+        value_range: tuple[float, float] = (0.0, 1.0),
+        keep_images: bool = True,
+        progress: bool = False,
+    ) -> ClassSynthesisResult:
+        """Class-guided synthesis, one class per batch, optionally written to disk with a datalist.
+
+        Sample ``i`` of class ``y`` gets seed ``seed + i`` and the file ``output_dir/<class name>/
+        {source}_{y}_{seed + i}.png``; a batch starting at sample ``i`` draws its noise from a generator seeded by
+        ``(seed + i, y)``, so the set is reproducible for the same ``batch_size``.
+
+        Args:
+            num_per_class: samples per class (one int, or ``{class index: count}``).
+            spatial_size: image spatial size (divisible by ``generator.spatial_divisor``).
+            classes: class indices to synthesise (default: all, or the keys of ``num_per_class``).
+            guidance_scale: classifier-guidance scale s (>= 0; 0: unguided samples).
+            eta: DDIM stochasticity (HistoDiffusion: 1).
+            num_inference_steps: sampler steps (HistoDiffusion: 50).
+            batch_size: samples per sampler call.
+            seed: base seed.
+            output_dir: write ``<class>/<name>.png`` and ``synthetic_datalist.json`` here (None: keep in memory).
+            source: source id of the file names.
+            value_range: intensity range of the images (decoded images are clamped to it).
+            keep_images: return the decoded images in the result.
+            progress: show the sampler's progress bar.
+
+        Raises:
+            ValueError: class out of range, negative guidance scale or count, no classifier for a scale > 0.
+        """
+        if not float(guidance_scale) >= 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if isinstance(num_per_class, Mapping):
+            counts = {int(c): int(n) for c, n in num_per_class.items()}
+            classes = self._check_classes(classes if classes is not None else sorted(counts))
+            missing = [c for c in classes if c not in counts]
+            if missing:
+                raise ValueError(f"num_per_class has no count for class(es) {missing}.")
+        else:
+            classes = self._check_classes(classes)
+            counts = dict.fromkeys(classes, int(num_per_class))
+        negative = {c: n for c, n in counts.items() if n < 0}
+        if negative:
+            raise ValueError(f"sample counts must be >= 0, got {negative}.")
+        if guidance_scale > 0 and self.classifier is None:
+            raise ValueError("guidance_scale > 0 needs a classifier; train one or set guidance_scale=0.")
+        self.generator.eval()
+        labels, seeds, images = [], [], []
+        entries: list[dict] = []
+        start = time.perf_counter()
+        for c in classes:
+            for i0 in range(0, counts[c], batch_size):
+                n = min(batch_size, counts[c] - i0)
+                batch_seed = int(np.random.SeedSequence([seed + i0, c]).generate_state(1)[0])
+                rng = torch.Generator().manual_seed(batch_seed)
+                z = self.sample_latents(c, n, spatial_size, guidance_scale, eta, num_inference_steps, rng, progress)
+                with torch.no_grad():
+                    x = self.generator.decode(z).clamp(*value_range).cpu()
+                batch_seeds = list(range(seed + i0, seed + i0 + n))
+                if output_dir is not None:
+                    entries += write_synthetic_images(
+                        x, [c] * n, batch_seeds, output_dir, source, self.class_names, value_range
+                    )
+                if keep_images:
+                    images.append(x)
+                labels += [c] * n
+                seeds += batch_seeds
+        seconds = time.perf_counter() - start
+        settings = {
+            "guidance_scale": float(guidance_scale),
+            "eta": float(eta),
+            "num_inference_steps": int(num_inference_steps),
+            "batch_size": int(batch_size),
+            "seed": int(seed),
+            "spatial_size": [int(s) for s in spatial_size],
+            "source": source,
+            "counts": {self.class_names[c]: counts[c] for c in classes},
+        }
+        path = None
+        if output_dir is not None:
+            if images:
+                _save_class_grid(torch.cat(images), torch.tensor(labels), Path(output_dir) / "samples_grid.png")
+            path = str(
+                write_datalist(
+                    {"training": entries},
+                    Path(output_dir) / "synthetic_datalist.json",
+                    base_dir=output_dir,
+                    metadata={"class_names": self.class_names, "synthesis": settings},
+                )
+            )
+        return ClassSynthesisResult(
+            labels=torch.tensor(labels, dtype=torch.long),
+            seeds=torch.tensor(seeds, dtype=torch.long),
+            images=torch.cat(images) if keep_images and images else None,
+            datalist=entries,
+            datalist_path=path,
+            seconds=seconds,
+            settings=settings,
+        )
+
+    # ------------------------------------------------------------------ filtering
+    def feature_extractor(self, kind: str = "latent") -> nn.Module:
+        """A filter feature extractor: ``"latent"`` (:class:`LatentFeatures`) or ``"classifier"``
+        (:class:`ClassifierFeatures`)."""
+        if kind == "latent":
+            return LatentFeatures(self.generator)
+        if kind == "classifier":
+            if self.classifier is None:
+                raise ValueError("classifier features need a classifier.")
+            return ClassifierFeatures(self.classifier, self.generator)
+        raise ValueError(f"unknown feature extractor {kind!r}; use 'latent', 'classifier' or pass a module.")
+
+    def centroid_filter(self, features: str | nn.Module | Callable = "latent", **kwargs: Any) -> CentroidFilter:
+        """A :class:`~monai_genaug.filters.centroid.CentroidFilter` for this pipeline's classes (not fitted).
+
+        Args:
+            features: ``"latent"``, ``"classifier"`` or any image -> feature module / callable.
+            kwargs: other :class:`CentroidFilter` arguments (``max_per_class``, ``ratio_to_real``, ``transform``...).
+        """
+        fn = self.feature_extractor(features) if isinstance(features, str) else features
+        kwargs.setdefault("num_classes", self.num_classes)
+        kwargs.setdefault("device", self.device)
+        return CentroidFilter(fn, **kwargs)
+
+    @torch.no_grad()
+    def class_probabilities(self, images: torch.Tensor, timestep: int = 0, batch_size: int = 32) -> torch.Tensor:
+        """Softmax of the classifier on the (clean) latents of ``images``: ``(N, num_classes)``."""
+        if self.classifier is None:
+            raise ValueError("class_probabilities needs a classifier.")
+        self.classifier.eval()
+        out = []
+        for batch in iterate_sample_batches(images, batch_size):
+            z = self.generator.encode(batch.to(self.device))
+            out.append(torch.softmax(self.classifier(z, timestep), dim=1).cpu())
+        return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------------ downstream
+def default_downstream_network(
+    spatial_dims: int,
+    in_channels: int,
+    num_classes: int,
+    image_size: Sequence[int],
+    channels: Sequence[int] = (16, 32, 64),
+) -> nn.Module:
+    """A small MONAI ``Classifier`` (strided residual conv units) for the downstream comparison on CPU."""
+    if len(image_size) != spatial_dims:
+        raise ValueError(f"image_size {tuple(image_size)} must have {spatial_dims} entries.")
+    return Classifier(
+        in_shape=(in_channels, *image_size),
+        classes=num_classes,
+        channels=tuple(channels),
+        strides=(2,) * len(channels),
+        num_res_units=1,
+        dropout=0.1,
+    )
+
+
+def _summary(values: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": values}
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        v = np.array([r[key] for r in values], dtype=float)
+        out[key] = float(v.mean())
+        out[f"{key}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return out
+
+
+def evaluate_synthetic_augmentation(
+    real_train: Sequence[Mapping[str, Any]],
+    test: Sequence[Mapping[str, Any]],
+    synthetic: Mapping[str, Sequence[Mapping[str, Any]] | None],
+    num_classes: int,
+    transform: Callable | None = None,
+    ratio: float | None = None,
+    per_class: bool = True,
+    network_fn: Callable[[], nn.Module] | None = None,
+    num_iterations: int = 300,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seeds: Sequence[int] = (0,),
+    augment: bool = True,
+    device: str | torch.device = "cpu",
+    output_path: str | os.PathLike | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Train a downstream classifier on real data alone and on real + each synthetic set; test each (stage 6).
+
+    Every variant trains for the same number of iterations (``num_iterations``, batches of ``batch_size``), from the
+    same initialisation per seed, with random flips / 90-degree rotations when ``augment``.
+
+    Args:
+        real_train: the real (labelled) training datalist.
+        test: the test datalist.
+        synthetic: ``{variant name: synthetic datalist}``; ``None`` (or an empty list) is the real-only baseline.
+        num_classes: number of classes.
+        transform: loads an item (e.g. ``classification_2d_transforms(spatial_size=...)``); None when the items hold
+            image tensors already.
+        ratio: synthetic items per real item (None: all of each synthetic set).
+        per_class: apply ``ratio`` per class.
+        network_fn: builds a fresh network (default: :func:`default_downstream_network` for the data's shape).
+        num_iterations: training iterations per variant and seed.
+        batch_size: batch size.
+        lr: AdamW learning rate (cosine decay).
+        weight_decay: AdamW weight decay.
+        seeds: one run per seed (mixing, initialisation, shuffling).
+        augment: random flips and 90-degree rotations during training.
+        device: device.
+        output_path: also write the results as JSON here.
+
+    Returns:
+        ``{variant: {"accuracy", "accuracy_std", "balanced_accuracy", "macro_f1", ..., "num_train", "num_synthetic",
+        "runs": [...]}}``.
+    """
+    if not real_train:
+        raise ValueError("real_train is empty.")
+    if not test:
+        raise ValueError("test is empty.")
+    real = materialize(real_train, transform)
+    test_items = materialize(test, transform)
+    shape = tuple(real[0]["image"].shape)
+    spatial_dims = len(shape) - 1
+    if network_fn is None:
+
+        def network_fn() -> nn.Module:
+            return default_downstream_network(spatial_dims, shape[0], num_classes, shape[1:])
+
+    synth = {name: materialize(items, transform) if items else [] for name, items in synthetic.items()}
+    train_tf = (
+        Compose(
+            [
+                RandFlipd(keys="image", prob=0.5, spatial_axis=0),
+                RandFlipd(keys="image", prob=0.5, spatial_axis=1),
+                RandRotate90d(keys="image", prob=0.5, max_k=3, spatial_axes=(0, 1)),
+            ]
+        )
+        if augment
+        else None
+    )
+    test_loader = DataLoader(Dataset(test_items), batch_size=64, shuffle=False)
+    results: dict[str, dict[str, Any]] = {}
+    for name, items in synth.items():
+        runs = []
+        for seed in seeds:
+            train_items = (
+                mix_synthetic_datalist(
+                    real, items, ratio, seed=seed, per_class=per_class, keys=("image", "label"), replace=False
+                )
+                if items
+                else [dict(r) for r in real]
+            )
+            ds = Dataset(train_items, transform=train_tf)
+            if train_tf is not None:
+                train_tf.set_random_state(seed=seed)
+            loader = DataLoader(
+                ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), drop_last=False
+            )
+            torch.manual_seed(seed)
+            net = network_fn()
+            trainer = create_classifier_trainer(
+                net,
+                loader,
+                max_epochs=1,
+                epoch_length=int(num_iterations),
+                lr=lr,
+                weight_decay=weight_decay,
+                device=device,
+                seed=None,
+            )
+            trainer.run()
+            metrics = evaluate_classifier(net, test_loader, num_classes, device=device)
+            metrics.update(
+                seed=int(seed),
+                num_train=len(train_items),
+                num_synthetic=sum(int(i.get(SYNTHETIC_KEY, 0)) for i in train_items),
+            )
+            runs.append(metrics)
+        results[name] = _summary(runs)
+        results[name]["num_train"] = runs[0]["num_train"]
+        results[name]["num_synthetic"] = runs[0]["num_synthetic"]
+        logger.info(f"downstream '{name}': accuracy {results[name]['accuracy']:.3f}")
+    if output_path is not None:
+        _write_json(results, output_path)
+    return results
+
+
+def _write_json(obj: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def filter_synthetic_datalist(
+    pipeline: HistoDiffusion,
+    reference: Sequence[Mapping[str, Any]],
+    synthetic: Sequence[Mapping[str, Any]] | str | os.PathLike,
+    output_dir: str | os.PathLike,
+    features: str | nn.Module | Callable = "latent",
+    transform: Callable | None = None,
+    max_per_class: int | None = None,
+    ratio_to_real: float | None = None,
+    metric: str = "mse",
+    centroid_source: str = "real",
+    reference_class_names: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Centroid-filter a synthetic datalist on disk (the bundle's ``filter.json``).
+
+    Writes ``output_dir/filtered_datalist.json`` (the kept items, best first per class) and
+    ``output_dir/filter_scores.json`` (distance to the own centroid, nearest class, rank and decision for every
+    sample).
+
+    Args:
+        pipeline: the :class:`HistoDiffusion` pipeline (its generator / classifier give the features).
+        reference: real labelled datalist (the centroids).
+        synthetic: synthetic datalist or the path of ``synthetic_datalist.json``.
+        output_dir: output folder.
+        features: ``"latent"``, ``"classifier"`` or a feature module.
+        transform: loads datalist items (e.g. ``classification_2d_transforms``).
+        max_per_class: cap per class.
+        ratio_to_real: cap per class relative to the real count.
+        metric: ``"mse"`` or ``"cosine"``.
+        centroid_source: ``"real"`` or ``"real+synthetic"``.
+        reference_class_names: class names of ``reference`` (must equal the pipeline's, when given).
+        batch_size: images per feature call.
+
+    Returns:
+        ``{"total", "kept", "per_class": {name: [kept, total]}, "datalist", "scores"}``.
+    """
+    if reference_class_names is not None and list(reference_class_names) != list(pipeline.class_names):
+        raise ValueError(
+            f"the real data's classes {list(reference_class_names)} differ from the pipeline's {pipeline.class_names}; "
+            "filter with a classifier / generator trained on these classes."
+        )
+    if isinstance(synthetic, (str, os.PathLike)):
+        synthetic = load_datalist(synthetic, "training")
+    synthetic = list(synthetic)
+    if not synthetic:
+        raise ValueError("the synthetic datalist is empty; run the synthesis first.")
+    flt = pipeline.centroid_filter(
+        features,
+        max_per_class=max_per_class,
+        ratio_to_real=ratio_to_real,
+        metric=metric,
+        centroid_source=centroid_source,
+        transform=transform,
+        batch_size=batch_size,
+    ).fit(list(reference))
+    result = flt(synthetic)
+    kept = result.select(synthetic)
+    out = Path(output_dir)
+    names = pipeline.class_names
+    metadata = {
+        "class_names": names,
+        "filter": {
+            "features": features if isinstance(features, str) else type(features).__name__,
+            "max_per_class": max_per_class,
+            "ratio_to_real": ratio_to_real,
+            "metric": metric,
+            "centroid_source": centroid_source,
+        },
+    }
+    if kept:
+        datalist = write_datalist({"training": kept}, out / "filtered_datalist.json", metadata=metadata)
+    else:  # write_datalist leaves empty splits out; keep an explicit empty list so that readers get []
+        logger.warning("the centroid filter kept no synthetic sample; filtered_datalist.json lists none.")
+        datalist = _write_json({**metadata, "path_keys": [], "training": []}, out / "filtered_datalist.json")
+    d = result.details
+    scores = [
+        {
+            "image": str(item.get("image")),
+            "label": int(d["labels"][i]),
+            "distance": float(result.scores[i]),
+            "nearest": int(d["nearest"][i]),
+            "rank": int(d["rank"][i]),
+            "kept": bool(result.keep[i]),
+            "reason": CentroidFilter.REASONS[int(d["reason"][i])],
+        }
+        for i, item in enumerate(synthetic)
+    ]
+    scores_path = _write_json(scores, out / "filter_scores.json")
+    labels = d["labels"]
+    per_class = {
+        names[c]: [int((result.keep & (labels == c)).sum()), int((labels == c).sum())] for c in range(len(names))
+    }
+    summary = {
+        "total": len(synthetic),
+        "kept": result.num_kept,
+        "per_class": per_class,
+        "datalist": str(datalist),
+        "scores": str(scores_path),
+    }
+    logger.info(f"centroid filter kept {result.num_kept} of {len(synthetic)} synthetic samples: {per_class}")
+    return summary
