@@ -43,3 +43,12 @@ def histology_dir(shared_data):
     if not path.is_dir():
         pytest.skip(f"histology patches not found under {path}")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (tests whose numbers must not depend on the thread count), then restore."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

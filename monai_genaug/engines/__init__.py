@@ -9,11 +9,21 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Ignite workflows: prepare-batch classes, diffusion / autoencoder / LoRA / GMS / classifier / segmentation trainers, validation (mean-Dice evaluator, best-model saver), handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking."""
+"""Ignite workflows: prepare-batch classes, the shared trainer wiring, diffusion / autoencoder / LoRA / GMS / classifier / segmentation trainers, validation (mean-Dice evaluator, best-model saver), handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking."""
 
 from __future__ import annotations
 
 from .prepare_batch import LatentDiffusionPrepareBatch
+from .workflow import (
+    CHECKPOINT_NAME,
+    TrainingHandlers,
+    standard_training_handlers,
+    PeriodicValidation,
+    create_supervised_trainer,
+    FinalModelHandler,
+    completed_normally,
+    attach_resumable_checkpoint,
+)
 from .validation import BestModelSaver, create_dice_evaluator
 from .diffusion import (
     GeneratorSamples,
@@ -91,6 +101,14 @@ from .tracking import (
 
 __all__ = [
     "LatentDiffusionPrepareBatch",
+    "CHECKPOINT_NAME",
+    "TrainingHandlers",
+    "standard_training_handlers",
+    "PeriodicValidation",
+    "create_supervised_trainer",
+    "FinalModelHandler",
+    "completed_normally",
+    "attach_resumable_checkpoint",
     "BestModelSaver",
     "create_dice_evaluator",
     "GeneratorSamples",

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import operator
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,18 @@ from ignite.engine import Events
 from ignite.metrics import Average
 from monai.engines import AdversarialTrainer, IterationEvents
 from monai.engines.utils import default_prepare_batch
-from monai.handlers import StatsHandler
 from monai.losses import PatchAdversarialLoss, PerceptualLoss
 from monai.networks.nets import PatchDiscriminator
 from monai.utils import AdversarialIterationEvents, AdversarialKeys, CommonKeys, optional_import
 from torch import nn
 
-from monai_genaug.engines.nan_guard import NaNGuard
-from monai_genaug.engines.resume import AttributeState, ResumableCheckpointHandler, find_non_finite, loader_generators
 from monai_genaug.engines.sample_grid import SampleGridHandler
-from monai_genaug.engines.tracking import create_mlflow_handler, loss_from_output
+from monai_genaug.engines.workflow import (
+    attach_resumable_checkpoint,
+    completed_normally,
+    standard_training_handlers,
+)
+from monai_genaug.engines.tracking import loss_from_output
 from monai_genaug.utils.checkpoint import atomic_save, to_json_config
 
 __all__ = [
@@ -78,6 +79,7 @@ def prepare_image_batch(
     """Batch parser of the autoencoder trainers: the image only (a label in the batch is not a reconstruction target)."""
     images, _ = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
     return images, None
+
 
 class _GeneratorAdversarialLoss:
     """``g_loss_function`` of the parent trainer: the generator wants its fakes called real."""
@@ -341,15 +343,10 @@ class FinalAutoencoderSaver:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine) -> None:
-        state = engine.state
-        finished = state.epoch_length is not None and state.iteration >= state.epoch_length * state.max_epochs
-        if not finished or getattr(state, "nan_detected", False):
-            return
         modules = {"autoencoder": self.autoencoder}
         if self.discriminator is not None:
             modules["discriminator"] = self.discriminator
-        if find_non_finite(modules):
-            warnings.warn("final autoencoder weights are not finite; no final file written.", stacklevel=2)
+        if not completed_normally(engine, modules, "autoencoder"):
             return
         ckpt: dict[str, Any] = {"format": "monai_genaug.AutoencoderKL", "config": self.config}
         ckpt.update({k: {n: v.detach().cpu() for n, v in m.state_dict().items()} for k, m in modules.items()})
@@ -509,15 +506,10 @@ def create_autoencoder_trainer(
         d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=d_lr or lr)
     g_optimizer = torch.optim.Adam(autoencoder.parameters(), lr=lr)
 
-    checkpoint_path = output_dir / "checkpoint_last.pt"
-    handlers: list[Any] = [
-        NaNGuard(checkpoint_path=checkpoint_path, raise_error=nan_raise),
-        StatsHandler(name="monai_genaug.train", tag_name="train_loss", output_transform=loss_from_output),
-    ]
-    mlflow_handler = None
-    if tracking or tracking_uri is not None:
-        logged = {
-            "trainer": "autoencoder",
+    standard = standard_training_handlers(
+        output_dir,
+        "autoencoder",
+        params={
             "lr": lr,
             "d_lr": d_lr or lr,
             "max_epochs": max_epochs,
@@ -531,16 +523,14 @@ def create_autoencoder_trainer(
             "seed": seed,
             "autoencoder": config or {},
             **dict(params or {}),
-        }
-        mlflow_handler = create_mlflow_handler(
-            output_dir=output_dir,
-            tracking_uri=tracking_uri,
-            experiment_name=experiment_name,
-            run_name=run_name,
-            params=logged,
-        )
-        if mlflow_handler is not None:
-            handlers.append(mlflow_handler)
+        },
+        nan_raise=nan_raise,
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name,
+        run_name=run_name,
+    )
+    handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     sample_grid = None
     if grid_images is not None:
         sample_grid = SampleGridHandler(
@@ -578,17 +568,20 @@ def create_autoencoder_trainer(
     save_dict: dict[str, Any] = {"autoencoder": autoencoder, "g_optimizer": g_optimizer}
     if discriminator is not None:
         save_dict.update(discriminator=discriminator, d_optimizer=d_optimizer)
-    if amp:
-        save_dict.update(
-            g_scaler=AttributeState(trainer.state, "g_scaler"), d_scaler=AttributeState(trainer.state, "d_scaler")
-        )
-    save_dict.update(loader_generators(train_loader))
-    checkpoint = ResumableCheckpointHandler(
-        output_dir, save_dict, resume=resume, seed=seed, save_interval=save_interval
+    checkpoint = attach_resumable_checkpoint(
+        trainer,
+        output_dir,
+        save_dict,
+        train_loader,
+        resume,
+        seed,
+        save_interval,
+        grad_scalers=(
+            {"g_scaler": (trainer.state, "g_scaler"), "d_scaler": (trainer.state, "d_scaler")} if amp else None
+        ),
     )
-    checkpoint.attach(trainer)
 
-    trainer.nan_guard = handlers[0]
+    trainer.nan_guard = standard.nan_guard
     trainer.checkpoint = checkpoint
     trainer.mlflow_handler = mlflow_handler
     trainer.sample_grid = sample_grid

@@ -29,9 +29,7 @@ confusion matrix.
 from __future__ import annotations
 
 import logging
-import operator
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,20 +37,21 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Events
-from ignite.metrics import Accuracy, Average
+from ignite.metrics import Accuracy
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import LrScheduleHandler, StatsHandler
+from monai.handlers import LrScheduleHandler
 from monai.inferers import SimpleInferer
 from torch import nn
 
 from monai_genaug.engines.nan_guard import NaNGuard
 from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
-from monai_genaug.engines.resume import (
-    ResumableCheckpointHandler,
-    find_non_finite,
-    loader_generators,
+from monai_genaug.engines.workflow import (
+    PeriodicValidation,
+    attach_resumable_checkpoint,
+    completed_normally,
+    create_supervised_trainer,
+    standard_training_handlers,
 )
-from monai_genaug.engines.tracking import create_mlflow_handler, loss_from_output
 
 __all__ = [
     "ClassificationPrepareBatch",
@@ -193,12 +192,7 @@ class FinalClassifierSaver:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine) -> None:
-        state = engine.state
-        finished = state.epoch_length is not None and state.iteration >= state.epoch_length * state.max_epochs
-        if not finished or getattr(state, "nan_detected", False):
-            return
-        if find_non_finite({"classifier": self.classifier}):
-            warnings.warn("final classifier weights are not finite; no final file written.", stacklevel=2)
+        if not completed_normally(engine, {"classifier": self.classifier}, "classifier"):
             return
         extra = dict(self.extra)
         if "val_accuracy" in getattr(engine, "latest_val_metrics", {}):
@@ -209,32 +203,6 @@ class FinalClassifierSaver:
 
 def _pred_label(output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return output["pred"], output["label"]
-
-
-class _Validation:
-    """Run the evaluator every ``interval`` epochs inside ``fork_rng``; remember its metrics on the trainer."""
-
-    def __init__(self, evaluator: SupervisedEvaluator, interval: int, mlflow_handler: Any | None = None) -> None:
-        if interval < 1:
-            raise ValueError(f"val_interval must be >= 1, got {interval}.")
-        self.evaluator = evaluator
-        self.interval = interval
-        self.mlflow_handler = mlflow_handler
-
-    def attach(self, engine) -> None:
-        engine.latest_val_metrics = {}
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-
-    def __call__(self, engine) -> None:
-        devices = (
-            list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-        )
-        with torch.random.fork_rng(devices=devices):
-            self.evaluator.run(engine.state.epoch)
-        engine.latest_val_metrics = dict(self.evaluator.state.metrics)
-        if self.mlflow_handler is not None:
-            self.mlflow_handler.log_metrics(engine.latest_val_metrics, step=engine.state.epoch)
-        logger.info(f"epoch {engine.state.epoch}: validation {engine.latest_val_metrics}")
 
 
 def create_noisy_classifier_trainer(
@@ -354,15 +322,10 @@ def create_noisy_classifier_trainer(
     if anneal_lr:
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=_LinearAnneal(max(iterations, 1)))
 
-    checkpoint_path = output_dir / "checkpoint_last.pt"
-    handlers: list[Any] = [
-        NaNGuard(checkpoint_path=checkpoint_path, raise_error=nan_raise),
-        StatsHandler(name="monai_genaug.train", tag_name="train_loss", output_transform=loss_from_output),
-    ]
-    mlflow_handler = None
-    if tracking or tracking_uri is not None:
-        logged = {
-            "trainer": "noisy_latent_classifier",
+    standard = standard_training_handlers(
+        output_dir,
+        "noisy_latent_classifier",
+        params={
             "lr": lr,
             "weight_decay": weight_decay,
             "anneal_lr": anneal_lr,
@@ -374,16 +337,14 @@ def create_noisy_classifier_trainer(
             "classifier": getattr(classifier, "config", {}),
             "class_names": list(class_names) if class_names is not None else None,
             **dict(params or {}),
-        }
-        mlflow_handler = create_mlflow_handler(
-            output_dir=output_dir,
-            tracking_uri=tracking_uri,
-            experiment_name=experiment_name,
-            run_name=run_name,
-            params=logged,
-        )
-        if mlflow_handler is not None:
-            handlers.append(mlflow_handler)
+        },
+        nan_raise=nan_raise,
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name,
+        run_name=run_name,
+    )
+    handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     if lr_scheduler is not None:
         handlers.append(LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=False))
 
@@ -410,7 +371,7 @@ def create_noisy_classifier_trainer(
             decollate=False,
         )
         evaluator.add_event_handler(Events.STARTED, lambda _: val_prepare.reset())
-        handlers.append(_Validation(evaluator, val_interval, mlflow_handler))
+        handlers.append(PeriodicValidation(evaluator, val_interval, mlflow_handler))
     extra = {
         "class_names": list(class_names) if class_names is not None else None,
         "noised": bool(noised),
@@ -421,32 +382,24 @@ def create_noisy_classifier_trainer(
     handlers.append(final_saver)
     handlers.extend(extra_handlers or [])
 
-    trainer = SupervisedTrainer(
-        device=device,
-        max_epochs=max_epochs,
-        train_data_loader=train_loader,
-        network=classifier,
-        optimizer=optimizer,
-        loss_function=nn.CrossEntropyLoss(),
-        epoch_length=epoch_length,
-        prepare_batch=prepare_batch,
-        inferer=SimpleInferer(),
-        key_train_metric={"epoch_loss": Average(output_transform=loss_from_output)},
-        metric_cmp_fn=operator.lt,
-        train_handlers=handlers,
+    trainer = create_supervised_trainer(
+        device,
+        max_epochs,
+        train_loader,
+        classifier,
+        optimizer,
+        nn.CrossEntropyLoss(),
+        prepare_batch,
+        handlers,
+        epoch_length,
         amp=amp,
-        decollate=False,
     )
     save_dict: dict[str, Any] = {"classifier": classifier, "optimizer": optimizer, "prepare_batch": prepare_batch}
     if lr_scheduler is not None:
         save_dict["lr_scheduler"] = lr_scheduler
-    save_dict.update(loader_generators(train_loader))
-    checkpoint = ResumableCheckpointHandler(
-        output_dir, save_dict, resume=resume, seed=seed, save_interval=save_interval
-    )
-    checkpoint.attach(trainer)
+    checkpoint = attach_resumable_checkpoint(trainer, output_dir, save_dict, train_loader, resume, seed, save_interval)
 
-    trainer.nan_guard = handlers[0]
+    trainer.nan_guard = standard.nan_guard
     trainer.checkpoint = checkpoint
     trainer.mlflow_handler = mlflow_handler
     trainer.final_saver = final_saver
@@ -510,21 +463,17 @@ def create_classifier_trainer(
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
         all_handlers.append(LrScheduleHandler(sched, print_lr=False, epoch_level=False))
     all_handlers.extend(handlers or [])
-    trainer = SupervisedTrainer(
-        device=device,
-        max_epochs=max_epochs,
-        train_data_loader=train_loader,
-        network=network,
-        optimizer=optimizer,
-        loss_function=nn.CrossEntropyLoss(label_smoothing=label_smoothing),
-        epoch_length=epoch_length,
-        prepare_batch=ClassificationPrepareBatch(image_key, label_key),
-        inferer=SimpleInferer(),
-        key_train_metric={"epoch_loss": Average(output_transform=loss_from_output)},
-        metric_cmp_fn=operator.lt,
-        train_handlers=all_handlers,
+    trainer = create_supervised_trainer(
+        device,
+        max_epochs,
+        train_loader,
+        network,
+        optimizer,
+        nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+        ClassificationPrepareBatch(image_key, label_key),
+        all_handlers,
+        epoch_length,
         amp=amp,
-        decollate=False,
     )
     if seed is not None:
         from monai.utils import set_determinism

@@ -35,18 +35,22 @@ from typing import Any
 
 import torch
 from ignite.engine import Events
-from ignite.metrics import Average, Loss
+from ignite.metrics import Loss
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import LrScheduleHandler, StatsHandler
+from monai.handlers import LrScheduleHandler
 from monai.inferers import SimpleInferer
 from torch import nn
 
 from monai_genaug.engines.ema import EMAHandler
-from monai_genaug.engines.nan_guard import NaNGuard
 from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
-from monai_genaug.engines.resume import AttributeState, ResumableCheckpointHandler, find_non_finite, loader_generators
 from monai_genaug.engines.sample_grid import SampleGridHandler
-from monai_genaug.engines.tracking import create_mlflow_handler, loss_from_output
+from monai_genaug.engines.workflow import (
+    PeriodicValidation,
+    attach_resumable_checkpoint,
+    completed_normally,
+    create_supervised_trainer,
+    standard_training_handlers,
+)
 from monai_genaug.generative.sampler import DiffusionSampler
 from monai_genaug.networks.lora import has_lora, save_lora
 
@@ -179,12 +183,7 @@ class FinalGeneratorSaver:
         return path
 
     def __call__(self, engine) -> None:
-        state = engine.state
-        finished = state.epoch_length is not None and state.iteration >= state.epoch_length * state.max_epochs
-        if not finished or getattr(state, "nan_detected", False):
-            return
-        if find_non_finite({"generator": self.generator}):
-            warnings.warn("final generator weights are not finite; no final generator file written.", stacklevel=2)
+        if not completed_normally(engine, {"generator": self.generator}, "generator"):
             return
         try:
             self._write("final")
@@ -315,25 +314,10 @@ def create_diffusion_trainer(
         sample_posterior=sample_posterior,
         seed=seed,
     )
-    checkpoint_path = output_dir / "checkpoint_last.pt"
-    handlers: list[Any] = []
-    nan_guard = NaNGuard(checkpoint_path=checkpoint_path, raise_error=nan_raise)
-    handlers.append(nan_guard)
-    ema = None
-    if ema_decay is not None:
-        ema = EMAHandler(
-            trainable_modules(generator),
-            decay=ema_decay,
-            warmup_decay=0.0 if ema_warmup_iters else None,
-            warmup_iters=ema_warmup_iters or None,
-        )
-        handlers.append(ema)
-    handlers.append(StatsHandler(name="monai_genaug.train", tag_name="train_loss", output_transform=loss_from_output))
-
-    mlflow_handler = None
-    if tracking or tracking_uri is not None:
-        logged = {
-            "trainer": "diffusion",
+    standard = standard_training_handlers(
+        output_dir,
+        "diffusion",
+        params={
             "lr": optimizer.param_groups[0]["lr"],
             "max_epochs": max_epochs,
             "batch_size": getattr(train_loader, "batch_size", None),
@@ -347,16 +331,23 @@ def create_diffusion_trainer(
             "seed": seed,
             "generator": getattr(generator, "config", {}),
             **dict(params or {}),
-        }
-        mlflow_handler = create_mlflow_handler(
-            output_dir=output_dir,
-            tracking_uri=tracking_uri,
-            experiment_name=experiment_name,
-            run_name=run_name,
-            params=logged,
+        },
+        nan_raise=nan_raise,
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name,
+        run_name=run_name,
+    )
+    handlers, nan_guard, mlflow_handler = standard.handlers, standard.nan_guard, standard.mlflow_handler
+    ema = None
+    if ema_decay is not None:
+        ema = EMAHandler(
+            trainable_modules(generator),
+            decay=ema_decay,
+            warmup_decay=0.0 if ema_warmup_iters else None,
+            warmup_iters=ema_warmup_iters or None,
         )
-        if mlflow_handler is not None:
-            handlers.append(mlflow_handler)
+        handlers.insert(1, ema)
     if lr_scheduler is not None:
         handlers.append(LrScheduleHandler(lr_scheduler, print_lr=False))
 
@@ -383,12 +374,7 @@ def create_diffusion_trainer(
             decollate=False,
         )
         evaluator.add_event_handler(Events.STARTED, val_prepare.reset)
-        if mlflow_handler is not None:
-            # log val_loss into the trainer's run at the trainer's epoch
-            evaluator.add_event_handler(
-                Events.COMPLETED, lambda e: mlflow_handler.log_metrics(e.state.metrics, step=e.state.epoch)
-            )
-        handlers.append(_ValidationRunner(evaluator, val_interval))
+        handlers.append(PeriodicValidation(evaluator, val_interval, mlflow_handler))
 
     sample_grid = None
     if sample_fn is None and sample_size is not None:
@@ -409,34 +395,33 @@ def create_diffusion_trainer(
     handlers.append(final_saver)
     handlers.extend(extra_handlers or [])
 
-    trainer = SupervisedTrainer(
-        device=device,
-        max_epochs=max_epochs,
-        train_data_loader=train_loader,
-        network=generator,
-        optimizer=optimizer,
-        loss_function=nn.MSELoss(),
-        epoch_length=epoch_length,
-        prepare_batch=prepare_batch,
-        inferer=SimpleInferer(),
-        key_train_metric={"epoch_loss": Average(output_transform=loss_from_output)},
-        metric_cmp_fn=operator.lt,
-        train_handlers=handlers,
+    trainer = create_supervised_trainer(
+        device,
+        max_epochs,
+        train_loader,
+        generator,
+        optimizer,
+        nn.MSELoss(),
+        prepare_batch,
+        handlers,
+        epoch_length,
         amp=amp,
-        decollate=False,
     )
     save_dict: dict[str, Any] = {"generator": generator, "optimizer": optimizer, "prepare_batch": prepare_batch}
     if ema is not None:
         save_dict["ema"] = ema
     if lr_scheduler is not None:
         save_dict["lr_scheduler"] = lr_scheduler
-    if amp:
-        save_dict["grad_scaler"] = AttributeState(trainer, "scaler")
-    save_dict.update(loader_generators(train_loader))
-    checkpoint = ResumableCheckpointHandler(
-        output_dir, save_dict, resume=resume, seed=seed, save_interval=save_interval
+    checkpoint = attach_resumable_checkpoint(
+        trainer,
+        output_dir,
+        save_dict,
+        train_loader,
+        resume,
+        seed,
+        save_interval,
+        grad_scalers={"grad_scaler": (trainer, "scaler")} if amp else None,
     )
-    checkpoint.attach(trainer)  # last: saves after the LR step, validation and grids of the epoch
 
     trainer.ema = ema
     trainer.nan_guard = nan_guard
@@ -446,23 +431,3 @@ def create_diffusion_trainer(
     trainer.final_saver = final_saver
     trainer.evaluator = evaluator
     return trainer
-
-
-class _ValidationRunner:
-    """Run the evaluator every ``interval`` epochs inside ``fork_rng`` (validation never shifts training's RNG)."""
-
-    def __init__(self, evaluator: SupervisedEvaluator, interval: int) -> None:
-        if interval < 1:
-            raise ValueError(f"val_interval must be >= 1, got {interval}.")
-        self.evaluator = evaluator
-        self.interval = interval
-
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-
-    def __call__(self, engine) -> None:
-        devices = (
-            list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-        )
-        with torch.random.fork_rng(devices=devices):
-            self.evaluator.run(engine.state.epoch)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -45,17 +44,15 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Events
-from ignite.metrics import Average
 from monai.engines import SupervisedTrainer
 from monai.handlers import (
     LrScheduleHandler,
-    StatsHandler,
     ValidationHandler,
 )
-from monai.inferers import SimpleInferer
 from monai.optimizers import WarmupCosineSchedule
 from monai.transforms import (
     Compose,
+    MapTransform,
     Orientationd,
     RandFlipd,
     RandRotate90d,
@@ -72,14 +69,13 @@ from monai_genaug.data.folders import (
 from monai_genaug.data.phantoms import MANIFEST_NAME, write_phantom_dataset
 from monai_genaug.data.pipelines import segmentation_2d_transforms, volume_3d_transforms
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
-from monai_genaug.engines.nan_guard import NaNGuard
-from monai_genaug.engines.resume import (
-    AttributeState,
-    ResumableCheckpointHandler,
-    find_non_finite,
-    loader_generators,
+from monai_genaug.engines.workflow import (
+    FinalModelHandler,
+    PeriodicValidation,
+    attach_resumable_checkpoint,
+    create_supervised_trainer,
+    standard_training_handlers,
 )
-from monai_genaug.engines.tracking import create_mlflow_handler, loss_from_output
 from monai_genaug.engines.validation import BestModelSaver, create_dice_evaluator
 from monai_genaug.methods.gms import (
     GMSLoss,
@@ -197,7 +193,11 @@ class GMSPrepareBatch:
         return tuple(torch.stack([f[n].to(device) for f in found]) for n in range(len(found[0])))
 
     def __call__(
-        self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple, dict[str, Any]]:
         seg = self.segmenter
         images = _batch_item(batchdata, self.image_key, "images")
@@ -271,7 +271,9 @@ class GMSAutoencoderPrepareBatch:
         images = images.as_tensor() if hasattr(images, "as_tensor") else images
         sd = images.ndim - 2
         if images.shape[1] != self.channels:
-            raise ValueError(f"batch['{self.image_key}'] has {images.shape[1]} channels, the autoencoder takes {self.channels}.")
+            raise ValueError(
+                f"batch['{self.image_key}'] has {images.shape[1]} channels, the autoencoder takes {self.channels}."
+            )
         if self.use_images:
             parts.append(images.float())
         if self.use_masks:
@@ -290,7 +292,9 @@ class LabelPrepareBatch:
         self.label_key = label_key
 
     def __call__(self, batchdata: Mapping[str, Any], device=None, non_blocking: bool = False, **kwargs):
-        labels = torch.as_tensor(_batch_item(batchdata, self.label_key, "masks")).to(device=device, non_blocking=non_blocking)
+        labels = torch.as_tensor(_batch_item(batchdata, self.label_key, "masks")).to(
+            device=device, non_blocking=non_blocking
+        )
         return labels, labels
 
 
@@ -338,7 +342,9 @@ class ScaleFactorInitializer:
         max_batches: batches used for the estimate (None: all).
     """
 
-    def __init__(self, segmenter: GMSSegmenter, loader: Any, image_key: str = "image", max_batches: int | None = 8) -> None:
+    def __init__(
+        self, segmenter: GMSSegmenter, loader: Any, image_key: str = "image", max_batches: int | None = 8
+    ) -> None:
         self.segmenter = segmenter
         self.loader = loader
         self.image_key = image_key
@@ -439,7 +445,9 @@ def create_gms_trainer(
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
     if not segmenter.include_background:
-        raise ValueError("train a GMSSegmenter built with include_background=True (the evaluator takes K + 1 probabilities).")
+        raise ValueError(
+            "train a GMSSegmenter built with include_background=True (the evaluator takes K + 1 probabilities)."
+        )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
@@ -456,18 +464,10 @@ def create_gms_trainer(
         segmenter, image_key, label_key, noise_prob=noise_prob, cache=cache, decode_levels=loss.decode_levels, seed=seed
     )
 
-    checkpoint_path = output_dir / "checkpoint_last.pt"
-    handlers: list[Any] = []
-    scale_init = None
-    if estimate_scale:
-        scale_init = ScaleFactorInitializer(segmenter, train_loader, image_key, max_batches=scale_batches)
-        handlers.append(scale_init)
-    nan_guard = NaNGuard(checkpoint_path=checkpoint_path, raise_error=nan_raise)
-    handlers += [nan_guard, StatsHandler(name="monai_genaug.train", tag_name="train_loss", output_transform=loss_from_output)]
-    mlflow_handler = None
-    if tracking or tracking_uri is not None:
-        logged = {
-            "trainer": "gms",
+    standard = standard_training_handlers(
+        output_dir,
+        "gms",
+        params={
             "lr": optimizer.param_groups[0]["lr"],
             "weight_decay": weight_decay,
             "warmup_epochs": warmup_epochs,
@@ -482,29 +482,32 @@ def create_gms_trainer(
             "seed": seed,
             "gms": segmenter.config,
             **dict(params or {}),
-        }
-        mlflow_handler = create_mlflow_handler(
-            output_dir=output_dir, tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=run_name, params=logged
-        )
-        if mlflow_handler is not None:
-            handlers.append(mlflow_handler)
+        },
+        nan_raise=nan_raise,
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name,
+        run_name=run_name,
+    )
+    handlers, nan_guard, mlflow_handler = standard.handlers, standard.nan_guard, standard.mlflow_handler
+    scale_init = None
+    if estimate_scale:  # first: the scale is set on start, before the checkpoint resumes
+        scale_init = ScaleFactorInitializer(segmenter, train_loader, image_key, max_batches=scale_batches)
+        handlers.insert(0, scale_init)
     handlers.append(LrScheduleHandler(scheduler, print_lr=False, epoch_level=False))
 
-    trainer = SupervisedTrainer(
-        device=device,
-        max_epochs=max_epochs,
-        train_data_loader=train_loader,
-        network=segmenter,
-        optimizer=optimizer,
-        loss_function=loss,
-        epoch_length=epoch_length,
-        prepare_batch=prepare,
-        inferer=SimpleInferer(),
-        key_train_metric={"train_loss": Average(output_transform=loss_from_output)},
-        metric_cmp_fn=operator.lt,
-        train_handlers=handlers,
+    trainer = create_supervised_trainer(
+        device,
+        max_epochs,
+        train_loader,
+        segmenter,
+        optimizer,
+        loss,
+        prepare,
+        handlers,
+        epoch_length,
+        metric_name="train_loss",
         amp=amp,
-        decollate=False,
     )
     evaluator = best_saver = None
     save_dict: dict[str, Any] = {
@@ -516,30 +519,30 @@ def create_gms_trainer(
     if val_loader is not None:
         best_saver = BestModelSaver(segmenter.save, model_path, "val_mean_dice", trainer=trainer)
         evaluator = create_dice_evaluator(
-            segmenter, val_loader, segmenter.num_classes, device, inferer=val_inferer, val_handlers=[best_saver], amp=amp
+            segmenter,
+            val_loader,
+            segmenter.num_classes,
+            device,
+            inferer=val_inferer,
+            val_handlers=[best_saver],
+            amp=amp,
         )
-        if mlflow_handler is not None:
-            evaluator.add_event_handler(
-                Events.COMPLETED, lambda e: mlflow_handler.log_metrics(e.state.metrics, step=trainer.state.epoch)
-            )
-        ValidationHandler(interval=val_interval, validator=evaluator, epoch_level=True).attach(trainer)
+        PeriodicValidation(evaluator, val_interval, mlflow_handler).attach(trainer)
         save_dict["best_saver"] = best_saver
     else:
-
-        def _final(engine) -> None:
-            st = engine.state
-            finished = st.iteration >= st.epoch_length * st.max_epochs and not getattr(st, "nan_detected", False)
-            if finished and not find_non_finite({"segmenter": segmenter}):
-                segmenter.save(str(model_path))
-
-        trainer.add_event_handler(Events.COMPLETED, _final)
+        FinalModelHandler(lambda _: segmenter.save(str(model_path)), {"segmenter": segmenter}, "GMS").attach(trainer)
     for h in extra_handlers or []:
         h.attach(trainer)
-    if amp:
-        save_dict["grad_scaler"] = AttributeState(trainer, "scaler")
-    save_dict.update(loader_generators(train_loader))
-    checkpoint = ResumableCheckpointHandler(output_dir, save_dict, resume=resume, seed=seed, save_interval=save_interval)
-    checkpoint.attach(trainer)
+    checkpoint = attach_resumable_checkpoint(
+        trainer,
+        output_dir,
+        save_dict,
+        train_loader,
+        resume,
+        seed,
+        save_interval,
+        grad_scalers={"grad_scaler": (trainer, "scaler")} if amp else None,
+    )
 
     trainer.prepare = prepare
     trainer.gms_loss = loss
@@ -557,7 +560,9 @@ def create_gms_trainer(
 class _KeepBestAutoencoder:
     """On ``COMPLETED``: load the best validated autoencoder weights back (if any) and freeze the autoencoder."""
 
-    def __init__(self, autoencoder: nn.Module, saver: BestModelSaver | None, path: Path, config: Mapping[str, Any]) -> None:
+    def __init__(
+        self, autoencoder: nn.Module, saver: BestModelSaver | None, path: Path, config: Mapping[str, Any]
+    ) -> None:
         self.autoencoder = autoencoder
         self.saver = saver
         self.path = path
@@ -644,7 +649,9 @@ def create_gms_autoencoder_trainer(
     output_dir = Path(output_dir)
     config = dict(config)
     image_channels = int(config["image_channels"])
-    value_range = tuple(mask_value_range if mask_value_range is not None else config.get("mask_value_range", (0.0, 1.0)))
+    value_range = tuple(
+        mask_value_range if mask_value_range is not None else config.get("mask_value_range", (0.0, 1.0))
+    )
     path = Path(autoencoder_path) if autoencoder_path is not None else output_dir / "autoencoder.pt"
     prepare = GMSAutoencoderPrepareBatch(num_classes, image_channels, image_key, label_key, value_range)
     autoencoder.requires_grad_(True)
@@ -661,8 +668,13 @@ def create_gms_autoencoder_trainer(
         saver = BestModelSaver(lambda p: save_autoencoder(autoencoder, p, config), path, "val_mask_dice")
         recon = MaskReconstructor(autoencoder, num_classes, value_range)
         evaluator = create_dice_evaluator(
-            recon, val_loader, num_classes, device, prepare_batch=LabelPrepareBatch(label_key),
-            metric_name="val_mask_dice", val_handlers=[saver],
+            recon,
+            val_loader,
+            num_classes,
+            device,
+            prepare_batch=LabelPrepareBatch(label_key),
+            metric_name="val_mask_dice",
+            val_handlers=[saver],
         )
         extra.append(ValidationHandler(interval=val_interval, validator=evaluator, epoch_level=True))
     extra.append(_KeepBestAutoencoder(autoencoder, saver, path, config))
@@ -810,6 +822,33 @@ def gms_datalist(
     return out[:max_items] if max_items else out
 
 
+class _CheckLabelsd(MapTransform):
+    """Check a loaded label map against ``0..num_classes`` (:func:`~monai_genaug.methods.gms.check_labels`), naming
+    the file and the model's class count in the error. Missing labels are allowed (unlabelled images)."""
+
+    def __init__(self, key: str, num_classes: int, spatial_dims: int) -> None:
+        super().__init__(key, allow_missing_keys=True)
+        self.num_classes = int(num_classes)
+        self.spatial_dims = int(spatial_dims)
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            meta = getattr(label, "meta", {}) or {}
+            name = f"label file '{meta.get('filename_or_obj', key)}'"
+            x = torch.as_tensor(label.as_tensor() if hasattr(label, "as_tensor") else label)
+            try:
+                check_labels(x[None], self.num_classes, self.spatial_dims, name=name)
+            except ValueError as e:
+                raise ValueError(
+                    f"{e} The GMS model file decides num_classes: for BRATS labels 0..4 use a model trained with "
+                    "--num_classes 4 (configs/train.json + configs/train_3d.json), or one trained with --num_classes 1 "
+                    "(whole tumour)."
+                ) from e
+        return d
+
+
 def gms_transforms(
     spatial_dims: int = 2,
     spatial_size: Sequence[int] = (64, 64),
@@ -820,6 +859,7 @@ def gms_transforms(
     modality_keys: Sequence[str] = ("flair", "t1c"),
     image_key: str = "image",
     label_key: str = "label",
+    spatial_multiple: int = 1,
 ) -> Compose:
     """Loading pipeline of the GMS bundle for 2D ``images/ + masks/`` pairs or 3D NIfTI cases.
 
@@ -827,8 +867,9 @@ def gms_transforms(
     [0, 1]; the mask binarised (``num_classes == 1``: "auto" threshold, so 0/255 PNG and Kvasir's JPEG masks work) or
     kept as label values (multi-class). 3D (:func:`~monai_genaug.data.pipelines.volume_3d_transforms`): one channel
     per modality, z-scored inside the non-zero region, label ``"whole_tumour"`` (binary) or ``"multiclass"``, then
-    RAS orientation. Both end with ``Resized`` to ``spatial_size`` (bilinear / trilinear images, nearest labels),
-    which ``Invertd`` undoes for native-resolution outputs.
+    RAS orientation. The label values are then checked against ``0..num_classes`` (a ``ValueError`` names the file,
+    e.g. BRATS labels 0..4 given to a 3-class model). Both end with ``Resized`` to ``spatial_size`` (bilinear /
+    trilinear images, nearest labels), which ``Invertd`` undoes for native-resolution outputs.
 
     Args:
         spatial_dims: 2 or 3.
@@ -841,10 +882,22 @@ def gms_transforms(
         modality_keys: 3D modality keys of the datalist, one image channel each.
         image_key: image key.
         label_key: label key.
+        spatial_multiple: ``spatial_size`` must be a multiple of it (the model's autoencoder factor,
+            ``GMSSegmenter.factor``); checked here so a bad size fails before any image is read.
+
+    Raises:
+        ValueError: ``spatial_size`` of the wrong length or not a multiple of ``spatial_multiple``; wrong channels.
     """
     size = [int(s) for s in spatial_size]
     if len(size) != spatial_dims:
         raise ValueError(f"spatial_size {tuple(size)} must have {spatial_dims} values for spatial_dims={spatial_dims}.")
+    multiple = int(spatial_multiple)
+    if multiple > 1 and any(s % multiple for s in size):
+        good = [max(multiple, round(s / multiple) * multiple) for s in size]
+        raise ValueError(
+            f"spatial_size {tuple(size)} is not a multiple of the model's autoencoder down-sampling factor {multiple}; "
+            f"the autoencoder cannot take it. Use e.g. --spatial_size \"{good}\"."
+        )
     if spatial_dims == 2:
         if image_channels not in (1, 3):
             raise ValueError(f"2D GMS images are RGB (image_channels=3) or grey (1), got {image_channels}.")
@@ -876,6 +929,7 @@ def gms_transforms(
         xforms.append(Orientationd(keys=[image_key, label_key], axcodes="RAS", labels=None))
     else:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+    xforms.append(_CheckLabelsd(label_key, num_classes, spatial_dims))
     mode = "bilinear" if spatial_dims == 2 else "trilinear"
     xforms.append(Resized(keys=image_key, spatial_size=size, mode=mode, anti_aliasing=spatial_dims == 2))
     if resize_label:
@@ -942,10 +996,13 @@ def image_meta(batch: Sequence[Mapping[str, Any]], image_key: str = "image") -> 
     return [dict(getattr(item[image_key], "meta", {})) for item in batch]
 
 
-_PALETTE = torch.tensor(
-    [[0, 0, 0], [230, 60, 60], [60, 200, 80], [70, 110, 240], [240, 200, 50], [200, 80, 220], [60, 210, 220]],
-    dtype=torch.float32,
-) / 255.0
+_PALETTE = (
+    torch.tensor(
+        [[0, 0, 0], [230, 60, 60], [60, 200, 80], [70, 110, 240], [240, 200, 50], [200, 80, 220], [60, 210, 220]],
+        dtype=torch.float32,
+    )
+    / 255.0
+)
 
 
 class SegmentationGridSaver:

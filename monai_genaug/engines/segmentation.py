@@ -30,17 +30,14 @@ batches with label maps ``0..K``:
 from __future__ import annotations
 
 import logging
-import operator
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Events
-from ignite.metrics import Average
 from monai.engines import SupervisedTrainer
-from monai.handlers import LrScheduleHandler, StatsHandler, ValidationHandler
+from monai.handlers import LrScheduleHandler
 from monai.inferers import Inferer, SimpleInferer
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
@@ -48,14 +45,13 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from monai_genaug.engines.validation import BestModelSaver, create_dice_evaluator
-from monai_genaug.engines.nan_guard import NaNGuard
-from monai_genaug.engines.resume import (
-    AttributeState,
-    ResumableCheckpointHandler,
-    find_non_finite,
-    loader_generators,
+from monai_genaug.engines.workflow import (
+    FinalModelHandler,
+    PeriodicValidation,
+    attach_resumable_checkpoint,
+    create_supervised_trainer,
+    standard_training_handlers,
 )
-from monai_genaug.engines.tracking import create_mlflow_handler, loss_from_output
 from monai_genaug.utils.checkpoint import (
     atomic_save,
     check_state_dict_compatible,
@@ -455,16 +451,10 @@ def create_segmentation_trainer(
     save_fn = save_fn if save_fn is not None else (lambda p: save_segmenter(network, p))
     steps = int(epoch_length or len(train_loader))
 
-    checkpoint_path = output_dir / "checkpoint_last.pt"
-    nan_guard = NaNGuard(checkpoint_path=checkpoint_path, raise_error=nan_raise)
-    handlers: list[Any] = [
-        nan_guard,
-        StatsHandler(name="monai_genaug.train", tag_name="train_loss", output_transform=loss_from_output),
-    ]
-    mlflow_handler = None
-    if tracking or tracking_uri is not None:
-        logged = {
-            "trainer": "segmentation",
+    standard = standard_training_handlers(
+        output_dir,
+        "segmentation",
+        params={
             "lr": optimizer.param_groups[0]["lr"],
             "weight_decay": weight_decay,
             "max_epochs": max_epochs,
@@ -477,16 +467,14 @@ def create_segmentation_trainer(
             "seed": seed,
             "segmenter": getattr(network, "segmenter_config", None),
             **dict(params or {}),
-        }
-        mlflow_handler = create_mlflow_handler(
-            output_dir=output_dir,
-            tracking_uri=tracking_uri,
-            experiment_name=experiment_name,
-            run_name=run_name,
-            params=logged,
-        )
-        if mlflow_handler is not None:
-            handlers.append(mlflow_handler)
+        },
+        nan_raise=nan_raise,
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name,
+        run_name=run_name,
+    )
+    handlers, nan_guard, mlflow_handler = standard.handlers, standard.nan_guard, standard.mlflow_handler
     lr_scheduler = None
     if lr_step_size is not None:
         if lr_step_size < 1:
@@ -497,21 +485,17 @@ def create_segmentation_trainer(
         lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps * max_epochs))
         handlers.append(LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=False))
 
-    trainer = SupervisedTrainer(
-        device=device,
-        max_epochs=max_epochs,
-        train_data_loader=train_loader,
-        network=network,
-        optimizer=optimizer,
-        loss_function=loss_function,
-        epoch_length=epoch_length,
-        prepare_batch=SegmentationPrepareBatch(num_classes, image_key, label_key),
-        inferer=SimpleInferer(),
-        key_train_metric={"epoch_loss": Average(output_transform=loss_from_output)},
-        metric_cmp_fn=operator.lt,
-        train_handlers=handlers,
+    trainer = create_supervised_trainer(
+        device,
+        max_epochs,
+        train_loader,
+        network,
+        optimizer,
+        loss_function,
+        SegmentationPrepareBatch(num_classes, image_key, label_key),
+        handlers,
+        epoch_length,
         amp=amp,
-        decollate=False,
     )
     save_dict: dict[str, Any] = {"network": network, "optimizer": optimizer}
     if lr_scheduler is not None:
@@ -530,33 +514,32 @@ def create_segmentation_trainer(
             val_handlers=[best_saver],
             amp=amp,
         )
-        if mlflow_handler is not None:
-            evaluator.add_event_handler(
-                Events.COMPLETED, lambda e: mlflow_handler.log_metrics(e.state.metrics, step=trainer.state.epoch)
-            )
-        ValidationHandler(interval=val_interval, validator=evaluator, epoch_level=True).attach(trainer)
+        PeriodicValidation(evaluator, val_interval, mlflow_handler).attach(trainer)
         save_dict["best_saver"] = best_saver
 
-    def _final(engine) -> None:
-        # without validation (or when it never ran: val_interval > max_epochs) the final model is the model
-        st = engine.state
-        if best_saver is not None and best_saver.best is not None:
-            return
-        finished = st.iteration >= st.epoch_length * st.max_epochs and not getattr(st, "nan_detected", False)
-        if finished and not find_non_finite({"network": network}):
-            save_fn(str(model_path))
-            logger.info(f"saved the final segmenter '{model_path}'.")
+    def _save_final(_engine) -> None:
+        save_fn(str(model_path))
+        logger.info(f"saved the final segmenter '{model_path}'.")
 
-    trainer.add_event_handler(Events.COMPLETED, _final)
+    # without validation (or when it never ran: val_interval > max_epochs) the final model is the model
+    FinalModelHandler(
+        _save_final,
+        {"network": network},
+        "segmenter",
+        skip_if=lambda: best_saver is not None and best_saver.best is not None,
+    ).attach(trainer)
     for h in extra_handlers or []:
         h.attach(trainer)
-    if amp:
-        save_dict["grad_scaler"] = AttributeState(trainer, "scaler")
-    save_dict.update(loader_generators(train_loader))
-    checkpoint = ResumableCheckpointHandler(
-        output_dir, save_dict, resume=resume, seed=seed, save_interval=save_interval
+    checkpoint = attach_resumable_checkpoint(
+        trainer,
+        output_dir,
+        save_dict,
+        train_loader,
+        resume,
+        seed,
+        save_interval,
+        grad_scalers={"grad_scaler": (trainer, "scaler")} if amp else None,
     )
-    checkpoint.attach(trainer)
 
     trainer.evaluator = evaluator
     trainer.best_saver = best_saver

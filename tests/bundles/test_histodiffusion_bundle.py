@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from monai.bundle import run
 
 from monai_genaug.bundle.schema import verify_bundle_metadata
@@ -24,11 +23,8 @@ TINY_DATA = {"num_phantoms": 40}  # 4 classes, 32 x 32
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every test of this file on one torch thread."""
 
 
 def _run(config: str, output_dir: Path, **overrides) -> None:

@@ -31,11 +31,8 @@ SIZE = (16, 16)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every test of this file on one torch thread."""
 
 
 def _items(n: int, seed: int) -> list[dict]:

@@ -18,11 +18,8 @@ from monai_genaug.utils.checkpoint import (
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every test of this file on one torch thread."""
 
 
 def _tiny(spatial_dims: int = 2, input_shape=(16, 16), **kw) -> NoisyLatentClassifier:

@@ -1,0 +1,265 @@
+# Copyright (c) monai_genaug contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The wiring every trainer of the package shares, written once: the standard handler set (NaN guard, stats,
+optional MLflow run), periodic validation that never shifts training's random stream, a ``SupervisedTrainer`` with
+the package defaults, final-model handlers that fire only on normal completion, and the resumable checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from ignite.metrics import Average
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import StatsHandler
+from monai.inferers import Inferer, SimpleInferer
+from torch import nn
+
+from monai_genaug.engines.nan_guard import NaNGuard
+from monai_genaug.engines.resume import AttributeState, ResumableCheckpointHandler, find_non_finite, loader_generators
+from monai_genaug.engines.tracking import create_mlflow_handler, loss_from_output
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "TrainingHandlers",
+    "standard_training_handlers",
+    "PeriodicValidation",
+    "create_supervised_trainer",
+    "FinalModelHandler",
+    "completed_normally",
+    "attach_resumable_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+#: file name of the resumable checkpoint every trainer writes into its output folder
+CHECKPOINT_NAME = "checkpoint_last.pt"
+
+
+@dataclass
+class TrainingHandlers:
+    """The standard handlers of a trainer: ``handlers`` (in firing order) and the two the caller keeps a handle on."""
+
+    handlers: list[Any]
+    nan_guard: NaNGuard
+    mlflow_handler: Any | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def standard_training_handlers(
+    output_dir: str | os.PathLike,
+    trainer_name: str,
+    params: Mapping[str, Any],
+    nan_raise: bool = True,
+    tracking: bool = False,
+    tracking_uri: str | None = None,
+    experiment_name: str = "monai_genaug",
+    run_name: str | None = None,
+) -> TrainingHandlers:
+    """NaN guard (first, so a bad loss stops the iteration before anything else sees it), loss stats, and an MLflow run.
+
+    Args:
+        output_dir: the trainer's output folder (checkpoint and default MLflow store live there).
+        trainer_name: logged as the ``trainer`` parameter.
+        params: hyper-parameters logged to MLflow.
+        nan_raise: raise on a non-finite loss (True) or stop with an error log (False).
+        tracking: log to MLflow (also on whenever ``tracking_uri`` is given).
+        tracking_uri: MLflow URI; default ``sqlite:///<output_dir>/mlruns.db``. Unreachable -> warning, no tracking.
+        experiment_name: MLflow experiment.
+        run_name: MLflow run name.
+    """
+    nan_guard = NaNGuard(checkpoint_path=Path(output_dir) / CHECKPOINT_NAME, raise_error=nan_raise)
+    handlers: list[Any] = [
+        nan_guard,
+        StatsHandler(name="monai_genaug.train", tag_name="train_loss", output_transform=loss_from_output),
+    ]
+    mlflow_handler = None
+    if tracking or tracking_uri is not None:
+        mlflow_handler = create_mlflow_handler(
+            output_dir=output_dir,
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+            run_name=run_name,
+            params={"trainer": trainer_name, **dict(params)},
+        )
+        if mlflow_handler is not None:
+            handlers.append(mlflow_handler)
+    return TrainingHandlers(handlers, nan_guard, mlflow_handler)
+
+
+class PeriodicValidation:
+    """Run an evaluator every ``interval`` epochs inside ``torch.random.fork_rng``, so that validating never changes
+    the training's random stream (an interrupted and resumed run equals an uninterrupted one). The metrics are kept
+    on the trainer as ``latest_val_metrics`` and logged to the trainer's MLflow run at the trainer's epoch.
+
+    Args:
+        evaluator: a MONAI evaluator.
+        interval: epochs between validations.
+        mlflow_handler: the trainer's MLflow handler, or None.
+    """
+
+    def __init__(self, evaluator: SupervisedEvaluator, interval: int = 1, mlflow_handler: Any | None = None) -> None:
+        if interval < 1:
+            raise ValueError(f"val_interval must be >= 1 epoch, got {interval}.")
+        self.evaluator = evaluator
+        self.interval = int(interval)
+        self.mlflow_handler = mlflow_handler
+
+    def attach(self, engine) -> None:
+        """Register on every ``interval``-th ``EPOCH_COMPLETED``."""
+        engine.latest_val_metrics = {}
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine) -> None:
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+            self.evaluator.run(engine.state.epoch)
+        engine.latest_val_metrics = dict(self.evaluator.state.metrics)
+        if self.mlflow_handler is not None:
+            self.mlflow_handler.log_metrics(engine.latest_val_metrics, step=engine.state.epoch)
+        logger.info(f"epoch {engine.state.epoch}: validation {engine.latest_val_metrics}")
+
+
+def create_supervised_trainer(
+    device: torch.device | str,
+    max_epochs: int,
+    train_loader: Any,
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_function: Callable,
+    prepare_batch: Callable,
+    handlers: Sequence[Any],
+    epoch_length: int | None = None,
+    inferer: Inferer | None = None,
+    metric_name: str = "epoch_loss",
+    amp: bool = False,
+) -> SupervisedTrainer:
+    """A MONAI ``SupervisedTrainer`` with the package's defaults: the mean training loss as key metric (lower is
+    better), no decollation (outputs are losses plus the batch), a ``SimpleInferer`` unless given.
+
+    Args:
+        device: training device.
+        max_epochs: epochs in total (counting resumed ones).
+        train_loader: the training loader.
+        network: the trained network (a DDP-wrapped one works too).
+        optimizer: its optimiser.
+        loss_function: the loss.
+        prepare_batch: the batch parser (one of the package's prepare-batch classes).
+        handlers: trainer handlers, in firing order.
+        epoch_length: iterations per epoch (default ``len(train_loader)``).
+        inferer: the training inferer.
+        metric_name: name of the key metric (the epoch's mean loss).
+        amp: automatic mixed precision (CUDA).
+    """
+    return SupervisedTrainer(
+        device=device,
+        max_epochs=max_epochs,
+        train_data_loader=train_loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        epoch_length=epoch_length,
+        prepare_batch=prepare_batch,
+        inferer=inferer or SimpleInferer(),
+        key_train_metric={metric_name: Average(output_transform=loss_from_output)},
+        metric_cmp_fn=operator.lt,
+        train_handlers=list(handlers),
+        amp=amp,
+        decollate=False,
+    )
+
+
+def completed_normally(engine, modules: Mapping[str, nn.Module], what: str = "model") -> bool:
+    """True when every iteration of the run happened, no NaN stop occurred and the weights in ``modules`` are finite
+    (a warning says why not in the last case)."""
+    state = engine.state
+    finished = state.epoch_length is not None and state.iteration >= state.epoch_length * state.max_epochs
+    if not finished or getattr(state, "nan_detected", False):
+        return False
+    if find_non_finite(dict(modules)):
+        warnings.warn(f"final {what} weights are not finite; no final {what} file written.", stacklevel=2)
+        return False
+    return True
+
+
+class FinalModelHandler:
+    """Call ``save_fn(engine)`` once, on ``COMPLETED``, if training :func:`completed_normally` (never after a NaN stop,
+    an interruption, or with non-finite weights).
+
+    Args:
+        save_fn: writes the final model; receives the engine.
+        modules: the networks whose weights must be finite.
+        what: name used in messages.
+        skip_if: optional predicate; when it returns True nothing is written (e.g. a best model already was).
+    """
+
+    def __init__(
+        self,
+        save_fn: Callable[[Any], Any],
+        modules: Mapping[str, nn.Module],
+        what: str = "model",
+        skip_if: Callable[[], bool] | None = None,
+    ) -> None:
+        self.save_fn = save_fn
+        self.modules = modules
+        self.what = what
+        self.skip_if = skip_if
+
+    def attach(self, engine) -> None:
+        """Register on ``COMPLETED``."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        if self.skip_if is not None and self.skip_if():
+            return
+        if completed_normally(engine, self.modules, self.what):
+            self.save_fn(engine)
+
+
+def attach_resumable_checkpoint(
+    trainer: Any,
+    output_dir: str | os.PathLike,
+    save_dict: dict[str, Any],
+    train_loader: Any,
+    resume: bool = True,
+    seed: int = 0,
+    save_interval: int = 1,
+    grad_scalers: Mapping[str, tuple[Any, str]] | None = None,
+) -> ResumableCheckpointHandler:
+    """Attach the resumable checkpoint as the trainer's last handler (it saves after the epoch's LR step, validation and
+    pictures), with the loader's shuffling generators and the AMP gradient scalers added to ``save_dict``.
+
+    Args:
+        trainer: the trainer.
+        output_dir: folder of ``checkpoint_last.pt``.
+        save_dict: the states to save (networks, optimisers, schedulers, stateful handlers...).
+        train_loader: the training loader (its generators are checkpointed for an exact resume).
+        resume: continue from an existing checkpoint.
+        seed: seed of the global RNGs at a fresh start.
+        save_interval: epochs between checkpoints.
+        grad_scalers: ``{name: (owner, attribute)}`` of the AMP gradient scalers (created lazily by the trainer).
+    """
+    for name, (owner, attribute) in (grad_scalers or {}).items():
+        save_dict[name] = AttributeState(owner, attribute)
+    save_dict.update(loader_generators(train_loader))
+    checkpoint = ResumableCheckpointHandler(
+        output_dir, save_dict, resume=resume, seed=seed, save_interval=save_interval
+    )
+    checkpoint.attach(trainer)
+    return checkpoint
