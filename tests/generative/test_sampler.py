@@ -176,6 +176,11 @@ def test_classifier_guidance_raises_guided_class_probability():
         assert p_class(label, 20.0) > p_class(label, 0.0) + 0.05
 
 
+def test_classifier_guidance_rejects_negative_scale():
+    with pytest.raises(ValueError, match="scale must be >= 0"):
+        ClassifierGuidance(_MeanClassifier(), 0, scale=-1.0)
+
+
 def test_callback_replaces_sample_and_clamp(prompt_gen):
     sampler = DiffusionSampler(num_inference_steps=3, clamp=(-0.5, 0.5), progress=False)
     seen = []
