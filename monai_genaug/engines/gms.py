@@ -1010,7 +1010,8 @@ class SegmentationGridSaver:
 
     3D cases show the middle slice along the last axis; images with other than 1 or 3 channels show their first
     channel; labels are colour-coded (class 1 red, 2 green, 3 blue, ...). Label maps are drawn at the image's size
-    (nearest neighbour).
+    (nearest neighbour); tiles smaller than ``min_tile_size`` are enlarged by an integer factor (nearest neighbour),
+    so 64 px images or 32^3 volumes stay readable.
 
     Args:
         output_dir: destination folder.
@@ -1019,6 +1020,7 @@ class SegmentationGridSaver:
         image_key: batch key of the (network-resolution) image.
         label_key: batch/output key of the truth label map (1, *spatial) or its one-hot form.
         pred_key: output key of the predicted label map (1, *spatial) (e.g. a copy made before ``Invertd``).
+        min_tile_size: the longer side of a tile is enlarged to at least this many pixels (1: network size).
     """
 
     def __init__(
@@ -1029,8 +1031,10 @@ class SegmentationGridSaver:
         image_key: str = "image",
         label_key: str = "label",
         pred_key: str = "pred_net",
+        min_tile_size: int = 128,
     ) -> None:
         self.path = Path(output_dir) / filename
+        self.min_tile_size = max(1, int(min_tile_size))
         self.num_images = int(num_images)
         self.image_key = image_key
         self.label_key = label_key
@@ -1070,6 +1074,9 @@ class SegmentationGridSaver:
             img = img[:3] if img.shape[0] == 3 else img[:1].expand(3, -1, -1)
             lo, hi = img.min(), img.max()
             img = (img - lo) / (hi - lo).clamp_min(1e-8)
+            scale = max(1, -(-self.min_tile_size // max(img.shape[1:])))  # ceil division
+            if scale > 1:
+                img = nn.functional.interpolate(img[None], scale_factor=scale, mode="nearest")[0]
             size = img.shape[1:]
             self.rows += [img, self._labels(merged[self.label_key], size), self._labels(merged[self.pred_key], size)]
 

@@ -46,6 +46,7 @@ import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -826,9 +827,24 @@ class GMSSegmenter(nn.Module):
 
 
 def load_gms_segmenter(
-    path: str | os.PathLike, map_location: str | torch.device | None = "cpu", include_background: bool = True
+    path: str | os.PathLike,
+    map_location: str | torch.device | None = "cpu",
+    include_background: bool = True,
+    made_by: str | None = None,
 ) -> GMSSegmenter:
-    """Load a :class:`GMSSegmenter` checkpoint (a function for bundle configs: ``"_target_": "...load_gms_segmenter"``)."""
+    """Load a :class:`GMSSegmenter` checkpoint (a function for bundle configs: ``"_target_": "...load_gms_segmenter"``).
+
+    Args:
+        path: the checkpoint written by :meth:`GMSSegmenter.save`.
+        map_location: device the tensors are loaded to.
+        include_background: see :class:`GMSSegmenter`.
+        made_by: the command (train config) that writes this file, quoted when the file is missing.
+
+    Raises:
+        FileNotFoundError: the file is missing (the message names ``made_by``).
+    """
+    if made_by and not Path(path).is_file():
+        raise FileNotFoundError(f"GMS model file '{path}' does not exist. It is written by: {made_by}")
     return GMSSegmenter.load(path, map_location=map_location, include_background=include_background)
 
 

@@ -71,6 +71,25 @@ def test_label_map_saver_keeps_orientation(tmp_path):
     assert (png[:3] == 255).all() and (png[3:] == 0).all()
 
 
+def test_segmentation_grid_enlarges_small_tiles_and_colours_classes(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from monai_genaug.engines.gms import SegmentationGridSaver
+
+    label = torch.zeros(1, 16, 16, 16)
+    label[0, :4, :, 8] = 2  # class 2 (green) in the top rows of the middle slice
+    item = {"image": torch.rand(2, 16, 16, 16), "label": label, "pred_net": torch.zeros(1, 16, 16, 16)}
+    saver = SegmentationGridSaver(tmp_path, num_images=1, min_tile_size=64)
+    saver.collect(SimpleNamespace(state=SimpleNamespace(batch=[item], output=[{}])))
+    png = np.asarray(Image.open(saver.write()))
+    tile = png.shape[0] - 4  # one row of tiles, 2 px padding around
+    assert tile == 64 and png.shape[1] == 3 * tile + 8
+    truth = png[2 : 2 + tile, 4 + tile : 4 + 2 * tile]
+    assert (truth[: 4 * 4, :, 1] > 150).all() and (truth[4 * 4 :] == 0).all()
+    assert SegmentationGridSaver(tmp_path, min_tile_size=1).min_tile_size == 1
+
 def test_trainers_end_to_end(tmp_path):
     torch.manual_seed(0)
     folder = gms_data_dir(None, tmp_path / "data", kind="grey", num=12, spatial_size=(16, 16))
