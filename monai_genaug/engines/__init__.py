@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Ignite workflows: prepare-batch classes, the shared trainer wiring, diffusion / autoencoder / LoRA / GMS / classifier / segmentation trainers, validation (mean-Dice evaluator, best-model saver), handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking."""
+"""Ignite workflows: prepare-batch classes, the shared trainer wiring, diffusion / sequence diffusion / autoencoder / LoRA / GMS / classifier / segmentation trainers, validation (mean-Dice evaluator, best-model saver), handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking, DDP helpers."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ from .diffusion import (
     FinalGeneratorSaver,
     trainable_modules,
     create_diffusion_trainer,
+)
+from .sequence_diffusion import (
+    SequenceDiffusionPrepareBatch,
+    SequenceSamples,
+    create_sequence_diffusion_trainer,
+    drop_conditions,
 )
 from .autoencoder import (
     kl_divergence,
@@ -98,6 +104,17 @@ from .tracking import (
     SafeMLFlowHandler,
     create_mlflow_handler,
 )
+from .distributed import (
+    destroy_distributed,
+    distributed_loader,
+    distributed_trainer,
+    get_rank,
+    init_distributed,
+    is_main_process,
+    local_device,
+    rank0_writers,
+    unwrap,
+)
 
 __all__ = [
     "LatentDiffusionPrepareBatch",
@@ -115,6 +132,10 @@ __all__ = [
     "FinalGeneratorSaver",
     "trainable_modules",
     "create_diffusion_trainer",
+    "SequenceDiffusionPrepareBatch",
+    "SequenceSamples",
+    "create_sequence_diffusion_trainer",
+    "drop_conditions",
     "kl_divergence",
     "AutoencoderKLTrainer",
     "ReconstructionSamples",
@@ -171,4 +192,13 @@ __all__ = [
     "loss_from_output",
     "SafeMLFlowHandler",
     "create_mlflow_handler",
+    "destroy_distributed",
+    "distributed_loader",
+    "distributed_trainer",
+    "get_rank",
+    "init_distributed",
+    "is_main_process",
+    "local_device",
+    "rank0_writers",
+    "unwrap",
 ]

@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Filters of synthetic samples: one interface (fit on reference data, score, keep mask, chainable) and its implementations."""
+"""Filters of synthetic samples: one interface (fit on reference data, score, keep mask, chainable) and its implementations: centroid, semantic (classifier loss), temporal consistency, near duplicates."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ from .base import (
     num_samples,
 )
 from .centroid import CentroidFilter, class_centroids
+from .semantic import SemanticLossFilter, sample_groups
+from .temporal import (
+    NearDuplicateFilter,
+    TemporalConsistencyFilter,
+    clip_frame_features,
+    kmeans_1d,
+    temporal_consistency,
+)
 
 __all__ = [
     "FeatureFilter",
@@ -36,4 +44,11 @@ __all__ = [
     "num_samples",
     "CentroidFilter",
     "class_centroids",
+    "SemanticLossFilter",
+    "sample_groups",
+    "NearDuplicateFilter",
+    "TemporalConsistencyFilter",
+    "clip_frame_features",
+    "kmeans_1d",
+    "temporal_consistency",
 ]

@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Networks MONAI lacks: learned prompt conditions, LoRA adapters, GMS latent mapping net, noisy-latent classifier, Stable Diffusion weight import (monai_genaug.networks.sd)."""
+"""Networks MONAI lacks: learned prompt conditions, LoRA adapters, GMS latent mapping net, noisy-latent classifier, temporal sequence UNet and motion encoder, Stable Diffusion weight import (monai_genaug.networks.sd)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,20 @@ from .noisy_classifier import (
     NoisyLatentClassifier,
     classifier_config,
 )
+from .sequence_unet import (
+    SEQUENCE_TRAINABLE_MODULES,
+    ImagePriorTokenizer,
+    KeyFrameSABlock,
+    SequenceDiffusionUNet,
+    TemporalAttention,
+    set_trainable_modules,
+)
+from .motion_encoder import (
+    MOTION_METHODS,
+    MotionEncoder,
+    check_motion,
+    estimate_motion,
+)
 
 __all__ = [
     "NULL_PROMPT",
@@ -65,4 +79,14 @@ __all__ = [
     "AttentionPool",
     "NoisyLatentClassifier",
     "classifier_config",
+    "SEQUENCE_TRAINABLE_MODULES",
+    "ImagePriorTokenizer",
+    "KeyFrameSABlock",
+    "SequenceDiffusionUNet",
+    "TemporalAttention",
+    "set_trainable_modules",
+    "MOTION_METHODS",
+    "MotionEncoder",
+    "check_motion",
+    "estimate_motion",
 ]
