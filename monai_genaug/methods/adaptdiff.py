@@ -744,9 +744,9 @@ def _images_of(data: Any, key: str, what: str) -> torch.Tensor:
         raise ValueError(f"the {what} set is empty; give at least one item.")
     arrays = []
     for i, it in enumerate(items):
-        v = it[key] if isinstance(it, Mapping) else it
         if isinstance(it, Mapping) and key not in it:
             raise KeyError(f"{what} item {i} has no '{key}' (keys: {sorted(map(str, it))}).")
+        v = it[key] if isinstance(it, Mapping) else it
         arrays.append(torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v))
     shapes = {tuple(a.shape) for a in arrays}
     if len(shapes) > 1:
@@ -939,6 +939,17 @@ class AdaptDiff:
                 f"{self.image_channels}; source and target must have the same channels."
             )
 
+    def _check_batches(self, trainer: Any, image_key: str, what: str) -> Any:
+        """Check the images of every training batch (channels, dimensionality) before they reach the network."""
+
+        def _check(engine) -> None:
+            batch = engine.state.batch
+            if isinstance(batch, Mapping) and image_key in batch:
+                self._check_images(torch.as_tensor(batch[image_key]), what)
+
+        trainer.add_event_handler(Events.GET_BATCH_COMPLETED, _check)
+        return trainer
+
     # ------------------------------------------------------------------ (a) source segmenter
     def source_trainer(self, train_loader: Any, max_epochs: int, output_dir: str | os.PathLike, **kwargs: Any):
         """(a) A ``SupervisedTrainer`` of the source segmenter on labelled source pairs (Dice + CE).
@@ -947,7 +958,7 @@ class AdaptDiff:
         ``lr``, ``tracking``...). Augment the source images with :func:`source_augmentation` in the loader.
         """
         kwargs.setdefault("experiment_name", "adaptdiff_source")
-        return create_segmentation_trainer(
+        trainer = create_segmentation_trainer(
             self.segmenter,
             train_loader,
             max_epochs,
@@ -956,6 +967,7 @@ class AdaptDiff:
             device=self.device,
             **kwargs,
         )
+        return self._check_batches(trainer, kwargs.get("image_key", "image"), "source images")
 
     # ------------------------------------------------------------------ (b) pseudo-labels
     def pseudo_labeler(
@@ -1097,9 +1109,10 @@ class AdaptDiff:
         """
         kwargs.setdefault("experiment_name", "adaptdiff_diffusion")
         kwargs.setdefault("condition_keys", {"seg": "seg"})
-        return create_diffusion_trainer(
+        trainer = create_diffusion_trainer(
             self.generator, train_loader, max_epochs, output_dir, lr=lr, device=self.device, **kwargs
         )
+        return self._check_batches(trainer, kwargs.get("image_key", "image"), "target (diffusion training) images")
 
     # ------------------------------------------------------------------ (d) synthesis
     @torch.no_grad()
@@ -1192,7 +1205,7 @@ class AdaptDiff:
         """
         self.adapted = copy.deepcopy(self.segmenter).to(self.device)
         kwargs.setdefault("experiment_name", "adaptdiff_finetune")
-        return create_segmentation_trainer(
+        trainer = create_segmentation_trainer(
             self.adapted,
             train_loader,
             max_epochs,
@@ -1204,6 +1217,7 @@ class AdaptDiff:
             device=self.device,
             **kwargs,
         )
+        return self._check_batches(trainer, kwargs.get("image_key", "image"), "synthetic (fine-tuning) images")
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, loader: Any, inferer: Inferer | None = None, group_key: str | None = None) -> dict[str, Any]:
