@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Ignite workflows: prepare-batch classes, the shared trainer wiring, diffusion / sequence diffusion / autoencoder / LoRA / GMS / classifier / segmentation trainers, validation (mean-Dice evaluator, best-model saver), handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking, DDP helpers."""
+"""Ignite workflows: prepare-batch classes, the shared trainer wiring, diffusion / sequence diffusion / autoencoder / LoRA / GMS / classifier / segmentation trainers, validation (mean-Dice evaluator, best-model selection), handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking, DDP helpers."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .workflow import (
     completed_normally,
     attach_resumable_checkpoint,
 )
-from .validation import BestModelSaver, create_dice_evaluator
+from .validation import BestModelSaver, create_dice_evaluator, attach_model_selection
 from .diffusion import (
     GeneratorSamples,
     FinalGeneratorSaver,
@@ -128,6 +128,7 @@ __all__ = [
     "attach_resumable_checkpoint",
     "BestModelSaver",
     "create_dice_evaluator",
+    "attach_model_selection",
     "GeneratorSamples",
     "FinalGeneratorSaver",
     "trainable_modules",

@@ -70,13 +70,11 @@ from monai_genaug.data.phantoms import MANIFEST_NAME, write_phantom_dataset
 from monai_genaug.data.pipelines import segmentation_2d_transforms, volume_3d_transforms
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
 from monai_genaug.engines.workflow import (
-    FinalModelHandler,
-    PeriodicValidation,
     attach_resumable_checkpoint,
     create_supervised_trainer,
     standard_training_handlers,
 )
-from monai_genaug.engines.validation import BestModelSaver, create_dice_evaluator
+from monai_genaug.engines.validation import BestModelSaver, attach_model_selection, create_dice_evaluator
 from monai_genaug.methods.gms import (
     GMSLoss,
     GMSSegmenter,
@@ -509,28 +507,28 @@ def create_gms_trainer(
         metric_name="train_loss",
         amp=amp,
     )
-    evaluator = best_saver = None
     save_dict: dict[str, Any] = {
         "segmenter": segmenter,
         "optimizer": optimizer,
         "lr_scheduler": scheduler,
         "prepare_batch": prepare,
     }
-    if val_loader is not None:
-        best_saver = BestModelSaver(segmenter.save, model_path, "val_mean_dice", trainer=trainer)
-        evaluator = create_dice_evaluator(
-            segmenter,
-            val_loader,
-            segmenter.num_classes,
-            device,
-            inferer=val_inferer,
-            val_handlers=[best_saver],
-            amp=amp,
-        )
-        PeriodicValidation(evaluator, val_interval, mlflow_handler).attach(trainer)
+    evaluator, best_saver = attach_model_selection(
+        trainer,
+        segmenter,
+        segmenter.save,
+        model_path,
+        segmenter.num_classes,
+        val_loader,
+        val_interval,
+        device,
+        inferer=val_inferer,
+        mlflow_handler=mlflow_handler,
+        amp=amp,
+        what="GMS segmenter",
+    )
+    if best_saver is not None:
         save_dict["best_saver"] = best_saver
-    else:
-        FinalModelHandler(lambda _: segmenter.save(str(model_path)), {"segmenter": segmenter}, "GMS").attach(trainer)
     for h in extra_handlers or []:
         h.attach(trainer)
     checkpoint = attach_resumable_checkpoint(

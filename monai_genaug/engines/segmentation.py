@@ -44,10 +44,8 @@ from monai.metrics import DiceMetric
 from monai.networks.nets import UNet
 from torch import nn
 
-from monai_genaug.engines.validation import BestModelSaver, create_dice_evaluator
+from monai_genaug.engines.validation import attach_model_selection, create_dice_evaluator
 from monai_genaug.engines.workflow import (
-    FinalModelHandler,
-    PeriodicValidation,
     attach_resumable_checkpoint,
     create_supervised_trainer,
     standard_training_handlers,
@@ -500,34 +498,23 @@ def create_segmentation_trainer(
     save_dict: dict[str, Any] = {"network": network, "optimizer": optimizer}
     if lr_scheduler is not None:
         save_dict["lr_scheduler"] = lr_scheduler
-    evaluator = best_saver = None
-    if val_loader is not None:
-        best_saver = BestModelSaver(save_fn, model_path, "val_mean_dice", trainer=trainer)
-        evaluator = create_segmentation_evaluator(
-            network,
-            val_loader,
-            num_classes,
-            device=device,
-            inferer=val_inferer,
-            image_key=image_key,
-            label_key=label_key,
-            val_handlers=[best_saver],
-            amp=amp,
-        )
-        PeriodicValidation(evaluator, val_interval, mlflow_handler).attach(trainer)
+    evaluator, best_saver = attach_model_selection(
+        trainer,
+        network,
+        save_fn,
+        model_path,
+        num_classes,
+        val_loader,
+        val_interval,
+        device,
+        inferer=val_inferer,
+        prepare_batch=SegmentationPrepareBatch(num_classes, image_key, label_key),
+        mlflow_handler=mlflow_handler,
+        amp=amp,
+        what="segmenter",
+    )
+    if best_saver is not None:
         save_dict["best_saver"] = best_saver
-
-    def _save_final(_engine) -> None:
-        save_fn(str(model_path))
-        logger.info(f"saved the final segmenter '{model_path}'.")
-
-    # without validation (or when it never ran: val_interval > max_epochs) the final model is the model
-    FinalModelHandler(
-        _save_final,
-        {"network": network},
-        "segmenter",
-        skip_if=lambda: best_saver is not None and best_saver.best is not None,
-    ).attach(trainer)
     for h in extra_handlers or []:
         h.attach(trainer)
     checkpoint = attach_resumable_checkpoint(

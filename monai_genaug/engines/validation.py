@@ -28,7 +28,9 @@ from monai.inferers import SimpleInferer
 from monai.transforms import AsDiscreted, Compose
 from torch import nn
 
-__all__ = ["BestModelSaver", "create_dice_evaluator"]
+from monai_genaug.engines.workflow import FinalModelHandler, PeriodicValidation
+
+__all__ = ["BestModelSaver", "create_dice_evaluator", "attach_model_selection"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +134,63 @@ def create_dice_evaluator(
         amp=amp,
         **kwargs,
     )
+
+
+def attach_model_selection(
+    trainer: Any,
+    network: nn.Module,
+    save_fn: Callable[[str], Any],
+    model_path: str | os.PathLike,
+    num_classes: int,
+    val_loader: Any | None = None,
+    val_interval: int = 1,
+    device: str | torch.device = "cpu",
+    inferer: Any | None = None,
+    prepare_batch: Callable | None = None,
+    mlflow_handler: Any | None = None,
+    amp: bool = False,
+    what: str = "model",
+) -> tuple[SupervisedEvaluator | None, BestModelSaver | None]:
+    """Which model a segmentation-style trainer leaves in ``model_path``: the best of a validation split (mean
+    foreground Dice, every ``val_interval`` epochs), or the final model when there is no validation split or it never
+    ran (``val_interval`` > epochs). Returns the evaluator and the best-model saver (None without validation); put the
+    saver in the checkpoint's ``save_dict`` so the best value survives a resume.
+
+    Args:
+        trainer: the trainer.
+        network: the trained network (returns ``num_classes + 1`` probabilities / logits).
+        save_fn: writes the model to the path it receives.
+        model_path: destination file.
+        num_classes: foreground classes K.
+        val_loader: a **validation** loader (never the test split), or None.
+        val_interval: epochs between validations.
+        device: device of the evaluator.
+        inferer: inferer of the evaluator (default ``SimpleInferer``).
+        prepare_batch: batch parser of the evaluator.
+        mlflow_handler: the trainer's MLflow handler (validation metrics are logged to its run), or None.
+        amp: automatic mixed precision (CUDA).
+        what: name of the model in messages.
+    """
+    evaluator = best_saver = None
+    if val_loader is not None:
+        best_saver = BestModelSaver(save_fn, model_path, "val_mean_dice", trainer=trainer)
+        evaluator = create_dice_evaluator(
+            network,
+            val_loader,
+            num_classes,
+            device,
+            inferer=inferer,
+            prepare_batch=prepare_batch,
+            val_handlers=[best_saver],
+            amp=amp,
+        )
+        PeriodicValidation(evaluator, val_interval, mlflow_handler).attach(trainer)
+
+    def _save_final(_engine) -> None:
+        save_fn(str(model_path))
+        logger.info(f"saved the final {what} '{model_path}'.")
+
+    FinalModelHandler(
+        _save_final, {what: network}, what, skip_if=lambda: best_saver is not None and best_saver.best is not None
+    ).attach(trainer)
+    return evaluator, best_saver
