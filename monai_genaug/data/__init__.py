@@ -13,38 +13,38 @@
 
 from __future__ import annotations
 
+from .folders import (
+    IMAGE_EXTENSIONS,
+    NIFTI_EXTENSIONS,
+    SPLIT_NAMES,
+    class_folder_datalist,
+    load_datalist,
+    nifti_case_datalist,
+    paired_image_mask_datalist,
+    read_spatial_size,
+    split_datalist,
+    split_name,
+    write_datalist,
+)
 from .phantoms import (
-    PHANTOM_KINDS,
-    MRI_MODALITIES,
-    MRI_FILE_NAMES,
     MANIFEST_NAME,
-    phantom_affine,
+    MRI_FILE_NAMES,
+    MRI_MODALITIES,
+    PHANTOM_KINDS,
+    main,
+    make_class_phantoms,
     make_endoscopy_phantoms,
     make_grey_phantoms,
     make_mri_phantoms,
     make_sequence_phantoms,
     make_two_modality_phantoms,
-    make_class_phantoms,
+    phantom_affine,
     write_phantom_dataset,
-    main,
-)
-from .folders import (
-    IMAGE_EXTENSIONS,
-    NIFTI_EXTENSIONS,
-    SPLIT_NAMES,
-    read_spatial_size,
-    split_name,
-    paired_image_mask_datalist,
-    nifti_case_datalist,
-    class_folder_datalist,
-    split_datalist,
-    write_datalist,
-    load_datalist,
 )
 from .pipelines import (
     PILConvert,
-    segmentation_2d_transforms,
     classification_2d_transforms,
+    segmentation_2d_transforms,
     volume_3d_transforms,
 )
 from .synthetic import (

@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from monai.utils import optional_import
 
 nib, _has_nib = optional_import("nibabel")

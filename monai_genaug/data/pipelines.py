@@ -50,7 +50,11 @@ from monai.transforms import (
     Spacingd,
 )
 
-from monai_genaug.transforms.io import BRATS2013_REGIONS, BinarizeLabeld, LabelToRegionsd
+from monai_genaug.transforms.io import (
+    BRATS2013_REGIONS,
+    BinarizeLabeld,
+    LabelToRegionsd,
+)
 
 __all__ = [
     "PILConvert",

@@ -38,16 +38,21 @@ from monai.engines import AdversarialTrainer, IterationEvents
 from monai.engines.utils import default_prepare_batch
 from monai.losses import PatchAdversarialLoss, PerceptualLoss
 from monai.networks.nets import PatchDiscriminator
-from monai.utils import AdversarialIterationEvents, AdversarialKeys, CommonKeys, optional_import
+from monai.utils import (
+    AdversarialIterationEvents,
+    AdversarialKeys,
+    CommonKeys,
+    optional_import,
+)
 from torch import nn
 
 from monai_genaug.engines.sample_grid import SampleGridHandler
+from monai_genaug.engines.tracking import loss_from_output
 from monai_genaug.engines.workflow import (
     attach_resumable_checkpoint,
     completed_normally,
     standard_training_handlers,
 )
-from monai_genaug.engines.tracking import loss_from_output
 from monai_genaug.utils.checkpoint import atomic_save, to_json_config
 
 __all__ = [

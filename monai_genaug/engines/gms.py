@@ -69,23 +69,27 @@ from monai_genaug.data.folders import (
 from monai_genaug.data.phantoms import MANIFEST_NAME, write_phantom_dataset
 from monai_genaug.data.pipelines import segmentation_2d_transforms, volume_3d_transforms
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
+from monai_genaug.engines.validation import (
+    BestModelSaver,
+    attach_model_selection,
+    create_dice_evaluator,
+)
 from monai_genaug.engines.workflow import (
     attach_resumable_checkpoint,
     create_supervised_trainer,
     standard_training_handlers,
 )
-from monai_genaug.engines.validation import BestModelSaver, attach_model_selection, create_dice_evaluator
 from monai_genaug.methods.gms import (
     GMSLoss,
     GMSSegmenter,
     LatentCache,
     MaskReconstructor,
-    check_labels,
     labels_to_onehot,
     masks_to_images,
     save_autoencoder,
 )
 from monai_genaug.utils.images import save_image_grid
+from monai_genaug.utils.labels import check_label_map
 
 __all__ = [
     "GMSAutoencoderPrepareBatch",
@@ -205,7 +209,7 @@ class GMSPrepareBatch:
         images = images.as_tensor() if hasattr(images, "as_tensor") else images
         labels = labels.as_tensor() if hasattr(labels, "as_tensor") else labels
         seg.check_images(images, name=f"batch['{self.image_key}']")
-        labels = check_labels(labels, seg.num_classes, seg.spatial_dims, name=f"batch['{self.label_key}']")
+        labels = check_label_map(labels, seg.num_classes, seg.spatial_dims, name=f"batch['{self.label_key}']")
         if labels.shape[0] != images.shape[0] or labels.shape[2:] != images.shape[2:]:
             raise ValueError(
                 f"batch['{self.label_key}'] has shape {tuple(labels.shape)} but the images are {tuple(images.shape)}; "
@@ -277,7 +281,7 @@ class GMSAutoencoderPrepareBatch:
         if self.use_masks:
             labels = torch.as_tensor(_batch_item(batchdata, self.label_key, "masks"))
             labels = labels.as_tensor() if hasattr(labels, "as_tensor") else labels
-            labels = check_labels(labels, self.num_classes, sd, name=f"batch['{self.label_key}']")
+            labels = check_label_map(labels, self.num_classes, sd, name=f"batch['{self.label_key}']")
             parts.append(masks_to_images(labels, self.num_classes, self.channels, self.mask_value_range))
         x = torch.cat(parts).to(device=device, non_blocking=non_blocking, **kwargs)
         return x, x
@@ -821,7 +825,7 @@ def gms_datalist(
 
 
 class _CheckLabelsd(MapTransform):
-    """Check a loaded label map against ``0..num_classes`` (:func:`~monai_genaug.methods.gms.check_labels`), naming
+    """Check a loaded label map against ``0..num_classes`` (:func:`~monai_genaug.utils.labels.check_label_map`), naming
     the file and the model's class count in the error. Missing labels are allowed (unlabelled images)."""
 
     def __init__(self, key: str, num_classes: int, spatial_dims: int) -> None:
@@ -837,7 +841,7 @@ class _CheckLabelsd(MapTransform):
             name = f"label file '{meta.get('filename_or_obj', key)}'"
             x = torch.as_tensor(label.as_tensor() if hasattr(label, "as_tensor") else label)
             try:
-                check_labels(x[None], self.num_classes, self.spatial_dims, name=name)
+                check_label_map(x[None], self.num_classes, self.spatial_dims, name=name)
             except ValueError as e:
                 raise ValueError(
                     f"{e} The GMS model file decides num_classes: for BRATS labels 0..4 use a model trained with "

@@ -44,7 +44,10 @@ from monai.metrics import DiceMetric
 from monai.networks.nets import UNet
 from torch import nn
 
-from monai_genaug.engines.validation import attach_model_selection, create_dice_evaluator
+from monai_genaug.engines.validation import (
+    attach_model_selection,
+    create_dice_evaluator,
+)
 from monai_genaug.engines.workflow import (
     attach_resumable_checkpoint,
     create_supervised_trainer,
@@ -56,12 +59,12 @@ from monai_genaug.utils.checkpoint import (
     load_checkpoint,
     to_json_config,
 )
+from monai_genaug.utils.labels import check_label_map
 
 __all__ = [
     "SEGMENTER_FORMAT",
     "SegmentationPrepareBatch",
     "build_segmenter",
-    "check_label_map",
     "create_segmentation_evaluator",
     "create_segmentation_trainer",
     "evaluate_segmentation",
@@ -222,60 +225,6 @@ def load_segmenter(
 # ----------------------------------------------------------------------------------------------------------------
 # labels and batches
 # ----------------------------------------------------------------------------------------------------------------
-def check_label_map(
-    labels: torch.Tensor, num_classes: int, spatial_dims: int | None = None, name: str = "label"
-) -> torch.Tensor:
-    """Check that ``labels`` is a ``(B, 1, *spatial)`` map of integers ``0..num_classes``; return it as long.
-
-    Args:
-        labels: the label map (a tensor or MetaTensor).
-        num_classes: foreground classes K.
-        spatial_dims: expected spatial dims (None: any).
-        name: how the message calls the tensor (e.g. a batch key or file).
-
-    Raises:
-        TypeError: not a tensor.
-        ValueError: wrong shape, NaN / non-integer values, or labels outside ``0..num_classes``; the message says how
-            to fix it (binarise 0/255 masks, merge one-hot masks, remap labels).
-    """
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor label map, got {type(labels).__name__}.")
-    x = labels.as_tensor() if hasattr(labels, "as_tensor") else labels
-    nd = x.ndim - 2
-    if x.ndim < 3 or x.shape[1] != 1 or (spatial_dims is not None and nd != spatial_dims):
-        want = f"(B, 1, {', '.join('HWD'[: spatial_dims or 2])})"
-        raise ValueError(
-            f"{name} must be a {want} label map with values 0..{num_classes}, got shape {tuple(x.shape)}; merge one-hot "
-            "masks with argmax(dim=1, keepdim=True) and add the channel axis (EnsureChannelFirstd)."
-        )
-    if torch.is_floating_point(x):
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} holds NaN or infinite values.")
-        rounded = torch.round(x)
-        off = (rounded - x).abs() > 1e-3
-        if off.any():
-            raise ValueError(
-                f"{name} holds non-integer values (e.g. {float(x[off][0]):.4g}); it must be a label map. Binarise soft "
-                "or resampled masks first (monai_genaug.transforms.io.BinarizeLabeld, or nearest interpolation)."
-            )
-        x = rounded
-    x = x.long()
-    values = torch.unique(x)
-    bad = values[(values < 0) | (values > num_classes)].tolist()
-    if bad:
-        if num_classes == 1 and all(v > 1 for v in bad):
-            raise ValueError(
-                f"{name} holds values {sorted(values.tolist())} but the model is binary (num_classes=1, labels 0/1). "
-                "Binarise the mask (BinarizeLabeld(threshold=127) for 0/255 masks, threshold=0 for 'any label') or "
-                f"use num_classes={max(values.tolist())} for a multi-class model."
-            )
-        raise ValueError(
-            f"{name} holds labels {bad} outside 0..{num_classes} (num_classes={num_classes} foreground classes); remap "
-            "the label values (monai.transforms.MapLabelValued) or raise num_classes."
-        )
-    return x
-
-
 class SegmentationPrepareBatch:
     """``(images, label_map)`` from ``{"image", "label"}`` batches, with the labels checked (:func:`check_label_map`).
 

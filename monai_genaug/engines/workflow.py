@@ -32,7 +32,12 @@ from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
 from monai_genaug.engines.nan_guard import NaNGuard
-from monai_genaug.engines.resume import AttributeState, ResumableCheckpointHandler, find_non_finite, loader_generators
+from monai_genaug.engines.resume import (
+    AttributeState,
+    ResumableCheckpointHandler,
+    find_non_finite,
+    loader_generators,
+)
 from monai_genaug.engines.tracking import create_mlflow_handler, loss_from_output
 
 __all__ = [

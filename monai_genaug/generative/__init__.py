@@ -13,12 +13,6 @@
 
 from __future__ import annotations
 
-from .latent_generator import (
-    CONDITION_KEYS,
-    LatentGenerator,
-    concat_conditions,
-    generator_config,
-)
 from .ddim import (
     CLEAN,
     alpha_bar,
@@ -27,19 +21,25 @@ from .ddim import (
     to_epsilon_and_x0,
 )
 from .guidance import (
-    Guidance,
-    NoGuidance,
     ClassifierFreeGuidance,
-    MultiConditionGuidance,
     ClassifierGuidance,
+    Guidance,
+    MultiConditionGuidance,
+    NoGuidance,
 )
-from .sampler import DiffusionSampler, SamplerStep
 from .inversion import (
     ddim_invert,
     ddim_jump,
     inversion_path,
     predict_epsilon,
 )
+from .latent_generator import (
+    CONDITION_KEYS,
+    LatentGenerator,
+    concat_conditions,
+    generator_config,
+)
+from .sampler import DiffusionSampler, SamplerStep
 
 __all__ = [
     "CONDITION_KEYS",

@@ -46,7 +46,12 @@ from torch import nn
 from monai_genaug.networks.conditioning import PromptEmbedding
 from monai_genaug.networks.lora import apply_lora, get_lora_config, has_lora
 from monai_genaug.networks.sd.networks import AUTOENCODER_TYPES, SDDiffusionModelUNet
-from monai_genaug.utils.checkpoint import atomic_save, check_state_dict_compatible, load_checkpoint, to_json_config
+from monai_genaug.utils.checkpoint import (
+    atomic_save,
+    check_state_dict_compatible,
+    load_checkpoint,
+    to_json_config,
+)
 
 __all__ = [
     "CONDITION_KEYS",

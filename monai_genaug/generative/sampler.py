@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from monai_genaug.generative.ddim import CLEAN, alpha_bar, ddim_transition, timestep_path, to_epsilon_and_x0
+from monai_genaug.generative.ddim import (
+    CLEAN,
+    alpha_bar,
+    ddim_transition,
+    timestep_path,
+    to_epsilon_and_x0,
+)
 from monai_genaug.generative.guidance import Guidance, NoGuidance
 from monai_genaug.generative.latent_generator import LatentGenerator
 

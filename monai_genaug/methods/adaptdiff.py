@@ -96,7 +96,6 @@ from monai_genaug.engines.autoencoder import create_autoencoder_trainer
 from monai_genaug.engines.diffusion import create_diffusion_trainer
 from monai_genaug.engines.segmentation import (
     build_segmenter,
-    check_label_map,
     create_segmentation_trainer,
     evaluate_segmentation,
     load_segmenter,
@@ -106,6 +105,7 @@ from monai_genaug.generative.latent_generator import LatentGenerator, generator_
 from monai_genaug.generative.sampler import DiffusionSampler
 from monai_genaug.utils.checkpoint import to_json_config
 from monai_genaug.utils.images import save_image_grid
+from monai_genaug.utils.labels import check_label_map
 
 __all__ = [
     "ADAPTDIFF_SCHEDULE",
@@ -217,7 +217,7 @@ def labels_to_seg(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
     Raises:
         ValueError: the label map has unexpected values (see
-            :func:`~monai_genaug.engines.segmentation.check_label_map`).
+            :func:`~monai_genaug.utils.labels.check_label_map`).
     """
     x = check_label_map(labels, num_classes, name="mask")
     return F.one_hot(x[:, 0], int(num_classes) + 1).movedim(-1, 1).float()
@@ -1618,7 +1618,7 @@ def load_pairs(
     2D files go through :func:`~monai_genaug.data.pipelines.segmentation_2d_transforms` (8-bit intensities to
     [0, 1], masks binarised with the "auto" threshold for binary models), 3D NIfTI through
     :func:`~monai_genaug.data.pipelines.volume_3d_transforms` (percentile scaling to [0, 1]). Other keys (``id``,
-    ``group``) are kept. Labels are checked (:func:`~monai_genaug.engines.segmentation.check_label_map`).
+    ``group``) are kept. Labels are checked (:func:`~monai_genaug.utils.labels.check_label_map`).
 
     Args:
         datalist: entries with ``image`` (and ``label``) paths.

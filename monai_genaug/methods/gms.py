@@ -62,6 +62,7 @@ from monai_genaug.utils.checkpoint import (
     load_checkpoint,
     to_json_config,
 )
+from monai_genaug.utils.labels import check_label_map
 
 __all__ = [
     "AUTOENCODER_CHECKPOINT_FORMAT",
@@ -73,7 +74,6 @@ __all__ = [
     "autoencoder_factor",
     "build_autoencoder",
     "build_gms_segmenter",
-    "check_labels",
     "class_probabilities",
     "decoded_to_soft_masks",
     "gms_config",
@@ -276,50 +276,6 @@ def load_autoencoder(
 # ----------------------------------------------------------------------------------------------------------------
 # masks
 # ----------------------------------------------------------------------------------------------------------------
-def check_labels(labels: torch.Tensor, num_classes: int, spatial_dims: int, name: str = "mask") -> torch.Tensor:
-    """Check a label map ``(B, 1, *spatial)`` holds integer labels in ``0..num_classes``; return it as long.
-
-    Raises:
-        TypeError: not a tensor.
-        ValueError: wrong shape, non-integer values, or labels outside ``0..num_classes`` (the message names them,
-            and says how to binarise a multi-class mask for a binary model).
-    """
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor label map, got {type(labels).__name__}.")
-    axes = ", ".join("HWD"[:spatial_dims])
-    if labels.ndim != spatial_dims + 2 or labels.shape[1] != 1:
-        raise ValueError(
-            f"{name} must be a (B, 1, {axes}) label map with values 0..{num_classes}, got shape {tuple(labels.shape)}; "
-            "merge one-hot masks with argmax(dim=1, keepdim=True)."
-        )
-    x = labels.as_tensor() if hasattr(labels, "as_tensor") else labels
-    if torch.is_floating_point(x):
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} holds NaN or infinite values.")
-        rounded = torch.round(x)
-        if (rounded - x).abs().max() > 1e-3:
-            raise ValueError(
-                f"{name} holds non-integer values (e.g. {float(x[(rounded - x).abs() > 1e-3][0]):.4g}); GMS needs label "
-                "maps: binarise soft or 0..255 masks first (monai_genaug.transforms.io.BinarizeLabeld)."
-            )
-        x = rounded
-    x = x.long()
-    values = torch.unique(x)
-    bad = values[(values < 0) | (values > num_classes)].tolist()
-    if bad:
-        if num_classes == 1 and all(v > 1 for v in bad):
-            raise ValueError(
-                f"{name} holds labels {sorted(values.tolist())} but this GMS model is binary (num_classes=1, labels "
-                "0/1). Binarise the mask (e.g. BinarizeLabeld(threshold=0) for 'any label', or threshold=127 for "
-                "0/255 masks) or build a multi-class model with num_classes=" + f"{max(values.tolist())}."
-            )
-        raise ValueError(
-            f"{name} holds labels {bad} outside the declared labels 0..{num_classes} (num_classes={num_classes} "
-            "foreground classes); remap the label values (monai.transforms.MapLabelValued) or raise num_classes."
-        )
-    return x
-
-
 def labels_to_onehot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Foreground one-hot ``(B, K, *spatial)`` float masks of a ``(B, 1, *spatial)`` label map (background dropped)."""
     classes = torch.arange(1, num_classes + 1, device=labels.device).view(1, -1, *([1] * (labels.ndim - 2)))
@@ -391,7 +347,7 @@ class MaskReconstructor(nn.Module):
     @torch.no_grad()
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         """Class probabilities of the reconstructed label map ``(B, 1, *spatial)``."""
-        labels = check_labels(labels, self.num_classes, self.spatial_dims)
+        labels = check_label_map(labels, self.num_classes, self.spatial_dims)
         imgs = masks_to_images(labels, self.num_classes, self.channels, self.mask_value_range)
         mu, _ = self.autoencoder.encode(imgs.float())
         return class_probabilities(decoded_to_soft_masks(self.autoencoder.decode(mu), self.num_classes, self.mask_value_range))
@@ -725,7 +681,7 @@ class GMSSegmenter(nn.Module):
 
     def encode_masks(self, labels: torch.Tensor) -> torch.Tensor:
         """Scaled mask latents ``(B, K * mask_latent_channels, *latent)`` of a ``(B, 1, *spatial)`` label map."""
-        labels = check_labels(labels, self.num_classes, self.spatial_dims)
+        labels = check_label_map(labels, self.num_classes, self.spatial_dims)
         self.check_images(
             torch.empty(labels.shape[0], self.image_channels, *labels.shape[2:], device="meta"), name="masks"
         )

@@ -14,16 +14,16 @@
 from __future__ import annotations
 
 from .uncertainty import (
-    mean_probability,
-    predictive_entropy,
-    expected_entropy,
-    mutual_information,
-    predictive_variance,
-    uncertainty_maps,
-    roc_auc,
-    error_map,
     error_estimation_auc,
     error_estimation_dice,
+    error_map,
+    expected_entropy,
+    mean_probability,
+    mutual_information,
+    predictive_entropy,
+    predictive_variance,
+    roc_auc,
+    uncertainty_maps,
 )
 
 __all__ = [

@@ -14,25 +14,31 @@
 from __future__ import annotations
 
 from .conditioning import NULL_PROMPT, PromptEmbedding
+from .latent_mapping import LatentMappingNet, head_names
 from .lora import (
     DEFAULT_LORA_TARGETS,
     LORA_TARGET_PRESETS,
-    resolve_lora_targets,
     apply_lora,
-    has_lora,
+    count_trainable_parameters,
     get_lora_config,
+    has_lora,
+    load_lora,
+    lora_disabled,
     lora_parameters,
     lora_state_dict,
-    count_trainable_parameters,
-    save_lora,
-    load_lora,
     merge_lora,
     remove_lora,
-    set_lora_scale,
+    resolve_lora_targets,
+    save_lora,
     set_lora_enabled,
-    lora_disabled,
+    set_lora_scale,
 )
-from .latent_mapping import LatentMappingNet, head_names
+from .motion_encoder import (
+    MOTION_METHODS,
+    MotionEncoder,
+    check_motion,
+    estimate_motion,
+)
 from .noisy_classifier import (
     CLASSIFIER_CHECKPOINT_FORMAT,
     AttentionPool,
@@ -46,12 +52,6 @@ from .sequence_unet import (
     SequenceDiffusionUNet,
     TemporalAttention,
     set_trainable_modules,
-)
-from .motion_encoder import (
-    MOTION_METHODS,
-    MotionEncoder,
-    check_motion,
-    estimate_motion,
 )
 
 __all__ = [

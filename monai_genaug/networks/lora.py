@@ -62,7 +62,12 @@ import torch
 from monai.utils import optional_import
 from torch import nn
 
-from monai_genaug.utils.checkpoint import CheckpointMismatchError, atomic_save, load_checkpoint, to_json_config
+from monai_genaug.utils.checkpoint import (
+    CheckpointMismatchError,
+    atomic_save,
+    load_checkpoint,
+    to_json_config,
+)
 
 LoraConfig, has_peft = optional_import("peft", name="LoraConfig")
 inject_adapter_in_model, _ = optional_import("peft", name="inject_adapter_in_model")

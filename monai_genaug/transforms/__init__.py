@@ -13,22 +13,22 @@
 
 from __future__ import annotations
 
+from .generative_tta import (
+    RandGenerativeTTA,
+    RandGenerativeTTAD,
+    RandGenerativeTTAd,
+    RandGenerativeTTADict,
+)
 from .io import (
     BRATS2013_REGIONS,
     BinarizeLabel,
-    BinarizeLabeld,
     BinarizeLabelD,
+    BinarizeLabeld,
     BinarizeLabelDict,
     LabelToRegions,
-    LabelToRegionsd,
     LabelToRegionsD,
+    LabelToRegionsd,
     LabelToRegionsDict,
-)
-from .generative_tta import (
-    RandGenerativeTTA,
-    RandGenerativeTTAd,
-    RandGenerativeTTAD,
-    RandGenerativeTTADict,
 )
 
 __all__ = [

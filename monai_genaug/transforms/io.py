@@ -35,7 +35,6 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor

@@ -9,18 +9,19 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Utilities: atomic checkpoints, image grids, data paths."""
+"""Utilities: atomic checkpoints, image grids, data paths, label-map checks."""
 
 from __future__ import annotations
 
 from .checkpoint import (
-    atomic_save,
-    load_checkpoint,
-    check_state_dict_compatible,
     CheckpointMismatchError,
+    atomic_save,
+    check_state_dict_compatible,
+    load_checkpoint,
     to_json_config,
 )
 from .images import make_image_grid, save_image_grid
+from .labels import check_label_map
 from .paths import SHARED_DATA_ENV, shared_data_dir
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "to_json_config",
     "make_image_grid",
     "save_image_grid",
+    "check_label_map",
     "SHARED_DATA_ENV",
     "shared_data_dir",
 ]

@@ -107,7 +107,12 @@ def test_two_process_training(case: str, torchrun: str, tmp_path: Path) -> None:
 def test_distributed_trainer_is_a_no_op_without_process_group() -> None:
     from monai.engines import SupervisedTrainer
 
-    from monai_genaug.engines.distributed import distributed_trainer, is_main_process, rank0_writers, unwrap
+    from monai_genaug.engines.distributed import (
+        distributed_trainer,
+        is_main_process,
+        rank0_writers,
+        unwrap,
+    )
 
     net = torch.nn.Linear(2, 2)
     loader = torch.utils.data.DataLoader([{"image": torch.zeros(2), "label": torch.zeros(2)}] * 2, batch_size=1)

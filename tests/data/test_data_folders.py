@@ -22,9 +22,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from monai.data import load_decathlon_datalist
 from PIL import Image
 
-from monai.data import load_decathlon_datalist
 from monai_genaug.data.folders import (
     class_folder_datalist,
     load_datalist,

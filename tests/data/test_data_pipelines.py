@@ -18,10 +18,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import DataLoader, Dataset, MetaTensor
 from PIL import Image
 
-from monai.data import DataLoader, Dataset, MetaTensor
-from monai_genaug.data.folders import class_folder_datalist, nifti_case_datalist, paired_image_mask_datalist
+from monai_genaug.data.folders import (
+    class_folder_datalist,
+    nifti_case_datalist,
+    paired_image_mask_datalist,
+)
 from monai_genaug.data.pipelines import (
     PILConvert,
     classification_2d_transforms,

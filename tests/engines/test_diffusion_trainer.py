@@ -10,7 +10,10 @@ from monai.engines import IterationEvents
 
 from monai_genaug.engines.diffusion import create_diffusion_trainer
 from monai_genaug.engines.nan_guard import NonFiniteLossError
-from monai_genaug.engines.tracking import TrackingUnavailableWarning, default_tracking_uri
+from monai_genaug.engines.tracking import (
+    TrackingUnavailableWarning,
+    default_tracking_uri,
+)
 from monai_genaug.generative.latent_generator import LatentGenerator
 from monai_genaug.utils.checkpoint import load_checkpoint
 

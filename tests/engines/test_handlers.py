@@ -13,7 +13,11 @@ from torch import nn
 
 from monai_genaug.engines.ema import EMAHandler
 from monai_genaug.engines.nan_guard import NaNGuard, NonFiniteLossError
-from monai_genaug.engines.resume import ResumableCheckpointHandler, get_rng_state, set_rng_state
+from monai_genaug.engines.resume import (
+    ResumableCheckpointHandler,
+    get_rng_state,
+    set_rng_state,
+)
 from monai_genaug.engines.sample_grid import SampleGridHandler
 from monai_genaug.utils.checkpoint import CheckpointMismatchError, load_checkpoint
 

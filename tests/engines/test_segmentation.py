@@ -7,7 +7,6 @@ import torch
 
 from monai_genaug.engines.segmentation import (
     build_segmenter,
-    check_label_map,
     create_segmentation_trainer,
     evaluate_segmentation,
     load_segmenter,
@@ -15,6 +14,7 @@ from monai_genaug.engines.segmentation import (
     segmenter_config,
     segmenter_divisor,
 )
+from monai_genaug.utils.labels import check_label_map
 
 
 def _toy_set(n=8, size=16, seed=0):
@@ -36,7 +36,7 @@ def test_check_label_map_errors():
         check_label_map(ok * 255, 1)
     with pytest.raises(ValueError, match="non-integer"):
         check_label_map(ok.float() * 0.5, 1)
-    with pytest.raises(ValueError, match="outside 0..2"):
+    with pytest.raises(ValueError, match="outside the declared labels 0..2"):
         check_label_map(ok * 3, 2)
     with pytest.raises(ValueError, match=r"\(B, 1"):
         check_label_map(torch.zeros(1, 2, 4, 4), 1)

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from monai_genaug.filters.base import FilterChain
-from monai_genaug.filters.temporal import NearDuplicateFilter, TemporalConsistencyFilter, kmeans_1d, temporal_consistency
+from monai_genaug.filters.temporal import (
+    NearDuplicateFilter,
+    TemporalConsistencyFilter,
+    kmeans_1d,
+    temporal_consistency,
+)
 
 
 def _clip(kind: str, seed: int, frames: int = 4, size: int = 16) -> torch.Tensor:

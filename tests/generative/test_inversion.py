@@ -6,7 +6,12 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler
 
-from monai_genaug.generative.inversion import ddim_invert, ddim_jump, inversion_path, predict_epsilon
+from monai_genaug.generative.inversion import (
+    ddim_invert,
+    ddim_jump,
+    inversion_path,
+    predict_epsilon,
+)
 from monai_genaug.generative.latent_generator import LatentGenerator
 from monai_genaug.generative.sampler import DiffusionSampler
 

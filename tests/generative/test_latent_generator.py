@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_genaug.generative.latent_generator import LatentGenerator, concat_conditions, generator_config
+from monai_genaug.generative.latent_generator import (
+    LatentGenerator,
+    concat_conditions,
+    generator_config,
+)
 from monai_genaug.networks.conditioning import NULL_PROMPT, PromptEmbedding
 from monai_genaug.utils.checkpoint import CheckpointMismatchError
 

@@ -14,7 +14,10 @@ from monai.networks.nets import UNet
 from monai.transforms import AsDiscreted
 
 from monai_genaug.generative.latent_generator import LatentGenerator
-from monai_genaug.inferers.generative_tta import CONCAT_UNCERTAINTY, GenerativeTTAInferer
+from monai_genaug.inferers.generative_tta import (
+    CONCAT_UNCERTAINTY,
+    GenerativeTTAInferer,
+)
 from monai_genaug.methods.ttga import TTGAAugmenter
 
 FAST = dict(min_iterations=2, max_iterations=5, inversion_stride=100)

@@ -59,14 +59,14 @@ def test_masks_with_unexpected_values_and_malformed_items():
     ad = _pipeline()
     for masks, match in (
         (torch.full((1, 1, 8, 8), 0.5), "non-integer"),
-        (-torch.ones(1, 1, 8, 8, dtype=torch.long), r"labels \[-1\] outside 0..1"),
+        (-torch.ones(1, 1, 8, 8, dtype=torch.long), r"labels \[-1\] outside the declared labels 0..1"),
         (torch.full((1, 1, 8, 8), float("nan")), "NaN"),
         (torch.zeros(1, 2, 8, 8, dtype=torch.long), "argmax"),  # one-hot masks instead of a label map
         (torch.zeros(1, 1, 8, 8, 8, dtype=torch.long), r"\(B, 1, H, W\)"),  # 3D masks for a 2D generator
     ):
         with pytest.raises(ValueError, match=match):
             ad.synthesize(masks, num_inference_steps=1)
-    with pytest.raises(ValueError, match=r"labels \[3\] outside 0..2"):
+    with pytest.raises(ValueError, match=r"labels \[3\] outside the declared labels 0..2"):
         _pipeline(num_classes=2).synthesize(torch.full((1, 1, 8, 8), 3, dtype=torch.long), num_inference_steps=1)
     with pytest.raises(ValueError, match="mask set is empty"):
         ad.synthesize([], num_inference_steps=1)

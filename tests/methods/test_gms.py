@@ -11,7 +11,6 @@ from monai_genaug.methods.gms import (
     GMSSegmenter,
     LatentCache,
     MaskReconstructor,
-    check_labels,
     class_probabilities,
     gms_config,
     labels_to_onehot,
@@ -19,6 +18,7 @@ from monai_genaug.methods.gms import (
     masks_to_images,
     save_autoencoder,
 )
+from monai_genaug.utils.labels import check_label_map
 
 
 def _seg(spatial_dims=2, channels=3, num_classes=1, seed=0):
@@ -133,9 +133,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="binary"):
         prepare({"image": img, "label": multi})
     with pytest.raises(ValueError, match="outside the declared labels 0..2"):
-        check_labels(multi * 2, 2, 2)
+        check_label_map(multi * 2, 2, 2)
     with pytest.raises(ValueError, match="non-integer"):
-        check_labels(torch.full((1, 1, 4, 4), 0.5), 1, 2)
+        check_label_map(torch.full((1, 1, 4, 4), 0.5), 1, 2)
     with pytest.raises(ValueError, match="no 'label'"):
         prepare({"image": img})
     with pytest.raises(ValueError, match="same spatial size"):

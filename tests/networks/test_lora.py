@@ -34,7 +34,11 @@ from monai_genaug.networks.lora import (
     set_lora_enabled,
     set_lora_scale,
 )
-from monai_genaug.utils.checkpoint import CheckpointMismatchError, atomic_save, load_checkpoint
+from monai_genaug.utils.checkpoint import (
+    CheckpointMismatchError,
+    atomic_save,
+    load_checkpoint,
+)
 
 # 4 transformer blocks (down level 1, middle, 2 x up level 0), each with attn1 (4 projections) and attn2 (4)
 N_BLOCKS = 4

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_genaug.networks.motion_encoder import MotionEncoder, check_motion, estimate_motion
+from monai_genaug.networks.motion_encoder import (
+    MotionEncoder,
+    check_motion,
+    estimate_motion,
+)
 
 
 def _moving_blob(shift=(1.0, 0.0), frames=4, size=16):

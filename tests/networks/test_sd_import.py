@@ -55,8 +55,16 @@ from monai_genaug.networks.sd.mapping import (  # noqa: E402
     unet_state_dict_to_monai,
     vae_state_dict_to_monai,
 )
-from monai_genaug.networks.sd.networks import SDAutoencoderKL, SDDiffusionModelUNet, build_network  # noqa: E402
-from monai_genaug.networks.sd.text import encode_prompts, load_prompt_embeddings, save_prompt_embeddings  # noqa: E402
+from monai_genaug.networks.sd.networks import (  # noqa: E402
+    SDAutoencoderKL,
+    SDDiffusionModelUNet,
+    build_network,
+)
+from monai_genaug.networks.sd.text import (  # noqa: E402
+    encode_prompts,
+    load_prompt_embeddings,
+    save_prompt_embeddings,
+)
 
 transformers, HAS_TRANSFORMERS = optional_import("transformers")  # only the text tests need it (extra "sd")
 needs_transformers = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers (extra 'sd') is not installed")
@@ -404,7 +412,10 @@ def sd1_single_file(sd1, tmp_path_factory):
     unet_sd = _unet_to_ldm(sd1.unet.state_dict(), layers=1)
     vae_sd = _vae_to_ldm(sd1.vae.state_dict(), levels=2)
     # anchor the test's ldm naming on diffusers' own single-file converters
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+    )
 
     back = convert_ldm_unet_checkpoint(
         {f"model.diffusion_model.{k}": v for k, v in unet_sd.items()}, dict(sd1.unet.config)

@@ -13,8 +13,8 @@ from monai_genaug.generative.latent_generator import LatentGenerator
 from monai_genaug.methods.ttga import TTGAAugmenter
 from monai_genaug.transforms.generative_tta import (
     RandGenerativeTTA,
-    RandGenerativeTTAd,
     RandGenerativeTTAD,
+    RandGenerativeTTAd,
     RandGenerativeTTADict,
 )
 

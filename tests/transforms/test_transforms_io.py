@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
+
 from monai_genaug.transforms.io import (
     BRATS2013_REGIONS,
     BinarizeLabel,

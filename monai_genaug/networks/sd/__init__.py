@@ -39,9 +39,25 @@ from .loading import (
     load_weights,
     save_converted,
 )
-from .mapping import ldm_unet_to_diffusers, ldm_vae_to_diffusers, unet_state_dict_to_monai, vae_state_dict_to_monai
-from .networks import AUTOENCODER_TYPES, UNET_TYPES, SDAutoencoderKL, SDDiffusionModelUNet, build_network
-from .text import EMBEDDINGS_FORMAT, encode_prompts, load_prompt_embeddings, save_prompt_embeddings
+from .mapping import (
+    ldm_unet_to_diffusers,
+    ldm_vae_to_diffusers,
+    unet_state_dict_to_monai,
+    vae_state_dict_to_monai,
+)
+from .networks import (
+    AUTOENCODER_TYPES,
+    UNET_TYPES,
+    SDAutoencoderKL,
+    SDDiffusionModelUNet,
+    build_network,
+)
+from .text import (
+    EMBEDDINGS_FORMAT,
+    encode_prompts,
+    load_prompt_embeddings,
+    save_prompt_embeddings,
+)
 
 __all__ = [
     "SD_SCALE_FACTOR",

@@ -65,8 +65,17 @@ from monai_genaug.networks.sd.mapping import (
     vae_state_dict_to_monai,
 )
 from monai_genaug.networks.sd.networks import build_network
-from monai_genaug.networks.sd.text import encode_prompts, load_prompt_embeddings, save_prompt_embeddings
-from monai_genaug.utils.checkpoint import atomic_save, check_state_dict_compatible, load_checkpoint, to_json_config
+from monai_genaug.networks.sd.text import (
+    encode_prompts,
+    load_prompt_embeddings,
+    save_prompt_embeddings,
+)
+from monai_genaug.utils.checkpoint import (
+    atomic_save,
+    check_state_dict_compatible,
+    load_checkpoint,
+    to_json_config,
+)
 
 safetensors_torch, _has_safetensors = optional_import("safetensors.torch")
 
@@ -686,7 +695,9 @@ def save_converted(
             out / "embeddings.pt", emb_all[:-1], emb_all[-1:], list(prompts), null_prompt
         )
     if models.autoencoder is not None and "autoencoder" in wanted:
-        from monai_genaug.methods.gms import save_autoencoder  # the GMS autoencoder checkpoint format
+        from monai_genaug.methods.gms import (
+            save_autoencoder,  # the GMS autoencoder checkpoint format
+        )
 
         ae = models.autoencoder_config
         if ae["in_channels"] == ae["out_channels"]:

@@ -1,0 +1,72 @@
+# Copyright (c) monai_genaug contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Label-map checks shared by every segmentation-style model of the package (GMS, the AdaptDiff and TTGA segmenters):
+a label map is ``(B, 1, *spatial)`` integers ``0..K``, and a bad one is refused with the fix in the message."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_label_map"]
+
+
+def check_label_map(
+    labels: torch.Tensor, num_classes: int, spatial_dims: int | None = None, name: str = "label"
+) -> torch.Tensor:
+    """Check that ``labels`` is a ``(B, 1, *spatial)`` map of integers ``0..num_classes``; return it as long.
+
+    Args:
+        labels: the label map (a tensor or MetaTensor).
+        num_classes: foreground classes K.
+        spatial_dims: expected spatial dims (None: any).
+        name: how the message calls the tensor (e.g. a batch key or file).
+
+    Raises:
+        TypeError: not a tensor.
+        ValueError: wrong shape, NaN / non-integer values, or labels outside ``0..num_classes``; the message says how
+            to fix it (binarise 0/255 masks, merge one-hot masks, remap labels).
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor label map, got {type(labels).__name__}.")
+    x = labels.as_tensor() if hasattr(labels, "as_tensor") else labels
+    nd = x.ndim - 2
+    if x.ndim < 3 or x.shape[1] != 1 or (spatial_dims is not None and nd != spatial_dims):
+        want = f"(B, 1, {', '.join('HWD'[: spatial_dims or 2])})"
+        raise ValueError(
+            f"{name} must be a {want} label map with values 0..{num_classes}, got shape {tuple(x.shape)}; merge one-hot "
+            "masks with argmax(dim=1, keepdim=True) and add the channel axis (EnsureChannelFirstd)."
+        )
+    if torch.is_floating_point(x):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} holds NaN or infinite values.")
+        rounded = torch.round(x)
+        off = (rounded - x).abs() > 1e-3
+        if off.any():
+            raise ValueError(
+                f"{name} holds non-integer values (e.g. {float(x[off][0]):.4g}); it must be a label map. Binarise soft "
+                "or resampled masks first (monai_genaug.transforms.io.BinarizeLabeld, or nearest interpolation)."
+            )
+        x = rounded
+    x = x.long()
+    values = torch.unique(x)
+    bad = values[(values < 0) | (values > num_classes)].tolist()
+    if bad:
+        if num_classes == 1 and all(v > 1 for v in bad):
+            raise ValueError(
+                f"{name} holds values {sorted(values.tolist())} but the model is binary (num_classes=1, labels 0/1). "
+                "Binarise the mask (BinarizeLabeld(threshold=127) for 0/255 masks, threshold=0 for 'any label') or "
+                f"use num_classes={max(values.tolist())} for a multi-class model."
+            )
+        raise ValueError(
+            f"{name} holds labels {bad} outside the declared labels 0..{num_classes} (num_classes={num_classes} "
+            "foreground classes); remap the label values (monai.transforms.MapLabelValued) or raise num_classes."
+        )
+    return x
