@@ -207,6 +207,7 @@ def create_diffusion_trainer(
     device: str | torch.device = "cpu",
     optimizer: torch.optim.Optimizer | None = None,
     lr_scheduler: Any | None = None,
+    loss_function: nn.Module | None = None,
     epoch_length: int | None = None,
     condition_keys: Mapping[str, str] | Sequence[str] | None = None,
     condition_dropout: float = 0.0,
@@ -255,6 +256,8 @@ def create_diffusion_trainer(
         device: training device.
         optimizer: a ready optimiser over ``generator.trainable_parameters()``; default AdamW(lr).
         lr_scheduler: a torch LR scheduler stepped every epoch (and checkpointed).
+        loss_function: the denoising loss between the UNet output and its target (noise, v or x0, by the
+            scheduler's prediction type); default ``nn.MSELoss()`` (AdaptDiff's release uses ``nn.L1Loss()``).
         epoch_length: iterations per epoch (default: ``len(train_loader)``).
         condition_keys: condition name -> batch key, e.g. ``{"class_labels": "label"}``.
         condition_dropout: classifier-free guidance dropout probability.
@@ -290,6 +293,7 @@ def create_diffusion_trainer(
     Raises:
         ValueError: the generator has no trainable parameters, or bad argument values.
     """
+    loss_function = loss_function if loss_function is not None else nn.MSELoss()
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
     output_dir = Path(output_dir)
@@ -368,7 +372,7 @@ def create_diffusion_trainer(
             network=generator,
             prepare_batch=val_prepare,
             inferer=SimpleInferer(),
-            key_val_metric={"val_loss": Loss(nn.MSELoss(), output_transform=_pred_and_label)},
+            key_val_metric={"val_loss": Loss(loss_function, output_transform=_pred_and_label)},
             metric_cmp_fn=operator.lt,
             amp=amp,
             decollate=False,
@@ -401,7 +405,7 @@ def create_diffusion_trainer(
         train_loader,
         generator,
         optimizer,
-        nn.MSELoss(),
+        loss_function,
         prepare_batch,
         handlers,
         epoch_length,

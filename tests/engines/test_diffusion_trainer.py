@@ -261,3 +261,20 @@ def test_bad_arguments(tiny, tmp_path):
     gen.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         create_diffusion_trainer(gen, loader, max_epochs=1, output_dir=tmp_path)
+
+
+def test_custom_loss_function_is_used(tiny, tmp_path):
+    """An L1 denoising loss (AdaptDiff's release) replaces the default MSE: the logged loss is the mean |pred - target|."""
+    gen = tiny.make_generator(latent=False)
+    images = tiny.make_images(4, 16)
+    loader = tiny.make_loader([{"image": images[i]} for i in range(4)], batch_size=4)
+    trainer = create_diffusion_trainer(gen, loader, max_epochs=1, output_dir=tmp_path, loss_function=torch.nn.L1Loss())
+    seen = []
+
+    def check(engine):
+        out = engine.state.output
+        seen.append((out["loss"].item(), (out["pred"] - out["label"]).abs().mean().item()))
+
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, check)
+    trainer.run()
+    assert len(seen) == 1 and seen[0][0] == pytest.approx(seen[0][1], rel=1e-5)
