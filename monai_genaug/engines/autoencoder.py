@@ -581,9 +581,7 @@ def create_autoencoder_trainer(
         resume,
         seed,
         save_interval,
-        grad_scalers=(
-            {"g_scaler": (trainer.state, "g_scaler"), "d_scaler": (trainer.state, "d_scaler")} if amp else None
-        ),
+        grad_scalers={"g_scaler": (trainer.state, "g_scaler"), "d_scaler": (trainer.state, "d_scaler")},
     )
 
     trainer.nan_guard = standard.nan_guard

@@ -535,16 +535,7 @@ def create_gms_trainer(
         save_dict["best_saver"] = best_saver
     for h in extra_handlers or []:
         h.attach(trainer)
-    checkpoint = attach_resumable_checkpoint(
-        trainer,
-        output_dir,
-        save_dict,
-        train_loader,
-        resume,
-        seed,
-        save_interval,
-        grad_scalers={"grad_scaler": (trainer, "scaler")} if amp else None,
-    )
+    checkpoint = attach_resumable_checkpoint(trainer, output_dir, save_dict, train_loader, resume, seed, save_interval)
 
     trainer.prepare = prepare
     trainer.gms_loss = loss

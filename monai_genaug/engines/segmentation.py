@@ -466,16 +466,7 @@ def create_segmentation_trainer(
         save_dict["best_saver"] = best_saver
     for h in extra_handlers or []:
         h.attach(trainer)
-    checkpoint = attach_resumable_checkpoint(
-        trainer,
-        output_dir,
-        save_dict,
-        train_loader,
-        resume,
-        seed,
-        save_interval,
-        grad_scalers={"grad_scaler": (trainer, "scaler")} if amp else None,
-    )
+    checkpoint = attach_resumable_checkpoint(trainer, output_dir, save_dict, train_loader, resume, seed, save_interval)
 
     trainer.evaluator = evaluator
     trainer.best_saver = best_saver

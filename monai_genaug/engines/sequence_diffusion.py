@@ -464,10 +464,7 @@ def create_sequence_diffusion_trainer(
         save_dict["ema"] = ema
     if lr_scheduler is not None:
         save_dict["lr_scheduler"] = lr_scheduler
-    checkpoint = attach_resumable_checkpoint(
-        trainer, output_dir, save_dict, train_loader, resume, seed, save_interval,
-        grad_scalers={"grad_scaler": (trainer, "scaler")} if amp else None,
-    )
+    checkpoint = attach_resumable_checkpoint(trainer, output_dir, save_dict, train_loader, resume, seed, save_interval)
     trainer.ema = ema
     trainer.nan_guard = standard.nan_guard
     trainer.checkpoint = checkpoint

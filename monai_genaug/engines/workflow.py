@@ -258,9 +258,12 @@ def attach_resumable_checkpoint(
         resume: continue from an existing checkpoint.
         seed: seed of the global RNGs at a fresh start.
         save_interval: epochs between checkpoints.
-        grad_scalers: ``{name: (owner, attribute)}`` of the AMP gradient scalers (created lazily by the trainer).
+        grad_scalers: ``{name: (owner, attribute)}`` of the AMP gradient scalers, created lazily by the trainer and
+            saved empty while AMP is off; default: a MONAI ``SupervisedTrainer``'s ``trainer.scaler``.
     """
-    for name, (owner, attribute) in (grad_scalers or {}).items():
+    if grad_scalers is None:
+        grad_scalers = {"grad_scaler": (trainer, "scaler")}
+    for name, (owner, attribute) in grad_scalers.items():
         save_dict[name] = AttributeState(owner, attribute)
     save_dict.update(loader_generators(train_loader))
     checkpoint = ResumableCheckpointHandler(
