@@ -55,10 +55,14 @@ class GenerativeTTAWithBaselineInferer(GenerativeTTAInferer):
         super().__init__(*args, output="concat", **kwargs)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
-        """TTGA on every image of ``inputs`` (B, C, *spatial), then the segmenter alone on ``inputs``."""
+        """TTGA on every image of ``inputs`` (B, C, *spatial), plus the segmenter alone on ``inputs`` (reused from the
+        ensemble when it includes the original image)."""
         fused = super().__call__(inputs, network, *args, **kwargs)
-        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        base = self._activate(self._segment(plain, network, *args, **kwargs))
+        if self.include_original:  # the ensemble's first member is the segmenter on the original image
+            base = self.last_output["original"]
+        else:
+            plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+            base = self._activate(self._segment(plain, network, *args, **kwargs))
         fused_t = fused.as_tensor() if isinstance(fused, MetaTensor) else fused
         out = torch.cat([fused_t, base.to(fused_t)], dim=1)
         return convert_to_dst_type(out, inputs, dtype=out.dtype)[0]

@@ -23,7 +23,8 @@ What ``__call__`` returns (``output``):
 - ``"mean"`` (default): the mean probability (B, C, *spatial). It slots into ``SupervisedEvaluator(inferer=...)``,
   bundle ``"inferer"`` entries and MONAI Label; post transforms should *not* apply an activation again (use
   ``AsDiscreted(argmax=True)`` or ``AsDiscreted(threshold=0.5)`` directly). The full result of the last call,
-  uncertainty maps and views included, is kept in :attr:`GenerativeTTAInferer.last_output`.
+  uncertainty maps, views and (with the original image in the ensemble) its plain prediction ``original`` included,
+  is kept in :attr:`GenerativeTTAInferer.last_output`.
 - ``"concat"``: one tensor for pipelines that must carry the uncertainty through ``decollate_batch`` and post
   transforms: channels ``[0, C)`` the mean probability, then one channel each for
   :data:`CONCAT_UNCERTAINTY` = entropy, mutual information, variance (averaged over classes). Split it with
@@ -168,6 +169,8 @@ class GenerativeTTAInferer(Inferer):
                 probs, sample_dim=0, channel_dim=1, binary=self.binary, normalize=self.normalize_uncertainty
             )
             maps["pred"] = maps.pop("mean")
+            if self.include_original:  # the segmenter alone on the unaugmented image, already computed
+                maps["original"] = probs[0]
             if self.keep_views or self.output == "dict":
                 maps["views"] = views
             for k, v in maps.items():

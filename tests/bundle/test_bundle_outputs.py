@@ -197,6 +197,15 @@ def test_inferer_with_baseline_appends_the_segmenter_alone():
     assert out.shape[1] == sum(bundle_output_sizes(1)) == 7 and isinstance(out, MetaTensor)
     assert torch.allclose(out[:, :5].as_tensor(), ref.as_tensor(), atol=1e-6)
     assert torch.allclose(out[:, 5:].as_tensor(), alone, atol=1e-6)
+    calls = []
+    net.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    with torch.no_grad():  # the segmenter alone is the ensemble's first member: one forward pass, not two
+        GenerativeTTAWithBaselineInferer(aug, seed=1)(x, net)
+        assert calls == [3]
+        calls.clear()
+        without = GenerativeTTAWithBaselineInferer(aug, seed=1, include_original=False)(x, net)
+        assert calls == [2, 1]
+    assert torch.allclose(without[:, 5:].as_tensor(), alone, atol=1e-6)
     with pytest.raises(ValueError, match="concat"):
         GenerativeTTAWithBaselineInferer(aug, output="mean")
 
