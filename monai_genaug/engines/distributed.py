@@ -61,6 +61,7 @@ WRITER_HANDLERS: dict[str, Sequence[str] | None] = {
     "FinalGeneratorSaver": None,
     "FinalAutoencoderSaver": None,
     "FinalClassifierSaver": None,
+    "FinalModelHandler": None,
     "SampleGridHandler": None,
     "SegmentationGridSaver": None,
     "CheckpointSaver": None,
@@ -294,8 +295,8 @@ def distributed_trainer(
 
         trainer.add_event_handler(Events.EPOCH_STARTED, _set_sampler_epoch)
     trainer.distributed_removed = rank0_writers(trainer)
-    # first COMPLETED handler: the final files and best models of rank 0 exist before any rank reads them
-    trainer._event_handlers[Events.COMPLETED].insert(0, (_barrier, (), {}))
+    # last COMPLETED handler: the final files and checkpoints of rank 0 exist before any rank goes on
+    trainer.add_event_handler(Events.COMPLETED, _barrier)
     return trainer
 
 
