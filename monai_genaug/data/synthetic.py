@@ -25,12 +25,9 @@ every epoch (``set_epoch``), deterministically from ``(seed, epoch)``. Every mix
 
 from __future__ import annotations
 
-import gzip
-import io
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,10 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import Dataset
-from monai.utils import optional_import
 
-nib, _has_nib = optional_import("nibabel")
-PILImage, _has_pil = optional_import("PIL.Image")
+from monai_genaug.data.phantoms import (
+    _atomic_write_bytes,
+    _class_names,
+    _nifti_bytes,
+    _png_bytes,
+)
 
 __all__ = [
     "SYNTHETIC_KEY",
@@ -71,20 +71,6 @@ def synthetic_name(source: str, label: int | str, seed: int) -> str:
     return f"{source}_{label}_{int(seed)}"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _to_unit(image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     lo, hi = (float(v) for v in value_range)
     if not hi > lo:
@@ -92,24 +78,15 @@ def _to_unit(image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     return np.clip((image.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def _png_bytes(image: np.ndarray) -> bytes:
-    a = np.round(image * 255.0).astype(np.uint8)
-    if a.shape[0] == 1:
-        img = PILImage.fromarray(a[0])
-    elif a.shape[0] == 3:
-        img = PILImage.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)))
-    else:
-        raise ValueError(f"2D images must have 1 or 3 channels to be written as PNG, got {a.shape[0]}.")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+def _check_png_channels(image: np.ndarray) -> np.ndarray:
+    if image.shape[0] not in (1, 3):
+        raise ValueError(f"2D images must have 1 or 3 channels to be written as PNG, got {image.shape[0]}.")
+    return image
 
 
-def _nifti_bytes(image: np.ndarray) -> bytes:
+def _volume_nifti_bytes(image: np.ndarray) -> bytes:
     vol = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)  # channels last for multi-channel volumes
-    img = nib.Nifti1Image(np.ascontiguousarray(vol.astype(np.float32)), np.eye(4))
-    img.header.set_xyzt_units("mm", "sec")
-    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+    return _nifti_bytes(np.ascontiguousarray(vol.astype(np.float32)), np.eye(4))
 
 
 def write_synthetic_images(
@@ -157,16 +134,21 @@ def write_synthetic_images(
         class_names = [str(c) for c in class_names]
         if max(labels, default=-1) >= len(class_names):
             raise ValueError(f"label {max(labels)} has no entry in class_names ({len(class_names)} names).")
+    # zero-padded default names, so that reading the folders back in sorted order keeps the labels
+    names = class_names if class_names is not None else _class_names(None, max(labels, default=0) + 1)
     out = Path(out_dir).expanduser()
     ext = ".png" if arr.ndim == 4 else ".nii.gz"
     entries = []
     for image, label, seed in zip(arr, labels, seeds):
-        cname = class_names[label] if class_names is not None else f"class_{label}"
+        cname = names[label]
         path = out / cname / f"{synthetic_name(source, label, seed)}{ext}"
         if path.exists() and not overwrite:
             raise FileExistsError(f"'{path}' exists; pass overwrite=True or choose another out_dir / source.")
-        data = _png_bytes(_to_unit(image, value_range)) if ext == ".png" else _nifti_bytes(image)
-        _atomic_write(path, data)
+        if ext == ".png":
+            data = _png_bytes(_check_png_channels(_to_unit(image, value_range)))
+        else:
+            data = _volume_nifti_bytes(image)
+        _atomic_write_bytes(path, data)
         entries.append(
             {
                 "image": str(path.resolve()),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,13 @@ def test_match_class_counts():
     assert sub == match_class_counts(synth, like, seed=0)
     with pytest.raises(ValueError, match="only 10 available"):
         match_class_counts(synth, [{"label": 0}] * 11)
+
+
+def test_default_class_folders_sort_in_label_order(tmp_path):
+    """Eleven classes: default folder names are zero-padded, so class_folder_datalist reads the labels back."""
+    images = np.random.default_rng(0).random((11, 1, 8, 8)).astype(np.float32)
+    written = write_synthetic_images(images, list(range(11)), list(range(11)), tmp_path)
+    read = class_folder_datalist(tmp_path)
+    by_file = {Path(d["image"]).name: d["label"] for d in read}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir())[:3] == ["class_00", "class_01", "class_02"]
+    assert all(by_file[Path(d["image"]).name] == d["label"] for d in written)
