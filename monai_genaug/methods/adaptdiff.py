@@ -101,6 +101,7 @@ from monai_genaug.engines.segmentation import (
     load_segmenter,
     segmenter_config,
 )
+from monai_genaug.engines.workflow import completed_normally
 from monai_genaug.generative.latent_generator import LatentGenerator, generator_config
 from monai_genaug.generative.sampler import DiffusionSampler
 from monai_genaug.utils.checkpoint import to_json_config
@@ -1046,7 +1047,9 @@ class AdaptDiff:
             gen.autoencoder, loader, max_epochs, output_dir, lr=lr, device=self.device, seed=seed, **kwargs
         )
 
-        def _scale(_engine) -> None:
+        def _scale(engine) -> None:  # only from a finished, finite autoencoder (not after a NaN stop or interruption)
+            if not completed_normally(engine, {"autoencoder": gen.autoencoder}, "autoencoder"):
+                return
             batch = torch.stack([_to_unit_range(it["image"], self.value_range) for it in images[:64]]).to(self.device)
             gen.estimate_scale_factor(batch)
             logger.info(f"latent scale factor set to {float(gen.scale_factor):.4f}.")
