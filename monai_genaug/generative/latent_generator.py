@@ -478,6 +478,39 @@ class LatentGenerator(nn.Module):
             self.scale_factor.fill_(1.0 / std)
         return 1.0 / std
 
+    @torch.no_grad()
+    def estimate_scale_factor_from_loader(self, loader: Any, image_key: str = "image", max_batches: int = 8) -> float:
+        """:meth:`estimate_scale_factor` on the images of the first ``max_batches`` batches of a data loader.
+
+        The loader pass runs inside ``torch.random.fork_rng`` (random transforms do not shift the caller's random
+        stream) and with the networks in eval mode; their train / eval modes are restored afterwards.
+
+        Args:
+            loader: an iterable of dicts with ``image_key``.
+            image_key: batch key of the images.
+            max_batches: batches to look at.
+
+        Raises:
+            ValueError: the loader is empty or its batches lack ``image_key``.
+        """
+        images = []
+        with torch.random.fork_rng(devices=[]):
+            for i, batch in enumerate(loader):
+                if i >= max_batches:
+                    break
+                if image_key not in batch:
+                    raise ValueError(f"the batches have no '{image_key}' key (keys: {sorted(batch)}); set image_key.")
+                images.append(torch.as_tensor(batch[image_key]).float())
+        if not images:
+            raise ValueError("the loader gave no batch to estimate the latent scale factor from.")
+        modes = {m: m.training for m in self.modules()}
+        self.eval()
+        try:
+            return self.estimate_scale_factor(torch.cat(images).to(self.scale_factor.device))
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+
     # ------------------------------------------------------------------ conditions
     def null_condition(self, condition: Mapping[str, torch.Tensor] | None, batch_size: int) -> dict[str, torch.Tensor]:
         """The null version of ``condition``: null prompt, null context, null class; ``seg``/``concat`` kept.

@@ -177,23 +177,14 @@ def load_autoencoder_weights(generator: LatentGenerator, path: str | os.PathLike
 def estimate_scale_factor(
     generator: LatentGenerator, loader: Any, image_key: str = "image", max_batches: int = 4
 ) -> float:
-    """Set ``generator.scale_factor`` to 1 / std of the latents of the first ``max_batches`` batches of ``loader``.
+    """Set ``generator.scale_factor`` to 1 / std of the latents of the first ``max_batches`` batches of ``loader``
+    (:meth:`LatentGenerator.estimate_scale_factor_from_loader`; the generator is left in eval mode).
 
     Raises:
         ValueError: the loader is empty or its batches lack ``image_key``.
     """
-    images = []
-    for i, batch in enumerate(loader):
-        if i >= max_batches:
-            break
-        if image_key not in batch:
-            raise ValueError(f"the batches have no '{image_key}' (keys: {sorted(batch)}); set image_key.")
-        images.append(torch.as_tensor(batch[image_key]))
-    if not images:
-        raise ValueError("the loader gave no batch to estimate the latent scale factor from.")
     generator.eval()
-    device = generator.scale_factor.device
-    return generator.estimate_scale_factor(torch.cat(images).to(device))
+    return generator.estimate_scale_factor_from_loader(loader, image_key, max_batches)
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -184,7 +184,8 @@ def estimate_scale_factor_from_loader(
     image_key: str = "image",
     device: str | torch.device | None = None,
 ) -> float:
-    """Set the generator's latent scale factor to 1 / std of the posterior means of up to ``max_batches`` batches.
+    """Set the generator's latent scale factor to 1 / std of the posterior means of up to ``max_batches`` batches
+    (:meth:`LatentGenerator.estimate_scale_factor_from_loader`, which restores the networks' train / eval modes).
 
     Run it after the autoencoder is trained and before diffusion training (Rombach et al.'s rescaling).
 
@@ -193,25 +194,14 @@ def estimate_scale_factor_from_loader(
         loader: a data loader of dicts with ``image_key``.
         max_batches: batches to look at.
         image_key: batch key of the images.
-        device: where to encode (default: the generator's device).
+        device: move the generator there first (default: leave it where it is).
 
     Returns:
         the new scale factor.
     """
-    device = torch.device(device) if device is not None else generator.scale_factor.device
-    images = []
-    for i, batch in enumerate(loader):
-        if i >= max_batches:
-            break
-        if image_key not in batch:
-            raise KeyError(f"the batches have no '{image_key}' key (keys: {sorted(batch)}); set image_key.")
-        images.append(torch.as_tensor(batch[image_key]).float())
-    if not images:
-        raise ValueError("the loader is empty; cannot estimate the latent scale factor.")
-    was_training = generator.autoencoder.training if generator.autoencoder is not None else False
-    generator.eval()
-    scale = generator.estimate_scale_factor(torch.cat(images).to(device))
-    generator.train(was_training)
+    if device is not None:
+        generator.to(device)
+    scale = generator.estimate_scale_factor_from_loader(loader, image_key, max_batches)
     logger.info(f"latent scale factor set to {scale:.4f}.")
     return scale
 

@@ -72,6 +72,29 @@ def test_encode_sample_and_scale_factor():
     assert torch.allclose(gen.decode(z), gen.autoencoder.decode(z / s), atol=1e-6)
 
 
+def test_scale_factor_from_loader_keeps_modes_and_random_stream():
+    torch.manual_seed(0)
+    gen = LatentGenerator.from_preset("tiny", spatial_dims=2)
+    images = torch.rand(6, 1, 16, 16)
+    expected = LatentGenerator.from_preset("tiny", spatial_dims=2)
+    expected.load_state_dict(gen.state_dict())
+    want = expected.eval().estimate_scale_factor(images[:4])
+    gen.train()
+    gen.autoencoder.eval()  # a frozen autoencoder inside a training generator
+    loader = [{"image": images[:2]}, {"image": images[2:4]}, {"image": images[4:]}]
+    torch.manual_seed(5)
+    got = gen.estimate_scale_factor_from_loader(loader, max_batches=2)
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(1))  # the caller's random stream did not move
+    assert got == pytest.approx(want) and float(gen.scale_factor) == pytest.approx(want)
+    assert gen.training and gen.unet.training and not gen.autoencoder.training
+    with pytest.raises(ValueError, match="no 'image' key"):
+        gen.estimate_scale_factor_from_loader([{"img": images}])
+    with pytest.raises(ValueError, match="no batch"):
+        gen.estimate_scale_factor_from_loader([])
+
+
 def test_bad_inputs_have_clear_errors():
     gen = LatentGenerator.from_preset("tiny", spatial_dims=3, num_classes=2)
     with pytest.raises(ValueError, match="3D generator"):
