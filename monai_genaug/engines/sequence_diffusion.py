@@ -183,7 +183,7 @@ class SequenceDiffusionPrepareBatch(LatentDiffusionPrepareBatch):
     ) -> dict[str, torch.Tensor]:
         """Class labels, image prior and motion of the batch's clips (precomputed ones from the batch)."""
         gen = self.generator
-        clips = self._clips(batchdata)
+        clips = self._clips(batchdata, device, non_blocking)  # priors and motion are computed where training runs
         b, _, nf = clips.shape[:3]
         cond: dict[str, torch.Tensor] = {}
         if gen.num_classes is not None:
