@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the conversion; print the written files as JSON. Returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
     from monai_genaug.networks.sd.configs import SDImportError
-    from monai_genaug.networks.sd.loading import convert_stable_diffusion
+    from monai_genaug.generative.sd_convert import convert_stable_diffusion
 
     heads = args.attention_heads
     if heads is not None and len(heads) == 1:

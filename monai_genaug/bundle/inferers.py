@@ -8,61 +8,19 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The TTGA bundle's inferer: TTGA-fused probability, uncertainty maps and the segmenter-alone probability, stacked.
-
-:class:`~monai_genaug.inferers.generative_tta.GenerativeTTAInferer` with ``output="concat"`` returns
-``[mean probability (C) | entropy | mutual information | variance]``; this subclass appends the segmenter's own
-probability on the unaugmented image (C channels, one extra forward pass) so one evaluator run gives the prediction
-with and without TTGA. :data:`BUNDLE_OUTPUT_NAMES` / :func:`bundle_output_sizes` describe the channel layout for
-:class:`~monai_genaug.bundle.transforms.SplitChannelsd`.
+"""Old import path ``monai_genaug.bundle.inferers``, kept for one release: import from :mod:`monai_genaug.inferers.baseline` instead.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from monai.data import MetaTensor
-from monai.utils import convert_to_dst_type
-
-from monai_genaug.inferers.generative_tta import (
-    CONCAT_UNCERTAINTY,
-    GenerativeTTAInferer,
+from monai_genaug.inferers.baseline import (
+    BUNDLE_OUTPUT_NAMES,
+    GenerativeTTAWithBaselineInferer,
+    bundle_output_sizes,
 )
 
-__all__ = ["BUNDLE_OUTPUT_NAMES", "GenerativeTTAWithBaselineInferer", "bundle_output_sizes"]
-
-#: keys of the channel blocks of :class:`GenerativeTTAWithBaselineInferer`'s output, in order
-BUNDLE_OUTPUT_NAMES = ("prob", *CONCAT_UNCERTAINTY, "prob_base")
-
-
-def bundle_output_sizes(num_classes: int) -> list[int]:
-    """Channels of each block of :data:`BUNDLE_OUTPUT_NAMES` for a segmenter with ``num_classes + 1`` outputs."""
-    c = int(num_classes) + 1
-    return [c, *([1] * len(CONCAT_UNCERTAINTY)), c]
-
-
-class GenerativeTTAWithBaselineInferer(GenerativeTTAInferer):
-    """:class:`GenerativeTTAInferer` (``output="concat"``) plus the segmenter-alone probability as last channels.
-
-    Output channels: ``[mean probability (C) | entropy | mutual information | variance | segmenter alone (C)]``
-    (see :data:`BUNDLE_OUTPUT_NAMES`). Arguments are those of :class:`GenerativeTTAInferer` except ``output``.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if kwargs.pop("output", "concat") != "concat":
-            raise ValueError("GenerativeTTAWithBaselineInferer always returns the 'concat' layout.")
-        super().__init__(*args, output="concat", **kwargs)
-
-    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
-        """TTGA on every image of ``inputs`` (B, C, *spatial), plus the segmenter alone on ``inputs`` (reused from the
-        ensemble when it includes the original image)."""
-        fused = super().__call__(inputs, network, *args, **kwargs)
-        if self.include_original:  # the ensemble's first member is the segmenter on the original image
-            base = self.last_output["original"]
-        else:
-            plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-            base = self._activate(self._segment(plain, network, *args, **kwargs))
-        fused_t = fused.as_tensor() if isinstance(fused, MetaTensor) else fused
-        out = torch.cat([fused_t, base.to(fused_t)], dim=1)
-        return convert_to_dst_type(out, inputs, dtype=out.dtype)[0]
+__all__ = [
+    "BUNDLE_OUTPUT_NAMES",
+    "GenerativeTTAWithBaselineInferer",
+    "bundle_output_sizes",
+]

@@ -9,7 +9,10 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Ignite workflows: prepare-batch classes, the shared trainer wiring, diffusion / sequence diffusion / autoencoder / LoRA / GMS / classifier / segmentation trainers, validation (mean-Dice evaluator, best-model selection), handlers (EMA, sample grids, NaN guard, resumable checkpoints), MLflow tracking, DDP helpers."""
+"""Ignite workflows: prepare-batch classes, the shared trainer wiring, diffusion / sequence diffusion / autoencoder / LoRA /
+classifier / segmentation trainers, validation (mean-Dice evaluator, best-model selection), DDP helpers. The handlers
+(EMA, sample grids, NaN guard, resumable checkpoints, MLflow tracking) live in :mod:`monai_genaug.handlers` and are
+re-exported here; method trainers (GMS, ...) live in ``monai_genaug.methods.<name>.training``."""
 
 from __future__ import annotations
 
@@ -18,52 +21,28 @@ from .workflow import (
     CHECKPOINT_NAME,
     TrainingHandlers,
     standard_training_handlers,
-    PeriodicValidation,
     create_supervised_trainer,
-    FinalModelHandler,
-    completed_normally,
     attach_resumable_checkpoint,
 )
-from .validation import BestModelSaver, create_dice_evaluator, attach_model_selection
+from .validation import create_dice_evaluator, attach_model_selection
 from .diffusion import (
-    GeneratorSamples,
-    FinalGeneratorSaver,
     trainable_modules,
     create_diffusion_trainer,
 )
 from .sequence_diffusion import (
     SequenceDiffusionPrepareBatch,
-    SequenceSamples,
     create_sequence_diffusion_trainer,
     drop_conditions,
 )
 from .autoencoder import (
     kl_divergence,
     AutoencoderKLTrainer,
-    ReconstructionSamples,
-    FinalAutoencoderSaver,
     create_perceptual_loss,
     create_autoencoder_trainer,
     prepare_image_batch,
 )
-from .gms import (
-    GMSAutoencoderPrepareBatch,
-    GMSPrepareBatch,
-    LabelPrepareBatch,
-    MaskForegroundWeightedL1Loss,
-    ScaleFactorInitializer,
-    SegmentationGridSaver,
-    create_gms_autoencoder_trainer,
-    create_gms_trainer,
-    gms_data_dir,
-    gms_datalist,
-    gms_transforms,
-    image_meta,
-    label_map_saver,
-)
 from .classifier import (
     ClassificationPrepareBatch,
-    FinalClassifierSaver,
     NoisyLatentPrepareBatch,
     create_classifier_trainer,
     create_noisy_classifier_trainer,
@@ -82,9 +61,18 @@ from .segmentation import (
     segmenter_config,
     segmenter_divisor,
 )
-from .ema import EMAHandler
-from .nan_guard import NonFiniteLossError, NaNGuard
-from .resume import (
+from monai_genaug.handlers.savers import (
+    FinalAutoencoderSaver,
+    FinalClassifierSaver,
+    FinalGeneratorSaver,
+    FinalModelHandler,
+    completed_normally,
+)
+from monai_genaug.handlers.sample_grid import GeneratorSamples, ReconstructionSamples, SequenceSamples
+from monai_genaug.handlers.validation import BestModelSaver, PeriodicValidation
+from monai_genaug.handlers.ema import EMAHandler
+from monai_genaug.handlers.nan_guard import NonFiniteLossError, NaNGuard
+from monai_genaug.handlers.resume import (
     CHECKPOINT_FORMAT,
     get_rng_state,
     set_rng_state,
@@ -93,8 +81,8 @@ from .resume import (
     loader_generators,
     ResumableCheckpointHandler,
 )
-from .sample_grid import SampleGridHandler
-from .tracking import (
+from monai_genaug.handlers.sample_grid import SampleGridHandler
+from monai_genaug.handlers.tracking import (
     TrackingUnavailableWarning,
     default_tracking_uri,
     check_tracking_uri,
@@ -143,19 +131,6 @@ __all__ = [
     "create_perceptual_loss",
     "create_autoencoder_trainer",
     "prepare_image_batch",
-    "GMSAutoencoderPrepareBatch",
-    "GMSPrepareBatch",
-    "LabelPrepareBatch",
-    "MaskForegroundWeightedL1Loss",
-    "ScaleFactorInitializer",
-    "SegmentationGridSaver",
-    "create_gms_autoencoder_trainer",
-    "create_gms_trainer",
-    "gms_data_dir",
-    "gms_datalist",
-    "gms_transforms",
-    "image_meta",
-    "label_map_saver",
     "ClassificationPrepareBatch",
     "FinalClassifierSaver",
     "NoisyLatentPrepareBatch",

@@ -19,7 +19,7 @@ a warm-up) and, only when its weights are available locally, a perceptual loss. 
 generator returning a tensor and has no KL or perceptual term, whereas ``AutoencoderKL`` returns
 ``(reconstruction, z_mu, z_sigma)``. State keys, events (``AdversarialIterationEvents``) and output keys stay those
 of the parent, and ``IterationEvents.LOSS_COMPLETED`` is fired before the generator's backward pass, so
-:class:`~monai_genaug.engines.nan_guard.NaNGuard` stops a NaN loss before it reaches the weights.
+:class:`~monai_genaug.handlers.nan_guard.NaNGuard` stops a NaN loss before it reaches the weights.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Events
 from ignite.metrics import Average
 from monai.engines import AdversarialTrainer, IterationEvents
 from monai.engines.utils import default_prepare_batch
@@ -46,20 +45,15 @@ from monai.utils import (
 )
 from torch import nn
 
-from monai_genaug.engines.sample_grid import SampleGridHandler
-from monai_genaug.engines.tracking import loss_from_output
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    completed_normally,
-    standard_training_handlers,
-)
-from monai_genaug.utils.checkpoint import atomic_save, to_json_config
+from monai_genaug.handlers.sample_grid import ReconstructionSamples
+from monai_genaug.handlers.savers import FinalAutoencoderSaver
+from monai_genaug.handlers.sample_grid import SampleGridHandler
+from monai_genaug.handlers.tracking import loss_from_output
+from monai_genaug.engines.workflow import attach_resumable_checkpoint, standard_training_handlers
 
 __all__ = [
     "kl_divergence",
     "AutoencoderKLTrainer",
-    "ReconstructionSamples",
-    "FinalAutoencoderSaver",
     "create_perceptual_loss",
     "create_autoencoder_trainer",
     "prepare_image_batch",
@@ -297,66 +291,6 @@ class AutoencoderKLTrainer(AdversarialTrainer):
         output[AdversarialKeys.DISCRIMINATOR_LOSS] = d_loss.detach()
         output[CommonKeys.PRED] = output[AdversarialKeys.FAKES] = recon.detach()
         return output
-
-
-class ReconstructionSamples:
-    """A ``sample_fn`` for the grid handler: fixed images on top, their reconstructions below.
-
-    Args:
-        autoencoder: the autoencoder (returns ``(reconstruction, ...)`` or a tensor).
-        images: (B, C, *spatial) images to reconstruct (moved to the autoencoder's device).
-    """
-
-    def __init__(self, autoencoder: nn.Module, images: torch.Tensor) -> None:
-        self.autoencoder = autoencoder
-        self.images = images
-
-    def __call__(self) -> torch.Tensor:
-        device = next(self.autoencoder.parameters()).device
-        images = self.images.to(device)
-        out = self.autoencoder(images)
-        recon = out[0] if isinstance(out, (tuple, list)) else out
-        return torch.cat([images, recon.to(images.dtype)], dim=0)
-
-
-class FinalAutoencoderSaver:
-    """Write ``autoencoder_final.pt`` (autoencoder + discriminator state dicts and config) at normal completion.
-
-    Args:
-        autoencoder: the trained autoencoder.
-        output_dir: destination folder.
-        discriminator: the discriminator (saved too when given).
-        config: JSON config of the autoencoder (e.g. the ``"autoencoder"`` block of a generator config).
-        filename: file name.
-    """
-
-    def __init__(
-        self,
-        autoencoder: nn.Module,
-        output_dir: str | os.PathLike,
-        discriminator: nn.Module | None = None,
-        config: dict | None = None,
-        filename: str = "autoencoder_final.pt",
-    ) -> None:
-        self.autoencoder = autoencoder
-        self.discriminator = discriminator
-        self.config = to_json_config(config or {})
-        self.path = Path(output_dir) / filename
-
-    def attach(self, engine) -> None:
-        """Register on ``COMPLETED``."""
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine) -> None:
-        modules = {"autoencoder": self.autoencoder}
-        if self.discriminator is not None:
-            modules["discriminator"] = self.discriminator
-        if not completed_normally(engine, modules, "autoencoder"):
-            return
-        ckpt: dict[str, Any] = {"format": "monai_genaug.AutoencoderKL", "config": self.config}
-        ckpt.update({k: {n: v.detach().cpu() for n, v in m.state_dict().items()} for k, m in modules.items()})
-        atomic_save(ckpt, self.path)
-        logger.info(f"saved final autoencoder '{self.path}'.")
 
 
 def create_perceptual_loss(

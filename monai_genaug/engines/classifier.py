@@ -43,19 +43,18 @@ from monai.handlers import LrScheduleHandler
 from monai.inferers import SimpleInferer
 from torch import nn
 
-from monai_genaug.engines.nan_guard import NaNGuard
+from monai_genaug.handlers.savers import FinalClassifierSaver
+from monai_genaug.handlers.nan_guard import NaNGuard
 from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
+from monai_genaug.handlers.validation import PeriodicValidation
 from monai_genaug.engines.workflow import (
-    PeriodicValidation,
     attach_resumable_checkpoint,
-    completed_normally,
     create_supervised_trainer,
     standard_training_handlers,
 )
 
 __all__ = [
     "ClassificationPrepareBatch",
-    "FinalClassifierSaver",
     "NoisyLatentPrepareBatch",
     "create_classifier_trainer",
     "create_noisy_classifier_trainer",
@@ -164,41 +163,6 @@ class ClassificationPrepareBatch:
             raise KeyError(f"the batch has no image key '{self.image_key}' (got {keys}).")
         images = torch.as_tensor(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking, **kwargs)
         return images, _labels(batchdata, self.label_key, device, non_blocking)
-
-
-class FinalClassifierSaver:
-    """Write ``classifier_final.pt`` (:meth:`NoisyLatentClassifier.save`) when training completes normally.
-
-    Args:
-        classifier: the classifier (must have ``save(path, extra)``).
-        output_dir: destination folder.
-        extra: JSON-like entries stored with the weights (class names, training settings).
-        filename: file name.
-    """
-
-    def __init__(
-        self,
-        classifier: nn.Module,
-        output_dir: str | os.PathLike,
-        extra: Mapping[str, Any] | None = None,
-        filename: str = "classifier_final.pt",
-    ) -> None:
-        self.classifier = classifier
-        self.path = Path(output_dir) / filename
-        self.extra = dict(extra or {})
-
-    def attach(self, engine) -> None:
-        """Register on ``COMPLETED``."""
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine) -> None:
-        if not completed_normally(engine, {"classifier": self.classifier}, "classifier"):
-            return
-        extra = dict(self.extra)
-        if "val_accuracy" in getattr(engine, "latest_val_metrics", {}):
-            extra["val_accuracy"] = engine.latest_val_metrics["val_accuracy"]
-        self.classifier.save(self.path, extra=extra)
-        logger.info(f"saved final classifier '{self.path}'.")
 
 
 def _pred_label(output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

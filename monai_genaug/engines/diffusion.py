@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import operator
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,22 +40,20 @@ from monai.handlers import LrScheduleHandler
 from monai.inferers import SimpleInferer
 from torch import nn
 
-from monai_genaug.engines.ema import EMAHandler
+from monai_genaug.handlers.sample_grid import GeneratorSamples
+from monai_genaug.handlers.savers import FinalGeneratorSaver
+from monai_genaug.handlers.ema import EMAHandler
 from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
-from monai_genaug.engines.sample_grid import SampleGridHandler
+from monai_genaug.handlers.sample_grid import SampleGridHandler
+from monai_genaug.handlers.validation import PeriodicValidation
 from monai_genaug.engines.workflow import (
-    PeriodicValidation,
     attach_resumable_checkpoint,
-    completed_normally,
     create_supervised_trainer,
     standard_training_handlers,
 )
-from monai_genaug.generative.sampler import DiffusionSampler
-from monai_genaug.networks.lora import has_lora, save_lora
+from monai_genaug.networks.lora import has_lora
 
 __all__ = [
-    "GeneratorSamples",
-    "FinalGeneratorSaver",
     "trainable_modules",
     "create_diffusion_trainer",
 ]
@@ -77,125 +74,6 @@ def trainable_modules(generator: nn.Module) -> nn.ModuleDict:
     if getattr(generator, "prompt_embedding", None) is not None:
         parts["prompt_embedding"] = generator.prompt_embedding
     return parts
-
-
-class GeneratorSamples:
-    """A ``sample_fn`` for :class:`~monai_genaug.engines.sample_grid.SampleGridHandler`: decoded samples of a generator.
-
-    Every call starts from the same seeded noise, so grids of successive epochs are comparable. Sampling goes through
-    the package's one sampler (:class:`~monai_genaug.generative.sampler.DiffusionSampler`).
-
-    Args:
-        generator: the ``LatentGenerator``.
-        spatial_size: image size, e.g. (64, 64) or (32, 32, 32).
-        num_samples: samples per grid.
-        num_inference_steps: sampler steps.
-        condition: condition dict for the batch (e.g. ``{"seg": masks}``); default: for a class-conditional
-            generator, classes 0, 1, ... in turn; otherwise unconditional.
-        guidance: a guidance plug-in from :mod:`monai_genaug.generative.guidance` (None: plain conditional).
-        eta: DDIM stochasticity.
-        seed: seed of the starting noise.
-
-    Raises:
-        ValueError: the generator needs a structural condition (``seg`` / ``concat``) that ``condition`` lacks, or a
-            condition's batch size differs from ``num_samples``.
-    """
-
-    def __init__(
-        self,
-        generator: nn.Module,
-        spatial_size: Sequence[int],
-        num_samples: int = 4,
-        num_inference_steps: int = 10,
-        condition: Mapping[str, torch.Tensor] | None = None,
-        guidance: Any | None = None,
-        eta: float = 0.0,
-        seed: int = 0,
-    ) -> None:
-        needed = [k for k, on in (("seg", generator.is_spade), ("concat", generator.concat_channels)) if on]
-        missing = [k for k in needed if k not in (condition or {})]
-        if missing:
-            raise ValueError(
-                f"this generator needs condition {missing} to sample; pass sample_condition={{'{missing[0]}': ...}} "
-                f"with {num_samples} items (or a sample_fn)."
-            )
-        wrong = {k: int(v.shape[0]) for k, v in (condition or {}).items() if v.shape[0] != num_samples}
-        if wrong:
-            raise ValueError(f"sample condition batch sizes {wrong} differ from num_samples={num_samples}.")
-        self.generator = generator
-        self.latent_shape = tuple(generator.latent_shape(tuple(spatial_size)))
-        self.num_samples = int(num_samples)
-        self.sampler = DiffusionSampler(num_inference_steps=num_inference_steps, eta=eta, progress=False)
-        self.condition = condition
-        self.guidance = guidance
-        self.seed = seed
-
-    def __call__(self) -> torch.Tensor:
-        condition = self.condition
-        num_classes = getattr(self.generator, "num_classes", None)
-        if condition is None and num_classes:
-            condition = {"class_labels": torch.arange(self.num_samples) % num_classes}
-        if condition is not None:
-            device = self.generator.scale_factor.device
-            condition = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in condition.items()}
-        rng = torch.Generator().manual_seed(self.seed)
-        z = self.sampler(
-            self.generator,
-            shape=(self.num_samples, *self.latent_shape),
-            condition=condition,
-            guidance=self.guidance,
-            rng=rng,
-        )
-        return self.generator.decode(z)
-
-
-class FinalGeneratorSaver:
-    """Write the trained generator when training completes normally (not after a NaN stop or an interruption).
-
-    Files: ``generator_final.pt`` (live weights) and ``generator_ema.pt`` (EMA weights), both loadable with
-    ``LatentGenerator.load``. When the UNet carries LoRA adapters, ``lora_final.pt`` / ``lora_ema.pt`` adapter files
-    are written instead (:func:`monai_genaug.networks.lora.save_lora`; load them with ``load_lora`` into the base UNet).
-
-    Args:
-        generator: the ``LatentGenerator``.
-        output_dir: destination folder.
-        ema: the :class:`~monai_genaug.engines.ema.EMAHandler`, or None.
-    """
-
-    def __init__(self, generator: nn.Module, output_dir: str | os.PathLike, ema: EMAHandler | None = None) -> None:
-        self.generator = generator
-        self.output_dir = Path(output_dir)
-        self.ema = ema
-        self.paths: list[Path] = []
-
-    def attach(self, engine) -> None:
-        """Register on ``COMPLETED``."""
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def _write(self, stem: str) -> Path:
-        if has_lora(self.generator.unet):
-            path = self.output_dir / f"lora_{stem}.pt"
-            save_lora(self.generator.unet, path)
-        else:
-            path = self.output_dir / f"generator_{stem}.pt"
-            self.generator.save(str(path))
-        self.paths.append(path)
-        return path
-
-    def __call__(self, engine) -> None:
-        if not completed_normally(engine, {"generator": self.generator}, "generator"):
-            return
-        try:
-            self._write("final")
-            if self.ema is not None:
-                with self.ema.use_ema_weights():
-                    self._write("ema")
-        except ValueError as e:  # e.g. a generator built without a config cannot be saved as a LatentGenerator file
-            warnings.warn(
-                f"final generator files not written ({e}); the weights are in the training checkpoint.", stacklevel=2
-            )
-            return
-        logger.info(f"saved final generator files {[str(p) for p in self.paths]}.")
 
 
 def create_diffusion_trainer(
@@ -286,7 +164,7 @@ def create_diffusion_trainer(
             validation noise (``seed + 1``).
         resume: continue from ``output_dir/checkpoint_last.pt`` when it exists.
         save_interval: epochs between checkpoints.
-        nan_raise: on a non-finite loss raise :class:`~monai_genaug.engines.nan_guard.NonFiniteLossError` (True) or
+        nan_raise: on a non-finite loss raise :class:`~monai_genaug.handlers.nan_guard.NonFiniteLossError` (True) or
             terminate quietly with an error log (False).
         extra_handlers: more handlers (with ``attach(engine)``), attached before the checkpoint handler.
 

@@ -15,7 +15,7 @@ A bundle's ``configs/multi_gpu_train.json`` is merged over its train config and 
 (see MONAI model-zoo ``multi_gpu_train.json``). Configs that build a ``SupervisedTrainer`` themselves wrap
 ``network`` in ``DistributedDataParallel`` and give the data loader a MONAI ``DistributedSampler`` directly. The
 package's trainer factories (:func:`~monai_genaug.engines.diffusion.create_diffusion_trainer`,
-:func:`~monai_genaug.engines.gms.create_gms_trainer`, ...) build their own handlers and optimiser around the
+:func:`~monai_genaug.methods.gms.create_gms_trainer`, ...) build their own handlers and optimiser around the
 unwrapped network; :func:`distributed_trainer` converts such a ready trainer: the network it calls becomes
 ``DistributedDataParallel`` (optimiser, checkpoints and EMA keep the unwrapped module, so checkpoint keys are the
 same as in single-process training) and its data loader is sharded by a ``DistributedSampler``. Writers in the

@@ -39,23 +39,21 @@ from monai.handlers import LrScheduleHandler
 from torch import nn
 from torch.utils.data.dataloader import default_collate
 
-from monai_genaug.engines.ema import EMAHandler
+from monai_genaug.handlers.sample_grid import SequenceSamples
+from monai_genaug.handlers.ema import EMAHandler
 from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
-from monai_genaug.engines.sample_grid import SampleGridHandler
+from monai_genaug.handlers.sample_grid import SampleGridHandler
+from monai_genaug.handlers.savers import FinalModelHandler
 from monai_genaug.engines.workflow import (
-    FinalModelHandler,
     attach_resumable_checkpoint,
     create_supervised_trainer,
     standard_training_handlers,
 )
-from monai_genaug.generative.guidance import ClassifierFreeGuidance
-from monai_genaug.generative.sampler import DiffusionSampler
 from monai_genaug.networks.motion_encoder import check_motion, estimate_motion
 from monai_genaug.networks.sequence_unet import set_trainable_modules
 
 __all__ = [
     "SequenceDiffusionPrepareBatch",
-    "SequenceSamples",
     "create_sequence_diffusion_trainer",
     "drop_conditions",
 ]
@@ -221,51 +219,6 @@ class SequenceDiffusionPrepareBatch(LatentDiffusionPrepareBatch):
     def drop_condition(self, condition: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
         """Dropout is applied in :meth:`get_condition` (Ctrl-GenAug's three-way scheme)."""
         return condition
-
-
-class SequenceSamples:
-    """A ``sample_fn`` for :class:`~monai_genaug.engines.sample_grid.SampleGridHandler`: clips of a sequence
-    generator ``(B, C, F, H, W)`` in [0, 1] from fixed conditions and fixed seeded noise (comparable across epochs).
-
-    Args:
-        generator: the ``SequenceGenerator``.
-        condition: batched condition (as built by the prepare-batch, without dropout).
-        num_frames: frames per clip.
-        spatial_size: frame size ``(H, W)``.
-        num_inference_steps: sampler steps.
-        guidance_scale: classifier-free guidance scale on prior and motion (1: none).
-        seed: seed of the starting noise.
-    """
-
-    def __init__(
-        self,
-        generator: nn.Module,
-        condition: Mapping[str, torch.Tensor],
-        num_frames: int,
-        spatial_size: Sequence[int],
-        num_inference_steps: int = 10,
-        guidance_scale: float = 1.0,
-        seed: int = 0,
-    ) -> None:
-        self.generator = generator
-        self.condition = {k: v.detach().clone() for k, v in condition.items()}
-        self.shape = (int(generator.image_channels), int(num_frames), *[int(s) for s in spatial_size])
-        self.batch = next(iter(self.condition.values())).shape[0] if self.condition else 1
-        self.sampler = DiffusionSampler(num_inference_steps=num_inference_steps, clip_x0=(-1.0, 1.0), progress=False)
-        self.guidance_scale = float(guidance_scale)
-        self.seed = int(seed)
-
-    def __call__(self) -> torch.Tensor:
-        gen = self.generator
-        device = gen.scale_factor.device
-        cond = {k: v.to(device) for k, v in self.condition.items()}
-        rng = torch.Generator().manual_seed(self.seed)
-        x = torch.randn((self.batch, *self.shape), generator=rng).to(device)
-        guidance = None
-        if self.guidance_scale != 1.0:
-            guidance = ClassifierFreeGuidance(self.guidance_scale, null_condition=gen.null_condition(cond, self.batch))
-        out = self.sampler(gen, x=x, condition=cond or None, guidance=guidance, rng=rng)
-        return ((out.clamp(-1, 1) + 1) / 2).cpu()
 
 
 def _clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> Callable[[Any], None]:

@@ -15,78 +15,26 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from ignite.engine import Events
 from monai.engines import SupervisedEvaluator
 from monai.handlers import MeanDice, from_engine
 from monai.inferers import SimpleInferer
 from monai.transforms import AsDiscreted, Compose
 from torch import nn
 
-from monai_genaug.engines.workflow import FinalModelHandler, PeriodicValidation
+from monai_genaug.handlers.validation import BestModelSaver
+from monai_genaug.handlers.savers import FinalModelHandler
+from monai_genaug.handlers.validation import PeriodicValidation
 
-__all__ = ["BestModelSaver", "create_dice_evaluator", "attach_model_selection"]
+__all__ = [
+    "create_dice_evaluator",
+    "attach_model_selection",
+]
 
 logger = logging.getLogger(__name__)
-
-
-class BestModelSaver:
-    """Save a model atomically whenever an evaluator's metric improves (a validation split, never the test split).
-
-    Args:
-        save_fn: called with the destination path (e.g. ``segmenter.save``).
-        path: destination file.
-        metric_name: key of ``evaluator.state.metrics``.
-        greater_is_better: True for Dice, False for losses.
-        trainer: the trainer whose epoch is recorded (optional).
-
-    The best value survives a resume when this handler is in the checkpoint's ``save_dict``
-    (``state_dict`` / ``load_state_dict``).
-    """
-
-    def __init__(
-        self,
-        save_fn: Callable[[str], Any],
-        path: str | os.PathLike,
-        metric_name: str = "val_mean_dice",
-        greater_is_better: bool = True,
-        trainer: Any | None = None,
-    ) -> None:
-        self.save_fn = save_fn
-        self.path = Path(path)
-        self.metric_name = metric_name
-        self.greater_is_better = greater_is_better
-        self.trainer = trainer
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        self.best = state_dict.get("best")
-        self.best_epoch = state_dict.get("best_epoch")
-
-    def __call__(self, engine) -> None:
-        value = engine.state.metrics.get(self.metric_name)
-        if value is None or not np.isfinite(float(value)):
-            return
-        value = float(value)
-        better = self.best is None or (value > self.best if self.greater_is_better else value < self.best)
-        if not better:
-            return
-        self.best = value
-        self.best_epoch = int(self.trainer.state.epoch) if self.trainer is not None else int(engine.state.epoch)
-        self.save_fn(str(self.path))
-        logger.info(f"new best {self.metric_name}={value:.4f} (epoch {self.best_epoch}); saved '{self.path}'.")
 
 
 def _onehot_post(num_classes: int, argmax: bool = True) -> Compose:

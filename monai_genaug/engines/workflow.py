@@ -17,37 +17,27 @@ from __future__ import annotations
 import logging
 import operator
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Events
 from ignite.metrics import Average
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler
 from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
-from monai_genaug.engines.nan_guard import NaNGuard
-from monai_genaug.engines.resume import (
-    AttributeState,
-    ResumableCheckpointHandler,
-    find_non_finite,
-    loader_generators,
-)
-from monai_genaug.engines.tracking import create_mlflow_handler, loss_from_output
+from monai_genaug.handlers.nan_guard import NaNGuard
+from monai_genaug.handlers.resume import AttributeState, ResumableCheckpointHandler, loader_generators
+from monai_genaug.handlers.tracking import create_mlflow_handler, loss_from_output
 
 __all__ = [
     "CHECKPOINT_NAME",
     "TrainingHandlers",
     "standard_training_handlers",
-    "PeriodicValidation",
     "create_supervised_trainer",
-    "FinalModelHandler",
-    "completed_normally",
     "attach_resumable_checkpoint",
 ]
 
@@ -108,39 +98,6 @@ def standard_training_handlers(
     return TrainingHandlers(handlers, nan_guard, mlflow_handler)
 
 
-class PeriodicValidation:
-    """Run an evaluator every ``interval`` epochs inside ``torch.random.fork_rng``, so that validating never changes
-    the training's random stream (an interrupted and resumed run equals an uninterrupted one). The metrics are kept
-    on the trainer as ``latest_val_metrics`` and logged to the trainer's MLflow run at the trainer's epoch.
-
-    Args:
-        evaluator: a MONAI evaluator.
-        interval: epochs between validations.
-        mlflow_handler: the trainer's MLflow handler, or None.
-    """
-
-    def __init__(self, evaluator: SupervisedEvaluator, interval: int = 1, mlflow_handler: Any | None = None) -> None:
-        if interval < 1:
-            raise ValueError(f"val_interval must be >= 1 epoch, got {interval}.")
-        self.evaluator = evaluator
-        self.interval = int(interval)
-        self.mlflow_handler = mlflow_handler
-
-    def attach(self, engine) -> None:
-        """Register on every ``interval``-th ``EPOCH_COMPLETED``."""
-        engine.latest_val_metrics = {}
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-
-    def __call__(self, engine) -> None:
-        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
-            self.evaluator.run(engine.state.epoch)
-        engine.latest_val_metrics = dict(self.evaluator.state.metrics)
-        if self.mlflow_handler is not None:
-            self.mlflow_handler.log_metrics(engine.latest_val_metrics, step=engine.state.epoch)
-        logger.info(f"epoch {engine.state.epoch}: validation {engine.latest_val_metrics}")
-
-
 def create_supervised_trainer(
     device: torch.device | str,
     max_epochs: int,
@@ -188,53 +145,6 @@ def create_supervised_trainer(
         amp=amp,
         decollate=False,
     )
-
-
-def completed_normally(engine, modules: Mapping[str, nn.Module], what: str = "model") -> bool:
-    """True when every iteration of the run happened, no NaN stop occurred and the weights in ``modules`` are finite
-    (a warning says why not in the last case)."""
-    state = engine.state
-    finished = state.epoch_length is not None and state.iteration >= state.epoch_length * state.max_epochs
-    if not finished or getattr(state, "nan_detected", False):
-        return False
-    if find_non_finite(dict(modules)):
-        warnings.warn(f"final {what} weights are not finite; no final {what} file written.", stacklevel=2)
-        return False
-    return True
-
-
-class FinalModelHandler:
-    """Call ``save_fn(engine)`` once, on ``COMPLETED``, if training :func:`completed_normally` (never after a NaN stop,
-    an interruption, or with non-finite weights).
-
-    Args:
-        save_fn: writes the final model; receives the engine.
-        modules: the networks whose weights must be finite.
-        what: name used in messages.
-        skip_if: optional predicate; when it returns True nothing is written (e.g. a best model already was).
-    """
-
-    def __init__(
-        self,
-        save_fn: Callable[[Any], Any],
-        modules: Mapping[str, nn.Module],
-        what: str = "model",
-        skip_if: Callable[[], bool] | None = None,
-    ) -> None:
-        self.save_fn = save_fn
-        self.modules = modules
-        self.what = what
-        self.skip_if = skip_if
-
-    def attach(self, engine) -> None:
-        """Register on ``COMPLETED``."""
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine) -> None:
-        if self.skip_if is not None and self.skip_if():
-            return
-        if completed_normally(engine, self.modules, self.what):
-            self.save_fn(engine)
 
 
 def attach_resumable_checkpoint(

@@ -44,7 +44,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import convert_to_dst_type
 
-from monai_genaug.methods.ttga import TTGAAugmenter
+from monai_genaug.generative.protocols import ViewGenerator
 from monai_genaug.metrics.uncertainty import uncertainty_maps
 
 __all__ = ["CONCAT_UNCERTAINTY", "GenerativeTTAInferer"]
@@ -84,7 +84,7 @@ class GenerativeTTAInferer(Inferer):
 
     def __init__(
         self,
-        augmenter: TTGAAugmenter,
+        augmenter: ViewGenerator,
         inferer: Inferer | None = None,
         num_views: int | None = None,
         include_original: bool = True,
@@ -97,8 +97,11 @@ class GenerativeTTAInferer(Inferer):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(augmenter, TTGAAugmenter):
-            raise TypeError(f"augmenter must be a TTGAAugmenter, got {type(augmenter).__name__}.")
+        if not isinstance(augmenter, ViewGenerator):
+            raise TypeError(
+                "augmenter must be a view generator such as monai_genaug.methods.ttga.TTGAAugmenter (callable with "
+                f"num_views, lambda_i and tau attributes), got {type(augmenter).__name__}."
+            )
         if output not in _OUTPUTS:
             raise ValueError(f"output must be one of {_OUTPUTS}, got '{output}'.")
         if isinstance(activation, str) and activation not in ("softmax", "sigmoid"):

@@ -8,19 +8,21 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-
-"""The five methods, each a small pipeline composed of the generative core."""
+"""The five methods, one package each (``pipeline.py``: the facade composing the generative core; ``training.py``;
+``data.py``: splits, writers, evaluation glue). Nothing in the layers below (engines, networks, generative,
+transforms, filters, metrics, data, utils, handlers, inferers, evaluation) imports this package:
+``tests/test_layering.py`` enforces it.
+"""
 
 from __future__ import annotations
 
 from .ttga import (
     MASK_SCHEMES,
+    DetailPreservingTTGAAugmenter,
     TTGAState,
     TTGAOutput,
     TTGAAugmenter,
     ttga_legacy_scheduler,
-)
-from .ttga_adaptation import (
     build_ttga_generator,
     estimate_scale_factor_from_loader,
     prepare_lora_adaptation,
@@ -29,23 +31,36 @@ from .ttga_adaptation import (
     ttga_generator_config,
 )
 from .gms import (
-    AUTOENCODER_CHECKPOINT_FORMAT,
     GMS_CHECKPOINT_FORMAT,
+    build_gms_segmenter,
+    gms_config,
+    load_gms_segmenter,
     GMSLoss,
+    GMSAutoencoderPrepareBatch,
+    GMSPrepareBatch,
+    LabelPrepareBatch,
+    MaskForegroundWeightedL1Loss,
+    create_gms_autoencoder_trainer,
+    create_gms_trainer,
+    gms_data_dir,
+    gms_datalist,
+    gms_transforms,
     GMSSegmenter,
     LatentCache,
     MaskReconstructor,
-    autoencoder_factor,
-    build_autoencoder,
-    build_gms_segmenter,
     class_probabilities,
     decoded_to_soft_masks,
-    gms_config,
     labels_to_onehot,
-    load_autoencoder,
-    load_gms_segmenter,
     masks_to_images,
+    AUTOENCODER_CHECKPOINT_FORMAT,
+    autoencoder_factor,
+    build_autoencoder,
+    load_autoencoder,
     save_autoencoder,
+    ScaleFactorInitializer,
+    SegmentationGridSaver,
+    image_meta,
+    label_map_saver,
 )
 from .histodiffusion import (
     HISTODIFFUSION_SCHEDULE,
@@ -115,6 +130,7 @@ from .ctrl_genaug import (
 
 __all__ = [
     "MASK_SCHEMES",
+    "DetailPreservingTTGAAugmenter",
     "TTGAState",
     "TTGAOutput",
     "TTGAAugmenter",
@@ -125,23 +141,36 @@ __all__ = [
     "save_generator",
     "train_ttga_generator",
     "ttga_generator_config",
-    "AUTOENCODER_CHECKPOINT_FORMAT",
     "GMS_CHECKPOINT_FORMAT",
+    "build_gms_segmenter",
+    "gms_config",
+    "load_gms_segmenter",
     "GMSLoss",
+    "GMSAutoencoderPrepareBatch",
+    "GMSPrepareBatch",
+    "LabelPrepareBatch",
+    "MaskForegroundWeightedL1Loss",
+    "create_gms_autoencoder_trainer",
+    "create_gms_trainer",
+    "gms_data_dir",
+    "gms_datalist",
+    "gms_transforms",
     "GMSSegmenter",
     "LatentCache",
     "MaskReconstructor",
-    "autoencoder_factor",
-    "build_autoencoder",
-    "build_gms_segmenter",
     "class_probabilities",
     "decoded_to_soft_masks",
-    "gms_config",
     "labels_to_onehot",
-    "load_autoencoder",
-    "load_gms_segmenter",
     "masks_to_images",
+    "AUTOENCODER_CHECKPOINT_FORMAT",
+    "autoencoder_factor",
+    "build_autoencoder",
+    "load_autoencoder",
     "save_autoencoder",
+    "ScaleFactorInitializer",
+    "SegmentationGridSaver",
+    "image_meta",
+    "label_map_saver",
     "HISTODIFFUSION_SCHEDULE",
     "ClassifierFeatures",
     "HistoDiffusion",

@@ -27,7 +27,7 @@ data loader, or prefer :class:`~monai_genaug.inferers.generative_tta.GenerativeT
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +37,8 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-if TYPE_CHECKING:  # imported at call time: monai_genaug.methods needs the data layer, which needs these transforms
-    from monai_genaug.methods.ttga import TTGAAugmenter
+
+from monai_genaug.generative.protocols import ViewGenerator
 
 __all__ = [
     "RandGenerativeTTA",
@@ -76,12 +76,13 @@ class RandGenerativeTTA(RandomizableTransform, InvertibleTransform):
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(
-        self, augmenter: TTGAAugmenter, prob: float = 1.0, lambda_i: float | Sequence[float] | None = None
+        self, augmenter: ViewGenerator, prob: float = 1.0, lambda_i: float | Sequence[float] | None = None
     ) -> None:
-        from monai_genaug.methods.ttga import TTGAAugmenter
-
-        if not isinstance(augmenter, TTGAAugmenter):
-            raise TypeError(f"augmenter must be a TTGAAugmenter, got {type(augmenter).__name__}.")
+        if not isinstance(augmenter, ViewGenerator):
+            raise TypeError(
+                "augmenter must be a view generator such as monai_genaug.methods.ttga.TTGAAugmenter (callable with "
+                f"num_views, lambda_i and tau attributes), got {type(augmenter).__name__}."
+            )
         RandomizableTransform.__init__(self, prob)
         self.augmenter = augmenter
         self.lambda_i = _check_lambda(lambda_i)
@@ -148,7 +149,7 @@ class RandGenerativeTTAd(RandomizableTransform, MapTransform, InvertibleTransfor
     def __init__(
         self,
         keys: KeysCollection,
-        augmenter: TTGAAugmenter,
+        augmenter: ViewGenerator,
         prob: float = 1.0,
         lambda_i: float | Sequence[float] | None = None,
         allow_missing_keys: bool = False,

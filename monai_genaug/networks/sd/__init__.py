@@ -31,13 +31,11 @@ from .loading import (
     AUTOENCODER_FORMAT,
     UNET_FORMAT,
     SDModels,
-    convert_stable_diffusion,
     convert_unet,
     convert_vae,
     load_converted_network,
     load_stable_diffusion,
     load_weights,
-    save_converted,
 )
 from .mapping import (
     ldm_unet_to_diffusers,
@@ -76,8 +74,6 @@ __all__ = [
     "convert_vae",
     "convert_unet",
     "load_stable_diffusion",
-    "save_converted",
-    "convert_stable_diffusion",
     "load_converted_network",
     "ldm_vae_to_diffusers",
     "ldm_unet_to_diffusers",

@@ -25,7 +25,7 @@ Sources (never downloaded):
 ========================= =====================================================================================
 ``generator.pt``          :class:`~monai_genaug.generative.latent_generator.LatentGenerator` checkpoint
                           (autoencoder + UNet + training noise schedule + latent scale factor), for TTGA
-``autoencoder.pt``        the VAE, in GMS's autoencoder checkpoint format (``methods.gms.save_autoencoder``)
+``autoencoder.pt``        the VAE, in the package's autoencoder checkpoint format (``networks.autoencoder.save_autoencoder``)
 ``unet.pt``               the UNet (``monai_genaug.DiffusionModelUNet``: full constructor config + weights)
 ``embeddings.pt``         prompt / null CLIP embeddings (when prompts or an embeddings file are given)
 ``conversion.json``       what was converted from where, the MONAI configs and notes
@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks.schedulers import DDPMScheduler
 from monai.utils import optional_import
 from torch import nn
 
@@ -65,17 +64,7 @@ from monai_genaug.networks.sd.mapping import (
     vae_state_dict_to_monai,
 )
 from monai_genaug.networks.sd.networks import build_network
-from monai_genaug.networks.sd.text import (
-    encode_prompts,
-    load_prompt_embeddings,
-    save_prompt_embeddings,
-)
-from monai_genaug.utils.checkpoint import (
-    atomic_save,
-    check_state_dict_compatible,
-    load_checkpoint,
-    to_json_config,
-)
+from monai_genaug.utils.checkpoint import check_state_dict_compatible, load_checkpoint
 
 safetensors_torch, _has_safetensors = optional_import("safetensors.torch")
 
@@ -87,8 +76,6 @@ __all__ = [
     "convert_vae",
     "convert_unet",
     "load_stable_diffusion",
-    "save_converted",
-    "convert_stable_diffusion",
     "load_converted_network",
 ]
 
@@ -587,214 +574,6 @@ def load_stable_diffusion(
         use_ema,
         use_flash_attention,
         norm_num_groups,
-    )
-
-
-# ---------------------------------------------------------------------------------------------------- writing
-_ENDPOINT_KEYS = ("spatial_dims", "in_channels", "out_channels")
-
-
-def _generator_config(models: SDModels) -> tuple[dict[str, Any] | None, str]:
-    ae, unet = models.autoencoder_config, models.unet_config
-    if ae is None or unet is None:
-        return None, "no generator.pt: the source lacks a VAE or a UNet."
-    if unet.get("num_class_embeds"):
-        return (
-            None,
-            "no generator.pt: the UNet has class embeddings (an upscaler?), which LatentGenerator does not map.",
-        )
-    if ae["latent_channels"] != unet["out_channels"] or ae["in_channels"] != ae["out_channels"]:
-        return None, (
-            f"no generator.pt: VAE latent channels {ae['latent_channels']} / UNet output channels "
-            f"{unet['out_channels']} "
-            "differ, or the VAE's input and output channels differ."
-        )
-    skip = set(_ENDPOINT_KEYS) | {"with_conditioning", "cross_attention_dim", "num_class_embeds"}
-    config = {
-        "spatial_dims": 2,
-        "image_channels": ae["in_channels"],
-        "autoencoder": {k: v for k, v in ae.items() if k not in _ENDPOINT_KEYS},
-        "unet": {k: v for k, v in unet.items() if k not in skip},
-        "scheduler": dict(models.scheduler_config or scheduler_config_from_diffusers(None)),
-        "conditioning": {
-            "num_prompts": None,
-            "prompt_tokens": None,
-            "cross_attention_dim": unet["cross_attention_dim"],
-            "num_classes": None,
-            "seg_channels": None,
-            "concat_channels": unet["in_channels"] - unet["out_channels"],
-        },
-        "scale_factor": models.scale_factor,
-    }
-    return to_json_config(config), ""
-
-
-def save_converted(
-    models: SDModels,
-    out_dir: str | os.PathLike,
-    prompts: Sequence[str] | None = None,
-    null_prompt: str = "",
-    embeddings: str | os.PathLike | None = None,
-    text_encoder_dir: str | os.PathLike | None = None,
-    tokenizer_dir: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    outputs: Sequence[str] | None = None,
-) -> dict[str, Path]:
-    """Write converted networks as MONAI checkpoints (atomically) into ``out_dir``; see the module docstring.
-
-    Args:
-        models: from :func:`load_stable_diffusion`.
-        out_dir: destination folder (created).
-        prompts: prompts to encode into ``embeddings.pt`` (needs a text encoder).
-        null_prompt: the unconditional prompt (``""`` in Stable Diffusion).
-        embeddings: a precomputed embeddings file to check and copy instead of encoding prompts.
-        text_encoder_dir: CLIP text encoder folder; ``None`` uses the source's ``text_encoder/``.
-        tokenizer_dir: tokenizer folder; ``None`` uses the source's ``tokenizer/``.
-        device: where to run the text encoder.
-        outputs: which network files to write, among ``"generator"``, ``"autoencoder"``, ``"unet"``; ``None``
-            writes all that the converted networks allow (``unet.pt`` duplicates the UNet of ``generator.pt``:
-            leave it out to save 3.4 GB for SD).
-
-    Returns:
-        ``{"generator" | "autoencoder" | "unet" | "embeddings" | "report": path}`` for the files written.
-    """
-    from monai_genaug.generative.latent_generator import LatentGenerator
-
-    wanted = set(outputs) if outputs is not None else {"generator", "autoencoder", "unet"}
-    if not wanted <= {"generator", "autoencoder", "unet"}:
-        raise ValueError(f"outputs must be among 'generator', 'autoencoder', 'unet', got {sorted(wanted)}.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    notes = list(models.notes)
-    source = {"source": models.source, "source_format": models.source_format, "variant": models.variant}
-    if prompts and embeddings is not None:
-        raise ValueError(
-            "give either prompts (encoded with a text encoder) or a precomputed embeddings file, not both."
-        )
-    dim = models.unet_config["cross_attention_dim"] if models.unet_config else None
-    if embeddings is not None:
-        emb = load_prompt_embeddings(embeddings, cross_attention_dim=dim)
-        written["embeddings"] = save_prompt_embeddings(
-            out / "embeddings.pt", emb["prompt_embeds"], emb["null_embeds"], emb["prompts"], emb["null_prompt"]
-        )
-    elif prompts:
-        enc = text_encoder_dir or models.text_encoder_dir
-        if enc is None:
-            raise SDImportError(
-                f"prompts were given but '{models.source}' has no text_encoder/ folder; pass a text encoder folder "
-                "(text_encoder_dir) or precomputed embeddings."
-            )
-        tok = tokenizer_dir or (models.tokenizer_dir if text_encoder_dir is None else None)
-        emb_all = encode_prompts([*prompts, null_prompt], enc, tok, device=device)
-        if dim is not None and emb_all.shape[-1] != dim:
-            raise SDImportError(
-                f"the text encoder '{enc}' gives {emb_all.shape[-1]}-d embeddings but the UNet's context is {dim}-d."
-            )
-        written["embeddings"] = save_prompt_embeddings(
-            out / "embeddings.pt", emb_all[:-1], emb_all[-1:], list(prompts), null_prompt
-        )
-    if models.autoencoder is not None and "autoencoder" in wanted:
-        from monai_genaug.methods.gms import (
-            save_autoencoder,  # the GMS autoencoder checkpoint format
-        )
-
-        ae = models.autoencoder_config
-        if ae["in_channels"] == ae["out_channels"]:
-            cfg = {
-                "spatial_dims": ae["spatial_dims"],
-                "image_channels": ae["in_channels"],
-                "autoencoder": {k: v for k, v in ae.items() if k not in _ENDPOINT_KEYS},
-                "scale_factor": models.scale_factor,
-                **source,
-            }
-            save_autoencoder(models.autoencoder, out / "autoencoder.pt", cfg)
-            written["autoencoder"] = out / "autoencoder.pt"
-        else:
-            notes.append(
-                f"no autoencoder.pt: the VAE maps {ae['in_channels']} to {ae['out_channels']} channels, which the GMS "
-                "autoencoder format (image_channels in and out) cannot describe."
-            )
-    if models.unet is not None and "unet" in wanted:
-        state = {k: v.detach().cpu() for k, v in models.unet.state_dict().items()}
-        cfg = {"network": models.unet_config, "scheduler": models.scheduler_config, **source}
-        written["unet"] = atomic_save(
-            {"format": UNET_FORMAT, "config": to_json_config(cfg), "state_dict": state}, out / "unet.pt"
-        )
-    gen_cfg, why = _generator_config(models) if "generator" in wanted else (None, "")
-    if gen_cfg is not None:
-        sched = {k: v for k, v in gen_cfg["scheduler"].items() if k != "type"}
-        generator = LatentGenerator(
-            unet=models.unet,
-            scheduler=DDPMScheduler(**sched),
-            autoencoder=models.autoencoder,
-            concat_channels=gen_cfg["conditioning"]["concat_channels"],
-            scale_factor=models.scale_factor,
-            config=gen_cfg,
-        )
-        generator.save(str(out / "generator.pt"), extra=source)
-        written["generator"] = out / "generator.pt"
-    elif why:
-        notes.append(why)
-    report = {
-        "format": "monai_genaug.SDConversion",
-        **source,
-        "files": {k: v.name for k, v in written.items()},
-        "autoencoder": models.autoencoder_config,
-        "unet": models.unet_config,
-        "scheduler": models.scheduler_config,
-        "scale_factor": models.scale_factor,
-        "notes": notes,
-    }
-    tmp = out / ".conversion.json.tmp"
-    tmp.write_text(json.dumps(to_json_config(report), indent=2))
-    os.replace(tmp, out / "conversion.json")
-    written["report"] = out / "conversion.json"
-    return written
-
-
-def convert_stable_diffusion(
-    source: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    prompts: Sequence[str] | None = None,
-    null_prompt: str = "",
-    embeddings: str | os.PathLike | None = None,
-    text_encoder_dir: str | os.PathLike | None = None,
-    tokenizer_dir: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    outputs: Sequence[str] | None = None,
-    **load_kwargs: Any,
-) -> dict[str, Path]:
-    """:func:`load_stable_diffusion` then :func:`save_converted` (what ``python -m monai_genaug.sd_import`` runs).
-
-    Args:
-        source: see :func:`load_stable_diffusion`.
-        out_dir: see :func:`save_converted`.
-        prompts: see :func:`save_converted`.
-        null_prompt: see :func:`save_converted`.
-        embeddings: see :func:`save_converted`.
-        text_encoder_dir: see :func:`save_converted`.
-        tokenizer_dir: see :func:`save_converted`.
-        device: see :func:`save_converted`.
-        outputs: see :func:`save_converted`.
-        load_kwargs: keyword arguments of :func:`load_stable_diffusion`.
-    """
-    if prompts and text_encoder_dir is None and embeddings is None and Path(source).is_file():
-        raise SDImportError(
-            f"prompts were given but the single file '{source}' holds no usable text encoder (no tokenizer); pass "
-            "text_encoder_dir or precomputed embeddings."
-        )
-    models = load_stable_diffusion(source, **load_kwargs)
-    return save_converted(
-        models,
-        out_dir,
-        prompts=prompts,
-        null_prompt=null_prompt,
-        embeddings=embeddings,
-        text_encoder_dir=text_encoder_dir,
-        tokenizer_dir=tokenizer_dir,
-        device=device,
-        outputs=outputs,
     )
 
 

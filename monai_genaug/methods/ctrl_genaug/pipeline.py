@@ -60,7 +60,7 @@ from monai_genaug.engines.sequence_diffusion import (
     create_sequence_diffusion_trainer,
     drop_conditions,
 )
-from monai_genaug.engines.tracking import loss_from_output
+from monai_genaug.handlers.tracking import loss_from_output
 from monai_genaug.filters.base import FilterChain
 from monai_genaug.filters.semantic import SemanticLossFilter
 from monai_genaug.filters.temporal import (

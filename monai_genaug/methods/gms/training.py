@@ -23,7 +23,7 @@ Huo et al., "Generative Medical Segmentation", arXiv:2403.18198. Two stages, bot
    latents, and whose loss is :class:`~monai_genaug.methods.gms.GMSLoss`. AdamW, linear warm-up + cosine
    (MONAI ``WarmupCosineSchedule``, stepped every iteration), a ``SupervisedEvaluator`` on a **validation** split
    (never the test split) selects the best model (``val_mean_dice``), saved atomically; MLflow through
-   :func:`~monai_genaug.engines.tracking.create_mlflow_handler` (SQLite store under the output folder by default);
+   :func:`~monai_genaug.handlers.tracking.create_mlflow_handler` (SQLite store under the output folder by default);
    a resumable checkpoint every epoch.
 
 The bundle helpers (:func:`gms_data_dir`, :func:`gms_datalist`, :func:`gms_transforms`, :func:`label_map_saver`,
@@ -34,77 +34,40 @@ are read through :mod:`monai_genaug.data.folders`.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable, Mapping, Sequence
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
-from monai.handlers import (
-    LrScheduleHandler,
-    ValidationHandler,
-)
+from monai.handlers import LrScheduleHandler, ValidationHandler
+from monai.losses import DiceLoss
 from monai.optimizers import WarmupCosineSchedule
-from monai.transforms import (
-    Compose,
-    MapTransform,
-    Orientationd,
-    RandFlipd,
-    RandRotate90d,
-    Resized,
-    SaveImaged,
-)
+import torch
 from torch import nn
 
-from monai_genaug.data.folders import (
-    nifti_case_datalist,
-    paired_image_mask_datalist,
-    split_datalist,
-)
-from monai_genaug.data.phantoms import MANIFEST_NAME, write_phantom_dataset
-from monai_genaug.data.pipelines import segmentation_2d_transforms, volume_3d_transforms
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
-from monai_genaug.engines.validation import (
-    BestModelSaver,
-    attach_model_selection,
-    create_dice_evaluator,
-)
+from monai_genaug.engines.validation import BestModelSaver, attach_model_selection, create_dice_evaluator
 from monai_genaug.engines.workflow import (
     attach_resumable_checkpoint,
     create_supervised_trainer,
     standard_training_handlers,
 )
-from monai_genaug.methods.gms import (
-    GMSLoss,
-    GMSSegmenter,
-    LatentCache,
-    MaskReconstructor,
-    labels_to_onehot,
-    masks_to_images,
-    save_autoencoder,
-)
-from monai_genaug.utils.images import save_image_grid
+from monai_genaug.networks.autoencoder import load_autoencoder, save_autoencoder
+from monai_genaug.networks.gms import GMSSegmenter, LatentCache, MaskReconstructor, labels_to_onehot, masks_to_images
+from monai_genaug.handlers.scale_factor import ScaleFactorInitializer
 from monai_genaug.utils.labels import check_label_map
 
 __all__ = [
+    "GMSLoss",
     "GMSAutoencoderPrepareBatch",
     "GMSPrepareBatch",
     "LabelPrepareBatch",
     "MaskForegroundWeightedL1Loss",
-    "ScaleFactorInitializer",
-    "SegmentationGridSaver",
     "create_gms_autoencoder_trainer",
     "create_gms_trainer",
-    "gms_data_dir",
-    "gms_datalist",
-    "gms_transforms",
-    "image_meta",
-    "label_map_saver",
 ]
 
 logger = logging.getLogger(__name__)
@@ -330,40 +293,6 @@ class MaskForegroundWeightedL1Loss(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# handlers
-# ----------------------------------------------------------------------------------------------------------------
-class ScaleFactorInitializer:
-    """On ``STARTED``, set the segmenter's latent scale factor to 1 / std of the image latents of ``loader``.
-
-    Attach it before a resume handler: a resumed run then restores the saved scale factor.
-
-    Args:
-        segmenter: the :class:`GMSSegmenter`.
-        loader: data loader of dicts with ``image_key``.
-        image_key: batch key of the images.
-        max_batches: batches used for the estimate (None: all).
-    """
-
-    def __init__(
-        self, segmenter: GMSSegmenter, loader: Any, image_key: str = "image", max_batches: int | None = 8
-    ) -> None:
-        self.segmenter = segmenter
-        self.loader = loader
-        self.image_key = image_key
-        self.max_batches = max_batches
-        self.value: float | None = None
-
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
-
-    def __call__(self, engine=None) -> float:
-        with torch.random.fork_rng(devices=[]):
-            self.value = self.segmenter.estimate_scale_factor(self.loader, self.image_key, max_batches=self.max_batches)
-        logger.info(f"GMS latent scale factor set to {self.value:.4f}.")
-        return self.value
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # trainers
 # ----------------------------------------------------------------------------------------------------------------
 def create_gms_trainer(
@@ -565,8 +494,6 @@ class _KeepBestAutoencoder:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine) -> None:
-        from monai_genaug.methods.gms import load_autoencoder
-
         if self.saver is not None and self.saver.best is not None and self.path.is_file():
             best, _ = load_autoencoder(self.path, map_location="cpu")
             self.autoencoder.load_state_dict(best.state_dict())
@@ -703,379 +630,85 @@ def create_gms_autoencoder_trainer(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# bundle data plumbing
+# loss
 # ----------------------------------------------------------------------------------------------------------------
-_PHANTOM_KINDS = ("endoscopy", "grey", "mri")
+class GMSLoss(nn.Module):
+    """GMS loss: latent MSE plus Dice on the decoded masks, summed over the deep-supervision heads.
 
-
-def gms_data_dir(
-    dataset_dir: str | os.PathLike | None,
-    phantom_dir: str | os.PathLike | None = None,
-    kind: str = "endoscopy",
-    num: int = 120,
-    spatial_size: Sequence[int] = (64, 64),
-    num_classes: int = 3,
-    seed: int = 0,
-) -> str:
-    """The data folder of a GMS run: ``dataset_dir`` when given, else a phantom data set written on the fly.
-
-    Phantoms (:mod:`monai_genaug.data.phantoms`) are written once to ``phantom_dir/<kind>_<num>_<size>_s<seed>`` (a
-    folder whose manifest matches is reused): ``"endoscopy"`` (RGB, binary, Kvasir-SEG layout ``images/ +
-    masks/``), ``"grey"`` (grey ultrasound-like, binary) or ``"mri"`` (3D BRATS-like case folders with
-    ``Flair``, ``T1c`` and a multi-class ``OTMultiClass`` label, ``num_classes`` tumour classes).
+    ``L = w_rec * sum_l a_l * MSE(z_l, z_mask) + w_dice * sum_l a_l * Dice(D(z_l), mask)`` with the heads ``l`` of
+    ``ds_levels`` for the MSE and of ``dice_levels`` for the Dice; ``D`` is the frozen decoder (see
+    :meth:`GMSSegmenter.decode_masks`) and ``a_l`` the level weights. Dice is MONAI's ``DiceLoss`` with its defaults
+    (no activation, background channel included, smooth 1e-5), applied to the K per-class soft masks against the
+    one-hot foreground classes, as in the original (binary: one channel).
 
     Args:
-        dataset_dir: a real data folder, or None / "" for phantoms.
-        phantom_dir: where phantoms are written (required without ``dataset_dir``).
-        kind: phantom kind.
-        num: number of phantoms.
-        spatial_size: phantom size.
-        num_classes: tumour classes of the MRI phantoms.
-        seed: phantom seed.
+        w_rec: weight of the latent MSE (paper: 1).
+        w_dice: weight of the Dice loss (paper: 1).
+        ds_levels: heads supervised in latent space; None for every head the mapping network built (its default
+            heads are the paper's ``("level2", "level1", "out")``).
+        dice_levels: heads supervised in image space (decoded); None for ``ds_levels``. ``("out",)`` saves two of
+            three decoder passes (the cheaper 3D ablation of the spec).
+        level_weights: per-head weights ``{head: a_l}`` (default 1 for all).
+        dice_kwargs: extra arguments of ``monai.losses.DiceLoss``.
 
-    Raises:
-        FileNotFoundError: ``dataset_dir`` does not exist.
-    """
-    if dataset_dir not in (None, "", "None", "null"):
-        path = Path(dataset_dir).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"dataset_dir '{path}' does not exist; pass an images/ + masks/ folder (Kvasir-SEG) or a folder of NIfTI "
-                "case folders (BRATS), or leave dataset_dir empty to use phantoms."
-            )
-        return str(path)
-    if kind not in _PHANTOM_KINDS:
-        raise ValueError(f"phantom kind must be one of {_PHANTOM_KINDS}, got {kind!r}.")
-    if phantom_dir is None:
-        raise ValueError("without dataset_dir, pass phantom_dir (where the phantom data set is written).")
-    size = tuple(int(s) for s in spatial_size)
-    name = f"{kind}_{num}_{'x'.join(map(str, size))}_s{seed}" + (f"_k{num_classes}" if kind == "mri" else "")
-    folder = Path(phantom_dir) / name
-    kwargs: dict[str, Any] = {"spatial_size": size}
-    if kind == "mri":
-        kwargs["num_classes"] = int(num_classes)
-    manifest = folder / MANIFEST_NAME
-    if manifest.is_file():
-        try:
-            m = json.loads(manifest.read_text())
-            if m.get("kind") == kind and m.get("num") == num and m.get("seed") == seed:
-                return str(folder)
-        except (OSError, ValueError):
-            pass
-    write_phantom_dataset(kind, folder, num, seed=seed, overwrite=True, **kwargs)
-    return str(folder)
-
-
-def gms_datalist(
-    data_dir: str | os.PathLike,
-    split: str = "training",
-    layout: str = "auto",
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    max_items: int | None = None,
-    patterns: Mapping[str, str] | None = None,
-) -> list[dict]:
-    """One split of a fixed, seeded train / validation / test split of a GMS data folder.
-
-    Layouts: ``"paired"`` (``images/ + masks/``, e.g. Kvasir-SEG; entries ``image``, ``label``, ``id``), ``"cases"``
-    (one folder per case with ``Flair*``, ``T1c*``, ``OTMultiClass*``, e.g. BRATS; entries ``flair``, ``t1c``,
-    ``label``, ``case_id``; cases are never split), or ``"auto"`` (paired when ``images/`` exists).
-
-    Args:
-        data_dir: the data folder.
-        split: ``"training"``, ``"validation"`` (checkpoint selection) or ``"test"`` (final numbers only).
-        layout: see above.
-        val_fraction: validation fraction.
-        test_fraction: test fraction.
-        seed: split seed (the split depends only on the file set and the seed).
-        max_items: keep the first ``max_items`` entries of the split (quick runs), None for all.
-        patterns: NIfTI file patterns for ``"cases"`` (see :func:`~monai_genaug.data.folders.nifti_case_datalist`).
-    """
-    root = Path(data_dir)
-    if layout == "auto":
-        layout = "paired" if (root / "images").is_dir() else "cases"
-    if layout == "paired":
-        items = paired_image_mask_datalist(root)
-        group = None
-    elif layout == "cases":
-        items = nifti_case_datalist(root, patterns=patterns)
-        group = "case_id"
-    else:
-        raise ValueError(f"layout must be 'auto', 'paired' or 'cases', got {layout!r}.")
-    splits = split_datalist(items, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, group_key=group)
-    if split not in splits:
-        raise ValueError(f"split must be one of {list(splits)}, got {split!r}.")
-    out = splits[split]
-    if not out:
-        raise ValueError(
-            f"the {split!r} split of {root} is empty ({len(items)} items, val_fraction={val_fraction}, "
-            f"test_fraction={test_fraction}); add data or change the fractions."
-        )
-    return out[:max_items] if max_items else out
-
-
-class _CheckLabelsd(MapTransform):
-    """Check a loaded label map against ``0..num_classes`` (:func:`~monai_genaug.utils.labels.check_label_map`), naming
-    the file and the model's class count in the error. Missing labels are allowed (unlabelled images)."""
-
-    def __init__(self, key: str, num_classes: int, spatial_dims: int) -> None:
-        super().__init__(key, allow_missing_keys=True)
-        self.num_classes = int(num_classes)
-        self.spatial_dims = int(spatial_dims)
-
-    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            label = d[key]
-            meta = getattr(label, "meta", {}) or {}
-            name = f"label file '{meta.get('filename_or_obj', key)}'"
-            x = torch.as_tensor(label.as_tensor() if hasattr(label, "as_tensor") else label)
-            try:
-                check_label_map(x[None], self.num_classes, self.spatial_dims, name=name)
-            except ValueError as e:
-                raise ValueError(
-                    f"{e} The GMS model file decides num_classes: for BRATS labels 0..4 use a model trained with "
-                    "--num_classes 4 (configs/train.json + configs/train_3d.json), or one trained with --num_classes 1 "
-                    "(whole tumour)."
-                ) from e
-        return d
-
-
-def gms_transforms(
-    spatial_dims: int = 2,
-    spatial_size: Sequence[int] = (64, 64),
-    num_classes: int = 1,
-    image_channels: int = 3,
-    resize_label: bool = True,
-    augment: bool = False,
-    modality_keys: Sequence[str] = ("flair", "t1c"),
-    image_key: str = "image",
-    label_key: str = "label",
-    spatial_multiple: int = 1,
-) -> Compose:
-    """Loading pipeline of the GMS bundle for 2D ``images/ + masks/`` pairs or 3D NIfTI cases.
-
-    2D (:func:`~monai_genaug.data.pipelines.segmentation_2d_transforms`): RGB (``image_channels=3``) or grey image in
-    [0, 1]; the mask binarised (``num_classes == 1``: "auto" threshold, so 0/255 PNG and Kvasir's JPEG masks work) or
-    kept as label values (multi-class). 3D (:func:`~monai_genaug.data.pipelines.volume_3d_transforms`): one channel
-    per modality, z-scored inside the non-zero region, label ``"whole_tumour"`` (binary) or ``"multiclass"``, then
-    RAS orientation. The label values are then checked against ``0..num_classes`` (a ``ValueError`` names the file,
-    e.g. BRATS labels 0..4 given to a 3-class model). Both end with ``Resized`` to ``spatial_size`` (bilinear /
-    trilinear images, nearest labels), which ``Invertd`` undoes for native-resolution outputs.
-
-    Args:
-        spatial_dims: 2 or 3.
-        spatial_size: network input size (a multiple of the autoencoder factor).
-        num_classes: foreground classes K (1: binarise the labels).
-        image_channels: 3 (RGB) or 1 (grey) in 2D; the number of ``modality_keys`` in 3D.
-        resize_label: resize the label too (training, validation); False keeps it at native resolution
-            (evaluation at native resolution after ``Invertd``).
-        augment: random flips and 90-degree rotations (image and label together).
-        modality_keys: 3D modality keys of the datalist, one image channel each.
-        image_key: image key.
-        label_key: label key.
-        spatial_multiple: ``spatial_size`` must be a multiple of it (the model's autoencoder factor,
-            ``GMSSegmenter.factor``); checked here so a bad size fails before any image is read.
-
-    Raises:
-        ValueError: ``spatial_size`` of the wrong length or not a multiple of ``spatial_multiple``; wrong channels.
-    """
-    size = [int(s) for s in spatial_size]
-    if len(size) != spatial_dims:
-        raise ValueError(f"spatial_size {tuple(size)} must have {spatial_dims} values for spatial_dims={spatial_dims}.")
-    multiple = int(spatial_multiple)
-    if multiple > 1 and any(s % multiple for s in size):
-        good = [max(multiple, round(s / multiple) * multiple) for s in size]
-        raise ValueError(
-            f"spatial_size {tuple(size)} is not a multiple of the model's autoencoder down-sampling factor {multiple}; "
-            f"the autoencoder cannot take it. Use e.g. --spatial_size \"{good}\"."
-        )
-    if spatial_dims == 2:
-        if image_channels not in (1, 3):
-            raise ValueError(f"2D GMS images are RGB (image_channels=3) or grey (1), got {image_channels}.")
-        xforms = list(
-            segmentation_2d_transforms(
-                image_key=image_key,
-                label_key=label_key,
-                spatial_size=None,
-                rgb=image_channels == 3,
-                mask_threshold="auto" if num_classes == 1 else None,
-            ).transforms
-        )
-    elif spatial_dims == 3:
-        keys = list(modality_keys)
-        if len(keys) != image_channels:
-            raise ValueError(f"image_channels={image_channels} but modality_keys={keys}; give one key per channel.")
-        xforms = list(
-            volume_3d_transforms(
-                keys=keys,
-                label_key=label_key,
-                image_key=image_key,
-                spatial_size=None,
-                axcodes=None,
-                normalise="zscore",
-                nonzero=True,
-                label_mode="whole_tumour" if num_classes == 1 else "multiclass",
-            ).transforms
-        )
-        xforms.append(Orientationd(keys=[image_key, label_key], axcodes="RAS", labels=None))
-    else:
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-    xforms.append(_CheckLabelsd(label_key, num_classes, spatial_dims))
-    mode = "bilinear" if spatial_dims == 2 else "trilinear"
-    xforms.append(Resized(keys=image_key, spatial_size=size, mode=mode, anti_aliasing=spatial_dims == 2))
-    if resize_label:
-        xforms.append(Resized(keys=label_key, spatial_size=size, mode="nearest"))
-    if augment:
-        xforms += [
-            RandFlipd(keys=[image_key, label_key], prob=0.5, spatial_axis=0),
-            RandFlipd(keys=[image_key, label_key], prob=0.5, spatial_axis=1),
-            RandRotate90d(keys=[image_key, label_key], prob=0.5, max_k=3, spatial_axes=(0, 1)),
-        ]
-    return Compose(xforms)
-
-
-def label_map_saver(
-    output_dir: str | os.PathLike,
-    spatial_dims: int = 2,
-    num_classes: int = 1,
-    key: str = "pred",
-    postfix: str = "seg",
-    data_root_dir: str | os.PathLike = "",
-) -> SaveImaged:
-    """A ``SaveImaged`` writing label maps: PNG in 2D (binary as 0/255, multi-class as label values), NIfTI in 3D
-    (uint8 labels with the affine of the inverted prediction, i.e. the input file's affine).
-
-    Args:
-        output_dir: destination folder.
-        spatial_dims: 2 (PNG) or 3 (NIfTI).
-        num_classes: foreground classes K.
-        key: key of the (1, *spatial) label map.
-        postfix: file name postfix (``<input stem>_<postfix>.png``).
-        data_root_dir: the data folder; the input's sub-folders below it are kept (``case_0001/Flair_seg.nii.gz``),
-            which keeps case folders whose files share a name apart.
-    """
-    data_root_dir = "" if data_root_dir in (None, "None") else str(data_root_dir)
-    if spatial_dims == 2:
-        saver = SaveImaged(
-            keys=key,
-            output_dir=str(output_dir),
-            output_postfix=postfix,
-            output_ext=".png",
-            output_dtype=np.uint8,
-            scale=255 if num_classes == 1 else None,
-            writer="PILWriter",
-            separate_folder=False,
-            data_root_dir=data_root_dir,
-            print_log=False,
-        )
-        return saver.set_options(write_kwargs={"reverse_indexing": False})  # (H, W) arrays, as loaded
-    return SaveImaged(
-        keys=key,
-        output_dir=str(output_dir),
-        output_postfix=postfix,
-        output_ext=".nii.gz",
-        output_dtype=np.uint8,
-        resample=False,
-        separate_folder=False,
-        data_root_dir=data_root_dir,
-        print_log=False,
-    )
-
-
-def image_meta(batch: Sequence[Mapping[str, Any]], image_key: str = "image") -> list[dict]:
-    """The meta data of the images of a decollated batch (``MetricsSaver(batch_transform=...)``: file names)."""
-    return [dict(getattr(item[image_key], "meta", {})) for item in batch]
-
-
-_PALETTE = (
-    torch.tensor(
-        [[0, 0, 0], [230, 60, 60], [60, 200, 80], [70, 110, 240], [240, 200, 50], [200, 80, 220], [60, 210, 220]],
-        dtype=torch.float32,
-    )
-    / 255.0
-)
-
-
-class SegmentationGridSaver:
-    """Write one PNG of ``image | truth | prediction`` rows for the first ``num_images`` cases of an evaluation.
-
-    3D cases show the middle slice along the last axis; images with other than 1 or 3 channels show their first
-    channel; labels are colour-coded (class 1 red, 2 green, 3 blue, ...). Label maps are drawn at the image's size
-    (nearest neighbour); tiles smaller than ``min_tile_size`` are enlarged by an integer factor (nearest neighbour),
-    so 64 px images or 32^3 volumes stay readable.
-
-    Args:
-        output_dir: destination folder.
-        filename: PNG file name.
-        num_images: rows in the grid.
-        image_key: batch key of the (network-resolution) image.
-        label_key: batch/output key of the truth label map (1, *spatial) or its one-hot form.
-        pred_key: output key of the predicted label map (1, *spatial) (e.g. a copy made before ``Invertd``).
-        min_tile_size: the longer side of a tile is enlarged to at least this many pixels (1: network size).
+    ``forward(pred, target)`` takes ``pred = {"latents": {head: z}, "masks": {head: soft}}`` (from
+    ``GMSSegmenter(..., return_heads=True)``) and ``target = {"latent": z_mask, "mask": (B, K, *spatial)}``; the
+    terms of the last call are kept in :attr:`last_terms`.
     """
 
     def __init__(
         self,
-        output_dir: str | os.PathLike,
-        filename: str = "predictions.png",
-        num_images: int = 4,
-        image_key: str = "image",
-        label_key: str = "label",
-        pred_key: str = "pred_net",
-        min_tile_size: int = 128,
+        w_rec: float = 1.0,
+        w_dice: float = 1.0,
+        ds_levels: Sequence[str] | None = None,
+        dice_levels: Sequence[str] | None = None,
+        level_weights: Mapping[str, float] | None = None,
+        dice_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        self.path = Path(output_dir) / filename
-        self.min_tile_size = max(1, int(min_tile_size))
-        self.num_images = int(num_images)
-        self.image_key = image_key
-        self.label_key = label_key
-        self.pred_key = pred_key
-        self.rows: list[torch.Tensor] = []
+        super().__init__()
+        if w_rec < 0 or w_dice < 0 or (w_rec == 0 and w_dice == 0):
+            raise ValueError(f"w_rec and w_dice must be >= 0 and not both 0, got {w_rec}, {w_dice}.")
+        for name, levels in (("ds_levels", ds_levels), ("dice_levels", dice_levels)):
+            if levels is not None and (isinstance(levels, str) or not levels):
+                raise ValueError(f"{name} must be None or a non-empty sequence of head names, got {levels!r}.")
+        self.w_rec = float(w_rec)
+        self.w_dice = float(w_dice)
+        self.ds_levels = tuple(ds_levels) if ds_levels is not None else None
+        self.dice_levels = tuple(dice_levels) if dice_levels is not None else self.ds_levels
+        self.level_weights = {k: float(v) for k, v in (level_weights or {}).items()}
+        self.dice = DiceLoss(**dict(dice_kwargs or {}))
+        self.last_terms: dict[str, float] = {}
 
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
+    @property
+    def decode_levels(self) -> tuple[str, ...] | None:
+        """Heads whose decoded masks the loss needs: ``()`` when ``w_dice == 0``, None for "all heads"."""
+        return self.dice_levels if self.w_dice > 0 else ()
 
-    @staticmethod
-    def _plane(x: torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(x).detach().float().cpu()
-        if hasattr(x, "as_tensor"):
-            x = x.as_tensor()
-        return x[..., x.shape[-1] // 2] if x.ndim == 4 else x  # (C, H, W)
-
-    def _labels(self, y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        y = self._plane(y)
-        if y.shape[0] > 1:
-            y = y.argmax(0, keepdim=True).float()
-        y = nn.functional.interpolate(y[None], size=tuple(size), mode="nearest")[0, 0].round().long()
-        return _PALETTE[y.clamp(0, len(_PALETTE) - 1)].permute(2, 0, 1)
-
-    def collect(self, engine) -> None:
-        batch, output = engine.state.batch, engine.state.output
-        if not isinstance(batch, list) or len(self.rows) >= 3 * self.num_images:
-            return
-        for b, o in zip(batch, output):
-            if len(self.rows) >= 3 * self.num_images:
-                break
-            merged = {**b, **o}
-            if any(k not in merged for k in (self.image_key, self.label_key, self.pred_key)):
-                return
-            img = self._plane(merged[self.image_key])
-            img = img[:3] if img.shape[0] == 3 else img[:1].expand(3, -1, -1)
-            lo, hi = img.min(), img.max()
-            img = (img - lo) / (hi - lo).clamp_min(1e-8)
-            scale = max(1, -(-self.min_tile_size // max(img.shape[1:])))  # ceil division
-            if scale > 1:
-                img = nn.functional.interpolate(img[None], scale_factor=scale, mode="nearest")[0]
-            size = img.shape[1:]
-            self.rows += [img, self._labels(merged[self.label_key], size), self._labels(merged[self.pred_key], size)]
-
-    def write(self, engine=None) -> Path | None:
-        if not self.rows:
-            return None
-        save_image_grid(torch.stack(self.rows), self.path, nrow=3, normalise=False)
-        logger.info(f"saved '{self.path}' (image | truth | prediction).")
-        return self.path
+    def forward(self, pred: Mapping[str, Mapping[str, torch.Tensor]], target: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Total loss of the heads ``pred`` against ``target`` (see the class docstring)."""
+        if not isinstance(pred, Mapping) or "latents" not in pred:
+            raise TypeError(
+                "GMSLoss takes the heads dict of GMSSegmenter(x, latent_input=True, return_heads=True); use "
+                "monai_genaug.methods.gms.GMSPrepareBatch with SupervisedTrainer."
+            )
+        latents, masks = pred["latents"], pred.get("masks", {})
+        ds_levels = self.ds_levels if self.ds_levels is not None else tuple(latents)
+        dice_levels = self.dice_levels if self.dice_levels is not None else ds_levels
+        missing = [lvl for lvl in ds_levels if lvl not in latents]
+        if self.w_dice > 0:
+            missing += [lvl for lvl in dice_levels if lvl not in masks]
+        if missing:
+            raise ValueError(
+                f"GMSLoss needs the heads {sorted(set(missing))}, the prediction has latents {list(latents)} and decoded "
+                f"masks {list(masks)}; build the mapping network with these heads or change ds_levels/dice_levels."
+            )
+        weight = self.level_weights
+        rec = sum(weight.get(lvl, 1.0) * nn.functional.mse_loss(latents[lvl], target["latent"]) for lvl in ds_levels)
+        total = self.w_rec * rec
+        terms = {"latent_mse": float(rec.detach())}
+        if self.w_dice > 0:
+            dice = sum(weight.get(lvl, 1.0) * self.dice(masks[lvl], target["mask"]) for lvl in dice_levels)
+            total = total + self.w_dice * dice
+            terms["dice"] = float(dice.detach())
+        self.last_terms = terms
+        return total

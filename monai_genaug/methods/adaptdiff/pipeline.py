@@ -101,7 +101,7 @@ from monai_genaug.engines.segmentation import (
     load_segmenter,
     segmenter_config,
 )
-from monai_genaug.engines.workflow import completed_normally
+from monai_genaug.handlers.savers import completed_normally
 from monai_genaug.generative.latent_generator import LatentGenerator, generator_config
 from monai_genaug.generative.sampler import DiffusionSampler
 from monai_genaug.utils.checkpoint import to_json_config

@@ -23,7 +23,7 @@ network is trained, with a latent MSE plus a Dice loss on the decoded mask, with
 **Masks in the autoencoder's space.** A mask of foreground class ``k`` becomes an "image": ``lo`` outside, ``hi``
 inside (``mask_value_range``, default ``(0, 1)``), repeated over the image channels, and is encoded with the
 posterior mean. The decoded mask is the channel mean mapped back to [0, 1]. The autoencoder must reconstruct both
-images and such masks: train it on both (``monai_genaug.engines.gms.create_autoencoder_trainer``) or give a separate
+images and such masks: train it on both (``monai_genaug.methods.gms.create_autoencoder_trainer``) or give a separate
 ``mask_autoencoder``.
 
 **Multi-class: one latent per class.** With ``num_classes = K > 1`` foreground classes the mapping network outputs
@@ -41,21 +41,17 @@ original GMS is binary only (its issue #3); one latent per class avoids K separa
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from monai.losses import DiceLoss
-from monai.networks.nets import AutoencoderKL
 from torch import nn
 
+from monai_genaug.networks.autoencoder import autoencoder_factor, build_autoencoder
 from monai_genaug.networks.latent_mapping import LatentMappingNet
-from monai_genaug.networks.sd.networks import AUTOENCODER_TYPES
 from monai_genaug.utils.checkpoint import (
     atomic_save,
     check_state_dict_compatible,
@@ -65,212 +61,17 @@ from monai_genaug.utils.checkpoint import (
 from monai_genaug.utils.labels import check_label_map
 
 __all__ = [
-    "AUTOENCODER_CHECKPOINT_FORMAT",
     "GMS_CHECKPOINT_FORMAT",
-    "GMSLoss",
     "GMSSegmenter",
     "LatentCache",
     "MaskReconstructor",
-    "autoencoder_factor",
-    "build_autoencoder",
-    "build_gms_segmenter",
     "class_probabilities",
     "decoded_to_soft_masks",
-    "gms_config",
     "labels_to_onehot",
-    "load_autoencoder",
-    "load_gms_segmenter",
     "masks_to_images",
-    "save_autoencoder",
 ]
 
 GMS_CHECKPOINT_FORMAT = "monai_genaug.GMSSegmenter"
-AUTOENCODER_CHECKPOINT_FORMAT = "monai_genaug.AutoencoderKL"
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    # unit tests: a few thousand parameters, 16-32 px
-    "tiny": {
-        "autoencoder": {
-            "channels": [8, 16],
-            "num_res_blocks": [1, 1],
-            "attention_levels": [False, False],
-            "latent_channels": 2,
-            "norm_num_groups": 4,
-            "with_encoder_nonlocal_attn": False,
-            "with_decoder_nonlocal_attn": False,
-        },
-        "mapping": {"channels": 8, "channel_mult": [1, 2], "norm_num_groups": 4},
-    },
-    # CPU: 2D 64-128 px, 3D 32-64 voxels (x4 down-sampling); 2D: 0.51 M parameters in all, 0.39 M trainable
-    "small": {
-        "autoencoder": {
-            "channels": [16, 32, 32],
-            "num_res_blocks": [1, 1, 1],
-            "attention_levels": [False, False, False],
-            "latent_channels": 4,
-            "norm_num_groups": 8,
-            "with_encoder_nonlocal_attn": False,
-            "with_decoder_nonlocal_attn": False,
-        },
-        "mapping": {"channels": 16, "channel_mult": [1, 2, 4, 4], "norm_num_groups": 8},
-        "3d": {
-            "autoencoder": {"channels": [8, 16, 16], "norm_num_groups": 4},
-            "mapping": {"channels": 8, "channel_mult": [1, 2, 4, 4], "norm_num_groups": 8},
-        },
-    },
-    # the paper's mapping network (ch 32, 1.56 M parameters) on a MONAI autoencoder with x4 down-sampling
-    "paper": {
-        "autoencoder": {
-            "channels": [32, 64, 64],
-            "num_res_blocks": [1, 1, 1],
-            "attention_levels": [False, False, False],
-            "latent_channels": 4,
-            "norm_num_groups": 16,
-            "with_encoder_nonlocal_attn": False,
-            "with_decoder_nonlocal_attn": False,
-        },
-        "mapping": {"channels": 32, "channel_mult": [1, 2, 4, 4], "norm_num_groups": 16},
-    },
-    # GPU: an SD-like autoencoder (x8 down-sampling, 4 latent channels) and the paper's mapping network
-    "base": {
-        "autoencoder": {
-            "channels": [64, 128, 256, 256],
-            "num_res_blocks": [2, 2, 2, 2],
-            "attention_levels": [False, False, False, False],
-            "latent_channels": 4,
-            "norm_num_groups": 32,
-            "with_encoder_nonlocal_attn": True,
-            "with_decoder_nonlocal_attn": True,
-        },
-        "mapping": {"channels": 32, "channel_mult": [1, 2, 4, 4], "norm_num_groups": 16},
-    },
-}
-
-
-def gms_config(
-    preset: str = "small",
-    spatial_dims: int = 2,
-    image_channels: int = 3,
-    num_classes: int = 1,
-    mask_value_range: Sequence[float] = (0.0, 1.0),
-    deep_supervision: bool | Sequence[str] = True,
-    use_flash_attention: bool = False,
-    mapping_channels: int | None = None,
-) -> dict[str, Any]:
-    """A JSON-serialisable :class:`GMSSegmenter` config from a size preset.
-
-    Args:
-        preset: ``"tiny"`` (tests), ``"small"`` (CPU: 2D 64-128 px, 3D 32-64 voxels; thinner nets in 3D; mapping
-            width 16), ``"paper"`` (the paper's 1.56 M-parameter mapping network, width 32, on a x4 autoencoder) or
-            ``"base"`` (GPU: SD-like x8 autoencoder and the paper's mapping network).
-        spatial_dims: 2 or 3.
-        image_channels: image channels (3 RGB, 1 grey, one per MRI modality).
-        num_classes: foreground classes K (1 = binary).
-        mask_value_range: the values (outside, inside) a mask takes when encoded as an image.
-        deep_supervision: heads of the mapping network (see :class:`LatentMappingNet`).
-        use_flash_attention: memory-efficient attention in the mapping network (recommended in 3D).
-        mapping_channels: override the base width of the mapping network.
-    """
-    if preset not in _PRESETS:
-        raise ValueError(f"unknown GMS preset '{preset}'; choose one of {sorted(_PRESETS)}.")
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-    p = copy.deepcopy(_PRESETS[preset])
-    over = p.pop("3d", None)
-    if spatial_dims == 3 and over:
-        p["autoencoder"].update(over["autoencoder"])
-        p["mapping"].update(over["mapping"])
-    latent = int(p["autoencoder"]["latent_channels"])
-    mapping = dict(p["mapping"])
-    if mapping_channels is not None:
-        mapping["channels"] = int(mapping_channels)
-    mapping.update(
-        in_channels=latent,
-        out_channels=latent * int(num_classes),
-        deep_supervision=deep_supervision if isinstance(deep_supervision, bool) else list(deep_supervision),
-        use_flash_attention=bool(use_flash_attention),
-    )
-    return to_json_config(
-        {
-            "spatial_dims": int(spatial_dims),
-            "image_channels": int(image_channels),
-            "num_classes": int(num_classes),
-            "mask_value_range": [float(v) for v in mask_value_range],
-            "scale_factor": 1.0,
-            "autoencoder": p["autoencoder"],
-            "mapping": mapping,
-        }
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the frozen tokenizer
-# ----------------------------------------------------------------------------------------------------------------
-def build_autoencoder(spatial_dims: int, image_channels: int, **kwargs: Any) -> AutoencoderKL:
-    """A MONAI ``AutoencoderKL`` with ``in_channels = out_channels = image_channels``.
-
-    Args:
-        spatial_dims: 2 or 3.
-        image_channels: channels of the images (masks are encoded with the same number of channels).
-        kwargs: the other ``AutoencoderKL`` arguments (``channels``, ``latent_channels``, ...).
-    """
-    ae_type = kwargs.pop("type", "AutoencoderKL")  # "SDAutoencoderKL": converted Stable Diffusion VAE
-    if ae_type not in AUTOENCODER_TYPES:
-        raise ValueError(f"unknown autoencoder type '{ae_type}'; choose one of {sorted(AUTOENCODER_TYPES)}.")
-    return AUTOENCODER_TYPES[ae_type](
-        spatial_dims=spatial_dims, in_channels=image_channels, out_channels=image_channels, **kwargs
-    )
-
-
-def autoencoder_factor(autoencoder: nn.Module) -> int:
-    """Spatial down-sampling factor of a MONAI ``AutoencoderKL`` (2 ** (number of levels - 1))."""
-    channels = getattr(getattr(autoencoder, "encoder", None), "channels", None)
-    if channels is None:
-        raise TypeError(
-            f"cannot read the down-sampling factor of {type(autoencoder).__name__}; GMS expects a MONAI AutoencoderKL "
-            "(encoder.channels), or wrap yours to expose it."
-        )
-    return 2 ** (len(channels) - 1)
-
-
-def save_autoencoder(autoencoder: nn.Module, path: str | os.PathLike, config: Mapping[str, Any]) -> None:
-    """Write an autoencoder checkpoint (weights + the config it was built from) atomically.
-
-    Args:
-        autoencoder: the ``AutoencoderKL``.
-        path: destination file.
-        config: ``{"spatial_dims", "image_channels", "autoencoder": {AutoencoderKL kwargs}}`` (a :func:`gms_config`
-            works); extra JSON-like entries are kept.
-    """
-    config = to_json_config(config)
-    for key in ("spatial_dims", "image_channels", "autoencoder"):
-        if key not in config:
-            raise ValueError(f"autoencoder config lacks '{key}'; pass a gms_config() or the same keys.")
-    state = {k: v.detach().cpu() for k, v in autoencoder.state_dict().items()}
-    atomic_save({"format": AUTOENCODER_CHECKPOINT_FORMAT, "config": config, "autoencoder": state}, path)
-
-
-def load_autoencoder(
-    path: str | os.PathLike, map_location: str | torch.device | None = "cpu"
-) -> tuple[AutoencoderKL, dict[str, Any]]:
-    """Rebuild an autoencoder written by :func:`save_autoencoder`; returns ``(autoencoder, config)``."""
-    ckpt = load_checkpoint(path, map_location=map_location)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != AUTOENCODER_CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"'{path}' is not a GMS autoencoder checkpoint (expected format '{AUTOENCODER_CHECKPOINT_FORMAT}'); "
-            "write it with monai_genaug.methods.gms.save_autoencoder()."
-        )
-    cfg = ckpt.get("config") or {}
-    missing = [k for k in ("spatial_dims", "image_channels", "autoencoder") if k not in cfg]
-    if missing:
-        raise ValueError(
-            f"autoencoder checkpoint '{path}' has no {missing} in its config, so the network cannot be rebuilt; train it "
-            "with monai_genaug.engines.gms.create_gms_autoencoder_trainer or save it with save_autoencoder(config=...)."
-        )
-    ae = build_autoencoder(int(cfg["spatial_dims"]), int(cfg["image_channels"]), **cfg["autoencoder"])
-    check_state_dict_compatible(ae, ckpt["autoencoder"], name=f"autoencoder in {path}")
-    ae.load_state_dict(ckpt["autoencoder"])
-    return ae, cfg
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -444,7 +245,7 @@ class GMSSegmenter(nn.Module):
     ``segmenter(images)`` returns probabilities ``(B, K + 1, *spatial)`` (background first; ``include_background=
     False`` returns the K per-class soft masks). For training, ``segmenter(latents, latent_input=True,
     return_heads=True, decode_levels=...)`` returns the mapped latents of every head and the decoded masks of
-    ``decode_levels`` (what :class:`GMSLoss` takes); :class:`~monai_genaug.engines.gms.GMSPrepareBatch` produces
+    ``decode_levels`` (what :class:`GMSLoss` takes); :class:`~monai_genaug.methods.gms.GMSPrepareBatch` produces
     these calls for MONAI's ``SupervisedTrainer``.
 
     Args:
@@ -782,131 +583,3 @@ class GMSSegmenter(nn.Module):
         return value
 
 
-def load_gms_segmenter(
-    path: str | os.PathLike,
-    map_location: str | torch.device | None = "cpu",
-    include_background: bool = True,
-    made_by: str | None = None,
-) -> GMSSegmenter:
-    """Load a :class:`GMSSegmenter` checkpoint (a function for bundle configs: ``"_target_": "...load_gms_segmenter"``).
-
-    Args:
-        path: the checkpoint written by :meth:`GMSSegmenter.save`.
-        map_location: device the tensors are loaded to.
-        include_background: see :class:`GMSSegmenter`.
-        made_by: the command (train config) that writes this file, quoted when the file is missing.
-
-    Raises:
-        FileNotFoundError: the file is missing (the message names ``made_by``).
-    """
-    if made_by and not Path(path).is_file():
-        raise FileNotFoundError(f"GMS model file '{path}' does not exist. It is written by: {made_by}")
-    return GMSSegmenter.load(path, map_location=map_location, include_background=include_background)
-
-
-def build_gms_segmenter(
-    config: Mapping[str, Any], autoencoder_path: str | os.PathLike | None = None, map_location: str | torch.device | None = "cpu"
-) -> GMSSegmenter:
-    """A new segmenter from a :func:`gms_config`, optionally on a trained autoencoder file (a bundle-config helper).
-
-    Args:
-        config: the GMS config (its ``autoencoder`` block, ``spatial_dims`` and ``image_channels`` are replaced by the
-            autoencoder checkpoint's when ``autoencoder_path`` is given).
-        autoencoder_path: an autoencoder written by :func:`save_autoencoder` (or the GMS autoencoder trainer), or None
-            for a new, untrained autoencoder.
-        map_location: where the autoencoder weights are loaded.
-    """
-    config = dict(to_json_config(config))
-    if autoencoder_path in (None, "", "None", "null"):
-        return GMSSegmenter.from_config(config)
-    ae, ae_cfg = load_autoencoder(autoencoder_path, map_location=map_location)
-    for key in ("spatial_dims", "image_channels", "autoencoder"):
-        config[key] = ae_cfg[key]
-    config["mapping"] = dict(config["mapping"], in_channels=int(ae.latent_channels))
-    config["mapping"]["out_channels"] = int(ae.latent_channels) * int(config["num_classes"])
-    return GMSSegmenter.from_config(config, autoencoder=ae)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# loss
-# ----------------------------------------------------------------------------------------------------------------
-class GMSLoss(nn.Module):
-    """GMS loss: latent MSE plus Dice on the decoded masks, summed over the deep-supervision heads.
-
-    ``L = w_rec * sum_l a_l * MSE(z_l, z_mask) + w_dice * sum_l a_l * Dice(D(z_l), mask)`` with the heads ``l`` of
-    ``ds_levels`` for the MSE and of ``dice_levels`` for the Dice; ``D`` is the frozen decoder (see
-    :meth:`GMSSegmenter.decode_masks`) and ``a_l`` the level weights. Dice is MONAI's ``DiceLoss`` with its defaults
-    (no activation, background channel included, smooth 1e-5), applied to the K per-class soft masks against the
-    one-hot foreground classes, as in the original (binary: one channel).
-
-    Args:
-        w_rec: weight of the latent MSE (paper: 1).
-        w_dice: weight of the Dice loss (paper: 1).
-        ds_levels: heads supervised in latent space; None for every head the mapping network built (its default
-            heads are the paper's ``("level2", "level1", "out")``).
-        dice_levels: heads supervised in image space (decoded); None for ``ds_levels``. ``("out",)`` saves two of
-            three decoder passes (the cheaper 3D ablation of the spec).
-        level_weights: per-head weights ``{head: a_l}`` (default 1 for all).
-        dice_kwargs: extra arguments of ``monai.losses.DiceLoss``.
-
-    ``forward(pred, target)`` takes ``pred = {"latents": {head: z}, "masks": {head: soft}}`` (from
-    ``GMSSegmenter(..., return_heads=True)``) and ``target = {"latent": z_mask, "mask": (B, K, *spatial)}``; the
-    terms of the last call are kept in :attr:`last_terms`.
-    """
-
-    def __init__(
-        self,
-        w_rec: float = 1.0,
-        w_dice: float = 1.0,
-        ds_levels: Sequence[str] | None = None,
-        dice_levels: Sequence[str] | None = None,
-        level_weights: Mapping[str, float] | None = None,
-        dice_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        if w_rec < 0 or w_dice < 0 or (w_rec == 0 and w_dice == 0):
-            raise ValueError(f"w_rec and w_dice must be >= 0 and not both 0, got {w_rec}, {w_dice}.")
-        for name, levels in (("ds_levels", ds_levels), ("dice_levels", dice_levels)):
-            if levels is not None and (isinstance(levels, str) or not levels):
-                raise ValueError(f"{name} must be None or a non-empty sequence of head names, got {levels!r}.")
-        self.w_rec = float(w_rec)
-        self.w_dice = float(w_dice)
-        self.ds_levels = tuple(ds_levels) if ds_levels is not None else None
-        self.dice_levels = tuple(dice_levels) if dice_levels is not None else self.ds_levels
-        self.level_weights = {k: float(v) for k, v in (level_weights or {}).items()}
-        self.dice = DiceLoss(**dict(dice_kwargs or {}))
-        self.last_terms: dict[str, float] = {}
-
-    @property
-    def decode_levels(self) -> tuple[str, ...] | None:
-        """Heads whose decoded masks the loss needs: ``()`` when ``w_dice == 0``, None for "all heads"."""
-        return self.dice_levels if self.w_dice > 0 else ()
-
-    def forward(self, pred: Mapping[str, Mapping[str, torch.Tensor]], target: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Total loss of the heads ``pred`` against ``target`` (see the class docstring)."""
-        if not isinstance(pred, Mapping) or "latents" not in pred:
-            raise TypeError(
-                "GMSLoss takes the heads dict of GMSSegmenter(x, latent_input=True, return_heads=True); use "
-                "monai_genaug.engines.gms.GMSPrepareBatch with SupervisedTrainer."
-            )
-        latents, masks = pred["latents"], pred.get("masks", {})
-        ds_levels = self.ds_levels if self.ds_levels is not None else tuple(latents)
-        dice_levels = self.dice_levels if self.dice_levels is not None else ds_levels
-        missing = [lvl for lvl in ds_levels if lvl not in latents]
-        if self.w_dice > 0:
-            missing += [lvl for lvl in dice_levels if lvl not in masks]
-        if missing:
-            raise ValueError(
-                f"GMSLoss needs the heads {sorted(set(missing))}, the prediction has latents {list(latents)} and decoded "
-                f"masks {list(masks)}; build the mapping network with these heads or change ds_levels/dice_levels."
-            )
-        weight = self.level_weights
-        rec = sum(weight.get(lvl, 1.0) * nn.functional.mse_loss(latents[lvl], target["latent"]) for lvl in ds_levels)
-        total = self.w_rec * rec
-        terms = {"latent_mse": float(rec.detach())}
-        if self.w_dice > 0:
-            dice = sum(weight.get(lvl, 1.0) * self.dice(masks[lvl], target["mask"]) for lvl in dice_levels)
-            total = total + self.w_dice * dice
-            terms["dice"] = float(dice.detach())
-        self.last_terms = terms
-        return total
