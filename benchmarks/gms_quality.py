@@ -12,7 +12,7 @@
 
 Huo et al., "Generative Medical Segmentation", arXiv:2403.18198. Protocol (every choice is a CLI option):
 
-* data: Kvasir-SEG (``images/ + masks/``), the fixed seeded split of :func:`monai_genaug.engines.gms.gms_datalist`
+* data: Kvasir-SEG (``images/ + masks/``), the fixed seeded split of :func:`monai_genaug.methods.gms.gms_datalist`
   (70 / 10 / 20 %, seed 0); a subset of the training and validation splits (``--train_items``, ``--val_items``) to
   fit a CPU budget, the first ``--test_items`` test images; images and masks resized to ``--size`` px;
 * GMS: a MONAI AutoencoderKL trained on the training images *and* masks (``--ae_epochs``), frozen; the mapping
@@ -52,15 +52,11 @@ from monai.networks.utils import one_hot
 from monai.optimizers import WarmupCosineSchedule
 from monai.utils import set_determinism
 
-from monai_genaug.engines import (
-    BestModelSaver,
-    create_dice_evaluator,
-    create_gms_autoencoder_trainer,
-    create_gms_trainer,
-    gms_datalist,
-    gms_transforms,
-)
-from monai_genaug.engines.tracking import loss_from_output
+from monai_genaug.methods.gms.training import create_gms_autoencoder_trainer, create_gms_trainer
+from monai_genaug.data.bundle import gms_datalist
+from monai_genaug.methods.gms.data import gms_transforms
+from monai_genaug.engines import BestModelSaver, create_dice_evaluator
+from monai_genaug.handlers.tracking import loss_from_output
 from monai_genaug.methods.gms import GMSSegmenter, MaskReconstructor, gms_config
 from monai_genaug.utils.paths import shared_data_dir
 

@@ -38,7 +38,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from monai_genaug.data.phantoms import make_endoscopy_phantoms
-from monai_genaug.engines.gms import GMSPrepareBatch
+from monai_genaug.methods.gms import GMSPrepareBatch
 from monai_genaug.methods.gms import GMSLoss, GMSSegmenter, LatentCache, gms_config
 
 RESULTS = Path(__file__).resolve().parent / "results"

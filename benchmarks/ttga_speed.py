@@ -45,12 +45,13 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import UNet
 
-from monai_genaug.bundle.weights import load_generator, load_network_weights
+from monai_genaug.generative.weights import load_generator, load_network_weights
 from monai_genaug.data.phantoms import make_endoscopy_phantoms
 from monai_genaug.generative.ddim import alpha_bar, ddim_transition, to_epsilon_and_x0
 from monai_genaug.generative.guidance import MultiConditionGuidance
 from monai_genaug.generative.inversion import ddim_jump
-from monai_genaug.methods.ttga import TTGAAugmenter, _AttentionRecorder
+from monai_genaug.methods.ttga.pipeline import _AttentionRecorder
+from monai_genaug.methods.ttga import TTGAAugmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "bundles" / "ttga" / "models"
@@ -172,7 +173,7 @@ _MEMORY_CHILD = r"""
 import resource, sys, json, time, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads({threads})
-from monai_genaug.bundle.weights import load_generator
+from monai_genaug.generative.weights import load_generator
 from monai_genaug.methods.ttga import TTGAAugmenter
 gen = load_generator({path!r})
 vol = torch.rand(2, {size}, {size}, {size}, generator=torch.Generator().manual_seed(0))

@@ -595,15 +595,6 @@ def image_meta(batch: Sequence[Mapping[str, Any]], image_key: str = "image") -> 
     return [dict(getattr(item[image_key], "meta", {})) for item in batch]
 
 
-_PALETTE = (
-    torch.tensor(
-        [[0, 0, 0], [230, 60, 60], [60, 200, 80], [70, 110, 240], [240, 200, 50], [200, 80, 220], [60, 210, 220]],
-        dtype=torch.float32,
-    )
-    / 255.0
-)
-
-
 class SegmentationGridSaver:
     """Write one PNG of ``image | truth | prediction`` rows for the first ``num_images`` cases of an evaluation.
 
@@ -657,7 +648,8 @@ class SegmentationGridSaver:
         if y.shape[0] > 1:
             y = y.argmax(0, keepdim=True).float()
         y = nn.functional.interpolate(y[None], size=tuple(size), mode="nearest")[0, 0].round().long()
-        return _PALETTE[y.clamp(0, len(_PALETTE) - 1)].permute(2, 0, 1)
+        palette = torch.from_numpy(_PALETTE) / 255.0
+        return palette[y.clamp(0, len(palette) - 1)].permute(2, 0, 1)
 
     def collect(self, engine) -> None:
         batch, output = engine.state.batch, engine.state.output

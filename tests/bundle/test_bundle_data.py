@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from PIL import Image
 
-from monai_genaug.bundle.data import (
+from monai_genaug.data.bundle import (
     add_constant_keys,
     bundle_data_dir,
     bundle_datalist,
@@ -16,7 +16,7 @@ from monai_genaug.bundle.data import (
     check_layout,
     has_labels,
 )
-from monai_genaug.bundle.transforms import (
+from monai_genaug.transforms.validation import (
     ForegroundProbabilityd,
     SplitChannelsd,
     ValidateImaged,

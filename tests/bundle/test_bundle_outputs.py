@@ -14,14 +14,14 @@ import torch
 from monai.data import MetaTensor
 from PIL import Image
 
-from monai_genaug.bundle.evaluation import case_metrics, flip_tta_probabilities
-from monai_genaug.bundle.schema import META_SCHEMA_PATH, verify_bundle_metadata
-from monai_genaug.bundle.weights import (
+from monai_genaug.metrics.cases import case_metrics, flip_tta_probabilities
+from monai_genaug.utils.bundle_schema import META_SCHEMA_PATH, verify_bundle_metadata
+from monai_genaug.generative.weights import (
     export_network,
     load_generator,
     load_network_weights,
 )
-from monai_genaug.bundle.writers import (
+from monai_genaug.handlers.writers import (
     CaseMapWriter,
     SegmentationComparisonWriter,
     TTGAPictureSaver,
@@ -169,14 +169,14 @@ def test_offline_metadata_schema(tmp_path):
 
 
 def test_inferer_with_baseline_appends_the_segmenter_alone():
-    from monai_genaug.bundle.inferers import (
+    from monai_genaug.inferers.baseline import (
         BUNDLE_OUTPUT_NAMES,
         GenerativeTTAWithBaselineInferer,
         bundle_output_sizes,
     )
     from monai_genaug.inferers.generative_tta import GenerativeTTAInferer
     from monai_genaug.methods.ttga import TTGAAugmenter
-    from monai_genaug.methods.ttga_adaptation import (
+    from monai_genaug.methods.ttga import (
         build_ttga_generator,
         ttga_generator_config,
     )
@@ -213,7 +213,7 @@ def test_inferer_with_baseline_appends_the_segmenter_alone():
 def test_tracking_handlers_read_the_loss_of_dict_outputs(tmp_path):
     from monai.handlers import MLFlowHandler, StatsHandler
 
-    from monai_genaug.bundle.tracking import loss_tracking_handlers
+    from monai_genaug.handlers.tracking import loss_tracking_handlers
 
     mlflow = MLFlowHandler(tracking_uri=f"sqlite:///{tmp_path}/m.db", output_transform=lambda x: x[0])
     stats = StatsHandler()

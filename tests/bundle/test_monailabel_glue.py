@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The MONAI Label glue (monai_genaug.bundle.monailabel) without a server; runs with or without monailabel."""
+"""The MONAI Label glue (monai_genaug.apps.monailabel) without a server; runs with or without monailabel."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 from monai.transforms import AsDiscreted, Compose, CopyItemsd, LoadImaged, SaveImaged
 from PIL import Image
 
-from monai_genaug.bundle.monailabel import (
+from monai_genaug.apps.monailabel import (
     GenAugInferTask,
     bundle_labels,
     label_optional,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from monai.bundle import run
 
-from monai_genaug.bundle.schema import verify_bundle_metadata
+from monai_genaug.utils.bundle_schema import verify_bundle_metadata
 from monai_genaug.methods.ctrl_genaug import SequenceGenerator
 
 ROOT = Path(__file__).resolve().parents[2]

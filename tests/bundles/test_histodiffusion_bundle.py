@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from monai.bundle import run
 
-from monai_genaug.bundle.schema import verify_bundle_metadata
+from monai_genaug.utils.bundle_schema import verify_bundle_metadata
 from monai_genaug.data.folders import load_datalist
 from monai_genaug.methods.histodiffusion import HistoDiffusion
 

@@ -70,7 +70,7 @@ def _parser(*names: str, **overrides) -> ConfigParser:
 
 
 def test_layout_metadata_and_configs():
-    from monai_genaug.bundle.schema import verify_bundle_metadata
+    from monai_genaug.utils.bundle_schema import verify_bundle_metadata
 
     for name in ("metadata.json", "inference.json", "inference_3d.json", "train_generator.json", "train_lora.json",
                  "train_segmenter.json", "train_3d.json", "evaluate.json", "logging.conf"):

@@ -9,9 +9,9 @@ import torch
 from monai.metrics import compute_dice
 from monai.networks.nets import UNet
 
-from monai_genaug.bundle.weights import load_generator, load_network_weights
+from monai_genaug.generative.weights import load_generator, load_network_weights
 from monai_genaug.data.phantoms import make_endoscopy_phantoms
-from monai_genaug.methods.ttga_adaptation import DetailPreservingTTGAAugmenter
+from monai_genaug.methods.ttga import DetailPreservingTTGAAugmenter
 
 
 def test_shipped_generator_views_differ_yet_keep_the_lesion(bundle_tools):

@@ -10,7 +10,7 @@ from monai.utils import AdversarialIterationEvents
 from PIL import Image
 
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer, kl_divergence
-from monai_genaug.engines.nan_guard import NonFiniteLossError
+from monai_genaug.handlers.nan_guard import NonFiniteLossError
 from monai_genaug.utils.checkpoint import load_checkpoint
 
 

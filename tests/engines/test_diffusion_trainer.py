@@ -9,8 +9,8 @@ from ignite.engine import Events
 from monai.engines import IterationEvents
 
 from monai_genaug.engines.diffusion import create_diffusion_trainer
-from monai_genaug.engines.nan_guard import NonFiniteLossError
-from monai_genaug.engines.tracking import (
+from monai_genaug.handlers.nan_guard import NonFiniteLossError
+from monai_genaug.handlers.tracking import (
     TrackingUnavailableWarning,
     default_tracking_uri,
 )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 
-from monai_genaug.engines.gms import (
+from monai_genaug.methods.gms import (
     create_gms_autoencoder_trainer,
     create_gms_trainer,
     gms_data_dir,
@@ -76,7 +76,7 @@ def test_segmentation_grid_enlarges_small_tiles_and_colours_classes(tmp_path):
 
     from PIL import Image
 
-    from monai_genaug.engines.gms import SegmentationGridSaver
+    from monai_genaug.methods.gms import SegmentationGridSaver
 
     label = torch.zeros(1, 16, 16, 16)
     label[0, :4, :, 8] = 2  # class 2 (green) in the top rows of the middle slice

@@ -11,14 +11,14 @@ from monai.engines import SupervisedTrainer
 from PIL import Image
 from torch import nn
 
-from monai_genaug.engines.ema import EMAHandler
-from monai_genaug.engines.nan_guard import NaNGuard, NonFiniteLossError
-from monai_genaug.engines.resume import (
+from monai_genaug.handlers.ema import EMAHandler
+from monai_genaug.handlers.nan_guard import NaNGuard, NonFiniteLossError
+from monai_genaug.handlers.resume import (
     ResumableCheckpointHandler,
     get_rng_state,
     set_rng_state,
 )
-from monai_genaug.engines.sample_grid import SampleGridHandler
+from monai_genaug.handlers.sample_grid import SampleGridHandler
 from monai_genaug.utils.checkpoint import CheckpointMismatchError, load_checkpoint
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_genaug.engines.tracking import (
+from monai_genaug.handlers.tracking import (
     TrackingUnavailableWarning,
     check_tracking_uri,
     create_mlflow_handler,

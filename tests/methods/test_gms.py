@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_genaug.engines.gms import GMSAutoencoderPrepareBatch, GMSPrepareBatch
+from monai_genaug.methods.gms import GMSAutoencoderPrepareBatch, GMSPrepareBatch
 from monai_genaug.methods.gms import (
     GMSLoss,
     GMSSegmenter,
@@ -238,7 +238,7 @@ def test_mask_reconstructor_and_autoencoder_batches():
 
 
 def test_mask_foreground_weighted_l1():
-    from monai_genaug.engines.gms import MaskForegroundWeightedL1Loss
+    from monai_genaug.methods.gms import MaskForegroundWeightedL1Loss
 
     loss = MaskForegroundWeightedL1Loss((0.0, 1.0), foreground_weight=10.0)
     target = torch.zeros(2, 1, 4, 4)

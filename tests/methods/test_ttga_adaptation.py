@@ -7,7 +7,7 @@ import torch
 from monai.data import DataLoader, Dataset
 
 from monai_genaug.generative.latent_generator import LatentGenerator
-from monai_genaug.methods.ttga_adaptation import (
+from monai_genaug.methods.ttga import (
     build_ttga_generator,
     estimate_scale_factor_from_loader,
     prepare_lora_adaptation,
@@ -97,7 +97,7 @@ def test_training_from_scratch_and_batch_checks(tmp_path):
 
 def test_detail_preserving_augmenter_adds_the_autoencoder_residual():
     from monai_genaug.methods.ttga import TTGAAugmenter
-    from monai_genaug.methods.ttga_adaptation import DetailPreservingTTGAAugmenter
+    from monai_genaug.methods.ttga import DetailPreservingTTGAAugmenter
 
     torch.manual_seed(0)
     gen = build_ttga_generator(ttga_generator_config(2, 3, **TINY)).eval()

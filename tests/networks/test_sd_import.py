@@ -48,8 +48,8 @@ from monai_genaug.networks.sd.loading import (  # noqa: E402
     convert_vae,
     load_converted_network,
     load_stable_diffusion,
-    save_converted,
 )
+from monai_genaug.generative.sd_convert import save_converted  # noqa: E402
 from monai_genaug.networks.sd.mapping import (  # noqa: E402
     normalize_legacy_vae_keys,
     unet_state_dict_to_monai,
