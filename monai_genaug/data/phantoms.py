@@ -49,19 +49,16 @@ Generators (each returns a list of ``num`` dicts):
 from __future__ import annotations
 
 import argparse
-import gzip
 import inspect
-import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-from PIL import Image
+
+from monai_genaug.utils.io import atomic_write_bytes, nifti_bytes, png_bytes
 
 __all__ = [
     "PHANTOM_KINDS",
@@ -853,42 +850,6 @@ def make_class_phantoms(
 # --------------------------------------------------------------------------------------------------
 # writers
 # --------------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to a temporary hidden file next to path and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _png_bytes(array: np.ndarray) -> bytes:
-    """PNG of a channel-first (1 or 3, H, W) array in [0, 1] (float) or an integer array (uint8 values)."""
-    a = np.asarray(array)
-    if a.dtype.kind == "f":
-        a = np.round(np.clip(a, 0.0, 1.0) * 255.0)
-    a = a.astype(np.uint8)
-    img = Image.fromarray(a[0]) if a.shape[0] == 1 else Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    """Gzipped NIfTI-1 of an array (stored as is, spatial axes in array order), reproducible byte for byte."""
-    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(img.affine, code=1)
-    img.set_sform(img.affine, code=1)
-    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
-
-
 def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
     if class_names is None:  # zero-padded, so that sorting the folder names keeps the class order
         width = len(str(num_classes - 1))
@@ -1008,34 +969,34 @@ def write_phantom_dataset(
     files: list[Path] = []
 
     def put(rel: str, data: bytes) -> None:
-        _atomic_write_bytes(out / rel, data)
+        atomic_write_bytes(out / rel, data)
         files.append(Path(rel))
 
     for i, s in enumerate(samples):
         stem = f"phantom_{i:0{width}d}"
         if kind in ("endoscopy", "grey"):
-            put(f"images/{stem}.png", _png_bytes(s["image"]))
-            put(f"masks/{stem}.png", _png_bytes(s["label"] * 255))
+            put(f"images/{stem}.png", png_bytes(s["image"]))
+            put(f"masks/{stem}.png", png_bytes(s["label"] * 255))
         elif kind == "mri":
             case = f"case_{i:0{width}d}"
             for m in [k for k in MRI_FILE_NAMES if k in s]:
-                put(f"{case}/{MRI_FILE_NAMES[m]}", _nifti_bytes(s[m][0], s["affine"]))
-            put(f"{case}/OTMultiClass.nii.gz", _nifti_bytes(s["label"][0], s["affine"]))
-            put(f"{case}/brainmask.nii.gz", _nifti_bytes(s["brain"][0], s["affine"]))
+                put(f"{case}/{MRI_FILE_NAMES[m]}", nifti_bytes(s[m][0], s["affine"]))
+            put(f"{case}/OTMultiClass.nii.gz", nifti_bytes(s["label"][0], s["affine"]))
+            put(f"{case}/brainmask.nii.gz", nifti_bytes(s["brain"][0], s["affine"]))
         elif kind == "sequence":
             clip = np.ascontiguousarray(np.moveaxis(s["image"][0], 0, -1))  # (T, H, W) -> (H, W, T)
-            put(f"{names[s['label']]}/{stem}.nii.gz", _nifti_bytes(clip, phantom_affine()))
+            put(f"{names[s['label']]}/{stem}.nii.gz", nifti_bytes(clip, phantom_affine()))
         elif kind == "two_modality":
             ext = ".png" if s["label"].ndim == 3 else ".nii.gz"
             for side in ("source", "target"):
                 if ext == ".png":
-                    put(f"{side}/images/{stem}{ext}", _png_bytes(s[side]))
-                    put(f"{side}/masks/{stem}{ext}", _png_bytes(s["label"] * 255))
+                    put(f"{side}/images/{stem}{ext}", png_bytes(s[side]))
+                    put(f"{side}/masks/{stem}{ext}", png_bytes(s["label"] * 255))
                 else:
-                    put(f"{side}/images/{stem}{ext}", _nifti_bytes(s[side][0], s["affine"]))
-                    put(f"{side}/masks/{stem}{ext}", _nifti_bytes(s["label"][0], s["affine"]))
+                    put(f"{side}/images/{stem}{ext}", nifti_bytes(s[side][0], s["affine"]))
+                    put(f"{side}/masks/{stem}{ext}", nifti_bytes(s["label"][0], s["affine"]))
         else:  # classes
-            put(f"{names[s['label']]}/{stem}.png", _png_bytes(s["image"]))
+            put(f"{names[s['label']]}/{stem}.png", png_bytes(s["image"]))
 
     manifest = {
         "generator": "monai_genaug.data.phantoms",
@@ -1047,7 +1008,7 @@ def write_phantom_dataset(
         "files": [f.as_posix() for f in files],
     }
     text = json.dumps(manifest, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    _atomic_write_bytes(out / MANIFEST_NAME, text.encode())
+    atomic_write_bytes(out / MANIFEST_NAME, text.encode())
     return out
 
 

@@ -36,12 +36,8 @@ import numpy as np
 import torch
 from monai.data import Dataset
 
-from monai_genaug.data.phantoms import (
-    _atomic_write_bytes,
-    _class_names,
-    _nifti_bytes,
-    _png_bytes,
-)
+from monai_genaug.data.phantoms import _class_names
+from monai_genaug.utils.io import atomic_write_bytes, nifti_bytes, png_bytes
 
 __all__ = [
     "SYNTHETIC_KEY",
@@ -86,7 +82,7 @@ def _check_png_channels(image: np.ndarray) -> np.ndarray:
 
 def _volume_nifti_bytes(image: np.ndarray) -> bytes:
     vol = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)  # channels last for multi-channel volumes
-    return _nifti_bytes(np.ascontiguousarray(vol.astype(np.float32)), np.eye(4))
+    return nifti_bytes(np.ascontiguousarray(vol.astype(np.float32)), np.eye(4))
 
 
 def write_synthetic_images(
@@ -145,10 +141,10 @@ def write_synthetic_images(
         if path.exists() and not overwrite:
             raise FileExistsError(f"'{path}' exists; pass overwrite=True or choose another out_dir / source.")
         if ext == ".png":
-            data = _png_bytes(_check_png_channels(_to_unit(image, value_range)))
+            data = png_bytes(_check_png_channels(_to_unit(image, value_range)))
         else:
             data = _volume_nifti_bytes(image)
-        _atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data)
         entries.append(
             {
                 "image": str(path.resolve()),

@@ -70,26 +70,14 @@ from monai.transforms import (
     RandGaussianNoised,
     RandGaussianSharpend,
     RandGaussianSmoothd,
-    RandomizableTransform,
     RandShiftIntensityd,
+    RandomizableTransform,
     ScaleIntensityRanged,
 )
 from torch import nn
 
-from monai_genaug.data.folders import (
-    IMAGE_EXTENSIONS,
-    paired_image_mask_datalist,
-    split_datalist,
-    split_name,
-)
-from monai_genaug.data.phantoms import (
-    MANIFEST_NAME,
-    _atomic_write_bytes,
-    _nifti_bytes,
-    _png_bytes,
-    phantom_affine,
-    write_phantom_dataset,
-)
+from monai_genaug.data.folders import IMAGE_EXTENSIONS, paired_image_mask_datalist, split_datalist, split_name
+from monai_genaug.data.phantoms import MANIFEST_NAME, phantom_affine, write_phantom_dataset
 from monai_genaug.data.pipelines import segmentation_2d_transforms, volume_3d_transforms
 from monai_genaug.data.synthetic import SYNTHETIC_KEY, synthetic_name
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
@@ -101,11 +89,12 @@ from monai_genaug.engines.segmentation import (
     load_segmenter,
     segmenter_config,
 )
-from monai_genaug.handlers.savers import completed_normally
 from monai_genaug.generative.latent_generator import LatentGenerator, generator_config
 from monai_genaug.generative.sampler import DiffusionSampler
+from monai_genaug.handlers.savers import completed_normally
 from monai_genaug.utils.checkpoint import to_json_config
 from monai_genaug.utils.images import save_image_grid
+from monai_genaug.utils.io import atomic_write_bytes, nifti_bytes, png_bytes
 from monai_genaug.utils.labels import check_label_map
 
 __all__ = [
@@ -1281,14 +1270,14 @@ def write_pairs(
             ip, mp = out / "images" / f"{sid}.png", out / "masks" / f"{sid}.png"
             unit = ((img - lo) / (hi - lo)).clamp(0, 1).numpy()
             mask = lab.numpy().astype(np.uint8) * (255 if num_classes == 1 else 1)
-            _atomic_write_bytes(ip, _png_bytes(unit))
-            _atomic_write_bytes(mp, _png_bytes(mask))
+            atomic_write_bytes(ip, png_bytes(unit))
+            atomic_write_bytes(mp, png_bytes(mask))
         else:
             if img.shape[0] != 1:
                 raise ValueError(f"3D pairs are written as single-channel NIfTI volumes, got {img.shape[0]} channels.")
             ip, mp = out / "images" / f"{sid}.nii.gz", out / "masks" / f"{sid}.nii.gz"
-            _atomic_write_bytes(ip, _nifti_bytes(img[0].numpy().astype(np.float32), phantom_affine()))
-            _atomic_write_bytes(mp, _nifti_bytes(lab[0].numpy().astype(np.uint8), phantom_affine()))
+            atomic_write_bytes(ip, nifti_bytes(img[0].numpy().astype(np.float32), phantom_affine()))
+            atomic_write_bytes(mp, nifti_bytes(lab[0].numpy().astype(np.uint8), phantom_affine()))
         entries.append({"image": str(ip.resolve()), "label": str(mp.resolve()), "id": sid})
     manifest = {
         "num_classes": int(num_classes),
@@ -1296,7 +1285,7 @@ def write_pairs(
         "pairs": [e["id"] for e in entries],
         **dict(extra or {}),
     }
-    _atomic_write_bytes(out / "pairs.json", json.dumps(manifest, indent=1, default=str).encode())
+    atomic_write_bytes(out / "pairs.json", json.dumps(manifest, indent=1, default=str).encode())
     return entries
 
 
@@ -1734,5 +1723,5 @@ def evaluate_segmenters(
             f"{name}: mean Dice {results[name]['mean_dice']:.4f}, global Dice {results[name]['global_dice']:.4f}"
         )
     if output_file is not None:
-        _atomic_write_bytes(Path(output_file), json.dumps(results, indent=1).encode())
+        atomic_write_bytes(Path(output_file), json.dumps(results, indent=1).encode())
     return results

@@ -8,53 +8,61 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""ctrl_genaug
+"""Ctrl-GenAug (Zhou et al., arXiv:2409.17091): the controllable sequence synthesizer (:mod:`.pipeline`), the
+classifier and generator training (:mod:`.training`), data / evaluation / bundle glue (:mod:`.data`). The sequence
+diffusion model is :class:`monai_genaug.generative.sequence_generator.SequenceGenerator` (re-exported here).
 """
 
 from __future__ import annotations
 
 from .pipeline import (
-    CTRL_CONDITION_KEYS,
     CTRL_GENAUG_SCHEDULE,
     CtrlGenAug,
     FramePrior,
-    SequenceClassifier,
-    SequenceGenerator,
-    brats_slice_clips,
-    bundle_evaluate,
-    bundle_filter,
-    bundle_generate,
-    bundle_sequence_data,
-    bundle_train,
     ctrl_genaug_config,
     drop_conditions,
-    evaluate_sequence_augmentation,
-    filter_generated,
-    load_clips,
-    prepare_sequence_data,
+)
+from .training import (
+    SequenceClassifier,
+    bundle_train,
     sequence_classifier,
     train_sequence_classifier,
 )
+from .data import (
+    load_clips,
+    prepare_sequence_data,
+    brats_slice_clips,
+    evaluate_sequence_augmentation,
+    filter_generated,
+    bundle_sequence_data,
+    bundle_generate,
+    bundle_filter,
+    bundle_evaluate,
+)
+from monai_genaug.generative.sequence_generator import (
+    CTRL_CONDITION_KEYS,
+    SequenceGenerator,
+)
 
 __all__ = [
-    "CTRL_CONDITION_KEYS",
     "CTRL_GENAUG_SCHEDULE",
     "CtrlGenAug",
     "FramePrior",
-    "SequenceClassifier",
-    "SequenceGenerator",
-    "brats_slice_clips",
-    "bundle_evaluate",
-    "bundle_filter",
-    "bundle_generate",
-    "bundle_sequence_data",
-    "bundle_train",
     "ctrl_genaug_config",
     "drop_conditions",
-    "evaluate_sequence_augmentation",
-    "filter_generated",
-    "load_clips",
-    "prepare_sequence_data",
+    "SequenceClassifier",
+    "bundle_train",
     "sequence_classifier",
     "train_sequence_classifier",
+    "load_clips",
+    "prepare_sequence_data",
+    "brats_slice_clips",
+    "evaluate_sequence_augmentation",
+    "filter_generated",
+    "bundle_sequence_data",
+    "bundle_generate",
+    "bundle_filter",
+    "bundle_evaluate",
+    "CTRL_CONDITION_KEYS",
+    "SequenceGenerator",
 ]

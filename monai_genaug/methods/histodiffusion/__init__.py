@@ -8,7 +8,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""histodiffusion
+"""HistoDiffusion (Ye et al., arXiv:2308.04020): the class-guided synthesizer on the generative core (:mod:`.pipeline`)
+and its data / evaluation / filtering glue (:mod:`.data`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from .pipeline import (
     HistoDiffusion,
     LatentFeatures,
     ClassSynthesisResult,
-    default_downstream_network,
     estimate_scale_factor,
-    evaluate_synthetic_augmentation,
-    filter_synthetic_datalist,
     histodiffusion_generator_config,
     load_autoencoder_weights,
-    materialize,
+)
+from .data import (
     prepare_histodiffusion_data,
+    materialize,
+    default_downstream_network,
+    evaluate_synthetic_augmentation,
+    filter_synthetic_datalist,
 )
 
 __all__ = [
@@ -35,12 +38,12 @@ __all__ = [
     "HistoDiffusion",
     "LatentFeatures",
     "ClassSynthesisResult",
-    "default_downstream_network",
     "estimate_scale_factor",
-    "evaluate_synthetic_augmentation",
-    "filter_synthetic_datalist",
     "histodiffusion_generator_config",
     "load_autoencoder_weights",
-    "materialize",
     "prepare_histodiffusion_data",
+    "materialize",
+    "default_downstream_network",
+    "evaluate_synthetic_augmentation",
+    "filter_synthetic_datalist",
 ]
