@@ -8,30 +8,58 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-
-"""MONAI transforms (array and dictionary variants) of monai_genaug."""
+"""MONAI transforms (array and dictionary variants) of monai_genaug.
+"""
 
 from __future__ import annotations
 
 from .generative_tta import (
     RandGenerativeTTA,
-    RandGenerativeTTAD,
     RandGenerativeTTAd,
+    RandGenerativeTTAD,
     RandGenerativeTTADict,
 )
 from .io import (
     BRATS2013_REGIONS,
     BinarizeLabel,
-    BinarizeLabelD,
     BinarizeLabeld,
+    BinarizeLabelD,
     BinarizeLabelDict,
     LabelToRegions,
-    LabelToRegionsD,
     LabelToRegionsd,
+    LabelToRegionsD,
     LabelToRegionsDict,
+)
+from .validation import (
+    ForegroundProbabilityd,
+    SplitChannelsd,
+    ValidateImaged,
+    ValidateLabeld,
+    source_name,
+    CheckLabelMapd,
+)
+from .pseudo_label import (
+    PseudoLabeler,
+    PseudoLabeld,
+)
+from .label_corruption import (
+    RandLabelCorruption,
+    RandLabelCorruptiond,
+)
+from .intensity import (
+    RandIntensityInversion,
+    RandIntensityInversiond,
+)
+from .conditioning import (
+    MaskConditionedInput,
+    MaskConditionedInputd,
 )
 
 __all__ = [
+    "RandGenerativeTTA",
+    "RandGenerativeTTAd",
+    "RandGenerativeTTAD",
+    "RandGenerativeTTADict",
     "BRATS2013_REGIONS",
     "BinarizeLabel",
     "BinarizeLabeld",
@@ -41,8 +69,18 @@ __all__ = [
     "LabelToRegionsd",
     "LabelToRegionsD",
     "LabelToRegionsDict",
-    "RandGenerativeTTA",
-    "RandGenerativeTTAd",
-    "RandGenerativeTTAD",
-    "RandGenerativeTTADict",
+    "ForegroundProbabilityd",
+    "SplitChannelsd",
+    "ValidateImaged",
+    "ValidateLabeld",
+    "source_name",
+    "CheckLabelMapd",
+    "PseudoLabeler",
+    "PseudoLabeld",
+    "RandLabelCorruption",
+    "RandLabelCorruptiond",
+    "RandIntensityInversion",
+    "RandIntensityInversiond",
+    "MaskConditionedInput",
+    "MaskConditionedInputd",
 ]

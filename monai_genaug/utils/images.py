@@ -22,6 +22,7 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,12 @@ from monai.utils import optional_import
 
 Image, _ = optional_import("PIL.Image")
 
-__all__ = ["make_image_grid", "save_image_grid"]
+__all__ = [
+    "make_image_grid",
+    "save_image_grid",
+    "to_unit_range",
+    "from_unit_range",
+]
 
 
 def _as_tensor(batch) -> torch.Tensor:
@@ -181,3 +187,15 @@ def save_image_grid(
             os.remove(tmp)
         raise
     return path
+
+
+def to_unit_range(x: torch.Tensor, value_range: Sequence[float]) -> torch.Tensor:
+    """Map intensities from ``value_range`` to [-1, 1] (the diffusion space)."""
+    lo, hi = float(value_range[0]), float(value_range[1])
+    return (x - lo) / (hi - lo) * 2.0 - 1.0
+
+
+def from_unit_range(x: torch.Tensor, value_range: Sequence[float]) -> torch.Tensor:
+    """Map intensities from [-1, 1] back to ``value_range``."""
+    lo, hi = float(value_range[0]), float(value_range[1])
+    return (x + 1.0) / 2.0 * (hi - lo) + lo

@@ -14,8 +14,12 @@ a label map is ``(B, 1, *spatial)`` integers ``0..K``, and a bad one is refused 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["check_label_map"]
+__all__ = [
+    "check_label_map",
+    "labels_to_seg",
+]
 
 
 def check_label_map(
@@ -70,3 +74,17 @@ def check_label_map(
             "foreground classes); remap the label values (monai.transforms.MapLabelValued) or raise num_classes."
         )
     return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# masks, checks, intensity
+# ----------------------------------------------------------------------------------------------------------------
+def labels_to_seg(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One-hot SPADE condition ``(B, K + 1, *spatial)`` (background first) of a ``(B, 1, *spatial)`` label map.
+
+    Raises:
+        ValueError: the label map has unexpected values (see
+            :func:`~monai_genaug.utils.labels.check_label_map`).
+    """
+    x = check_label_map(labels, num_classes, name="mask")
+    return F.one_hot(x[:, 0], int(num_classes) + 1).movedim(-1, 1).float()

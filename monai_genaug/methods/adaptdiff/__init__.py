@@ -8,7 +8,9 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""adaptdiff
+"""AdaptDiff (Xu et al., arXiv:2410.04648): the mask-conditioned cross-modality adaptation pipeline (:mod:`.pipeline`) and
+its data / IO / evaluation glue (:mod:`.data`). Its transforms (pseudo-labels, label corruption, contrast inversion,
+mask-conditioned inputs) live in :mod:`monai_genaug.transforms` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -23,23 +25,25 @@ from .pipeline import (
     RandLabelCorruption,
     RandLabelCorruptiond,
     PairedSynthesisResult,
-    adaptdiff_data_dir,
     adaptdiff_generator_config,
-    adaptdiff_split,
-    adaptdiff_transforms,
     check_modalities,
-    evaluate_segmenters,
     finetune_augmentation,
     histogram_match,
     labels_to_seg,
-    load_pair_folder,
-    load_pairs,
-    make_loader,
-    make_pseudo_labels,
     source_augmentation,
+)
+from .data import (
     write_pairs,
+    make_pseudo_labels,
     write_pseudo_labels,
     write_synthetic_pairs,
+    adaptdiff_data_dir,
+    adaptdiff_split,
+    adaptdiff_transforms,
+    load_pairs,
+    load_pair_folder,
+    make_loader,
+    evaluate_segmenters,
 )
 
 __all__ = [
@@ -52,21 +56,21 @@ __all__ = [
     "RandLabelCorruption",
     "RandLabelCorruptiond",
     "PairedSynthesisResult",
-    "adaptdiff_data_dir",
     "adaptdiff_generator_config",
-    "adaptdiff_split",
-    "adaptdiff_transforms",
     "check_modalities",
-    "evaluate_segmenters",
     "finetune_augmentation",
     "histogram_match",
     "labels_to_seg",
-    "load_pair_folder",
-    "load_pairs",
-    "make_loader",
-    "make_pseudo_labels",
     "source_augmentation",
     "write_pairs",
+    "make_pseudo_labels",
     "write_pseudo_labels",
     "write_synthetic_pairs",
+    "adaptdiff_data_dir",
+    "adaptdiff_split",
+    "adaptdiff_transforms",
+    "load_pairs",
+    "load_pair_folder",
+    "make_loader",
+    "evaluate_segmenters",
 ]

@@ -46,40 +46,28 @@ the release uses InstanceNorm SPADE and a 1x1-conv encoder).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import re
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from ignite.engine import Events
-from monai.config import KeysCollection
-from monai.data import DataLoader, Dataset
-from monai.inferers import Inferer, SimpleInferer
+from monai.data import DataLoader
+from monai.inferers import Inferer
 from monai.transforms import (
     Compose,
-    MapTransform,
     OneOf,
     RandAdjustContrastd,
     RandGaussianNoised,
     RandGaussianSharpend,
     RandGaussianSmoothd,
     RandShiftIntensityd,
-    RandomizableTransform,
     ScaleIntensityRanged,
 )
 from torch import nn
 
-from monai_genaug.data.folders import IMAGE_EXTENSIONS, paired_image_mask_datalist, split_datalist, split_name
-from monai_genaug.data.phantoms import MANIFEST_NAME, phantom_affine, write_phantom_dataset
-from monai_genaug.data.pipelines import segmentation_2d_transforms, volume_3d_transforms
-from monai_genaug.data.synthetic import SYNTHETIC_KEY, synthetic_name
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
 from monai_genaug.engines.diffusion import create_diffusion_trainer
 from monai_genaug.engines.segmentation import (
@@ -92,10 +80,20 @@ from monai_genaug.engines.segmentation import (
 from monai_genaug.generative.latent_generator import LatentGenerator, generator_config
 from monai_genaug.generative.sampler import DiffusionSampler
 from monai_genaug.handlers.savers import completed_normally
+from monai_genaug.methods.adaptdiff.data import (
+    PairedSynthesisResult,
+    _ids_of,
+    _images_of,
+    make_loader,
+    make_pseudo_labels,
+)
+from monai_genaug.transforms.conditioning import MaskConditionedInputd
+from monai_genaug.transforms.intensity import RandIntensityInversiond
+from monai_genaug.transforms.label_corruption import RandLabelCorruption, RandLabelCorruptiond
+from monai_genaug.transforms.pseudo_label import PseudoLabeld, PseudoLabeler
 from monai_genaug.utils.checkpoint import to_json_config
-from monai_genaug.utils.images import save_image_grid
-from monai_genaug.utils.io import atomic_write_bytes, nifti_bytes, png_bytes
-from monai_genaug.utils.labels import check_label_map
+from monai_genaug.utils.images import from_unit_range, to_unit_range
+from monai_genaug.utils.labels import check_label_map, labels_to_seg
 
 __all__ = [
     "ADAPTDIFF_SCHEDULE",
@@ -107,28 +105,15 @@ __all__ = [
     "RandLabelCorruption",
     "RandLabelCorruptiond",
     "PairedSynthesisResult",
-    "adaptdiff_data_dir",
     "adaptdiff_generator_config",
-    "adaptdiff_split",
-    "adaptdiff_transforms",
     "check_modalities",
-    "evaluate_segmenters",
     "finetune_augmentation",
     "histogram_match",
     "labels_to_seg",
-    "load_pair_folder",
-    "load_pairs",
-    "make_loader",
-    "make_pseudo_labels",
     "source_augmentation",
-    "write_pairs",
-    "write_pseudo_labels",
-    "write_synthetic_pairs",
 ]
 
 logger = logging.getLogger(__name__)
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 #: AdaptDiff's noise schedule: T = 300, truly linear betas from 1e-4 to 0.02 (MONAI's ``linear_beta``)
 ADAPTDIFF_SCHEDULE: dict[str, Any] = {
@@ -199,20 +184,6 @@ def adaptdiff_generator_config(
     return to_json_config(cfg)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# masks, checks, intensity
-# ----------------------------------------------------------------------------------------------------------------
-def labels_to_seg(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """One-hot SPADE condition ``(B, K + 1, *spatial)`` (background first) of a ``(B, 1, *spatial)`` label map.
-
-    Raises:
-        ValueError: the label map has unexpected values (see
-            :func:`~monai_genaug.utils.labels.check_label_map`).
-    """
-    x = check_label_map(labels, num_classes, name="mask")
-    return F.one_hot(x[:, 0], int(num_classes) + 1).movedim(-1, 1).float()
-
-
 def _shape_of(x: Any) -> tuple[int, ...]:
     return tuple(x.shape) if hasattr(x, "shape") else tuple(np.asarray(x).shape)
 
@@ -265,355 +236,6 @@ def histogram_match(images: torch.Tensor, template: torch.Tensor) -> torch.Tenso
             matched[order] = ref.to(x.device)[q].to(x.dtype)
             out[b, c] = matched.view_as(images[b, c])
     return out
-
-
-def _to_unit_range(x: torch.Tensor, value_range: Sequence[float]) -> torch.Tensor:
-    lo, hi = float(value_range[0]), float(value_range[1])
-    return (x - lo) / (hi - lo) * 2.0 - 1.0
-
-
-def _from_unit_range(x: torch.Tensor, value_range: Sequence[float]) -> torch.Tensor:
-    lo, hi = float(value_range[0]), float(value_range[1])
-    return (x + 1.0) / 2.0 * (hi - lo) + lo
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# (b) pseudo-labels
-# ----------------------------------------------------------------------------------------------------------------
-class PseudoLabeler:
-    """Label maps of unlabelled images from a frozen segmenter: foreground where ``1 - p(background) > threshold``.
-
-    The label of a foreground pixel is the most probable foreground class, so for a binary segmenter the rule is
-    ``p(vessel) > threshold`` (the release: argmax, i.e. 0.5).
-
-    Args:
-        segmenter: returns ``num_classes + 1`` logits (background first); it is used in eval mode without gradients.
-        num_classes: foreground classes K.
-        threshold: foreground probability threshold in (0, 1).
-        inferer: MONAI inferer (default ``SimpleInferer``; ``SlidingWindowInferer`` for large volumes).
-        normalize: min-max scale every image to [0, 1] first (the release normalises each patch; use it when the
-            segmenter was trained that way).
-        device: device of the segmenter.
-        batch_size: images per segmenter call.
-    """
-
-    def __init__(
-        self,
-        segmenter: nn.Module,
-        num_classes: int = 1,
-        threshold: float = 0.5,
-        inferer: Inferer | None = None,
-        normalize: bool = False,
-        device: str | torch.device = "cpu",
-        batch_size: int = 16,
-    ) -> None:
-        if not 0.0 < float(threshold) < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes counts foreground classes and must be >= 1, got {num_classes}.")
-        self.device = torch.device(device)
-        self.segmenter = segmenter.to(self.device).eval()
-        self.num_classes = int(num_classes)
-        self.threshold = float(threshold)
-        self.inferer = inferer or SimpleInferer()
-        self.normalize = normalize
-        self.batch_size = int(batch_size)
-
-    @torch.no_grad()
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Softmax class probabilities ``(B, K + 1, *spatial)``."""
-        if not isinstance(images, torch.Tensor) or images.ndim < 3:
-            raise ValueError(
-                f"images must be a (B, C, *spatial) tensor, got {type(images).__name__} {_shape_of(images)}."
-            )
-        self.segmenter.eval()
-        out = []
-        for i in range(0, images.shape[0], self.batch_size):
-            x = torch.as_tensor(images[i : i + self.batch_size]).float().to(self.device)
-            if self.normalize:
-                dims = tuple(range(1, x.ndim))
-                lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
-                x = (x - lo) / (hi - lo).clamp_min(1e-8)
-            logits = self.inferer(x, self.segmenter)
-            if logits.shape[1] != self.num_classes + 1:
-                raise ValueError(
-                    f"the segmenter returns {logits.shape[1]} channels; a {self.num_classes}-class pseudo-labeler needs "
-                    f"{self.num_classes + 1} (background first)."
-                )
-            out.append(torch.softmax(logits.float(), dim=1))
-        return torch.cat(out, dim=0)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Label maps ``(B, 1, *spatial)`` (long, values ``0..K``) of ``(B, C, *spatial)`` images."""
-        probs = self.probabilities(images)
-        fg = (1.0 - probs[:, :1]) > self.threshold
-        cls = probs[:, 1:].argmax(dim=1, keepdim=True) + 1
-        return torch.where(fg, cls, torch.zeros_like(cls)).long()
-
-
-class PseudoLabeld(MapTransform):
-    """On-the-fly pseudo-labels in a data pipeline: ``d[label_key] = labeler(d[image_key])`` for one item.
-
-    Put it after random crops so every crop gets the label of what it shows (the release re-labels every patch of
-    every step). The segmenter runs in the data-loading process: use ``num_workers=0`` or a CPU segmenter.
-
-    Args:
-        labeler: the :class:`PseudoLabeler`.
-        image_key: key of the channel-first image.
-        label_key: key written with the ``(1, *spatial)`` label map.
-    """
-
-    def __init__(self, labeler: PseudoLabeler, image_key: str = "image", label_key: str = "label") -> None:
-        super().__init__(keys=[image_key])
-        self.labeler = labeler
-        self.image_key = image_key
-        self.label_key = label_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        image = torch.as_tensor(d[self.image_key])
-        d[self.label_key] = self.labeler(image[None])[0].cpu()
-        return d
-
-
-def _as_range(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        lo = hi = int(value)
-    else:
-        lo, hi = (int(v) for v in value)
-    if lo < 0 or hi < lo:
-        raise ValueError(f"{name} must be an int >= 0 or a (low, high) range with 0 <= low <= high, got {value!r}.")
-    return lo, hi
-
-
-def _morph(onehot: torch.Tensor, steps: int, dilate: bool) -> torch.Tensor:
-    """Binary dilation (max-pool) or erosion (min-pool) of ``(K, *spatial)`` float masks, 3^d neighbourhood."""
-    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[onehot.ndim - 1]
-    x = onehot[None]
-    for _ in range(steps):
-        x = pool(x, 3, stride=1, padding=1) if dilate else 1.0 - pool(1.0 - x, 3, stride=1, padding=1)
-    return x[0]
-
-
-class RandLabelCorruption(RandomizableTransform):
-    """Corrupt a label map for robustness studies of mask-conditioned synthesis (how noisy may pseudo-labels be?).
-
-    In this order, each part off by default: ``erosion`` / ``dilation`` steps of every foreground class (3^d
-    neighbourhood; dilation grows classes into the background only), ``dropout``: every ``block_size``-sized block
-    holding foreground is erased (set to background) with this probability (missed segments), and the release's
-    ``add_false_positives_negatives``: each background pixel becomes foreground with probability ``fp_rate`` and each
-    foreground pixel background with probability ``fn_rate``. Random draws come from the transform's seeded state
-    (``set_random_state(seed)``), so corrupted sets are reproducible.
-
-    Args:
-        prob: probability of corrupting a label map at all.
-        erosion: erosion steps, an int or a ``(low, high)`` range drawn uniformly per call.
-        dilation: dilation steps, an int or a ``(low, high)`` range.
-        dropout: probability of erasing each foreground block.
-        block_size: edge length of the dropout blocks in pixels.
-        fp_rate: probability of a background pixel turning foreground (class 1).
-        fn_rate: probability of a foreground pixel turning background.
-        num_classes: foreground classes K (label values ``0..K`` are checked).
-    """
-
-    def __init__(
-        self,
-        prob: float = 1.0,
-        erosion: int | Sequence[int] = 0,
-        dilation: int | Sequence[int] = 0,
-        dropout: float = 0.0,
-        block_size: int = 4,
-        fp_rate: float = 0.0,
-        fn_rate: float = 0.0,
-        num_classes: int = 1,
-    ) -> None:
-        super().__init__(prob)
-        for name, v in (("dropout", dropout), ("fp_rate", fp_rate), ("fn_rate", fn_rate)):
-            if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v}.")
-        if int(block_size) < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}.")
-        self.erosion = _as_range(erosion, "erosion")
-        self.dilation = _as_range(dilation, "dilation")
-        self.dropout = float(dropout)
-        self.block_size = int(block_size)
-        self.fp_rate = float(fp_rate)
-        self.fn_rate = float(fn_rate)
-        self.num_classes = int(num_classes)
-
-    def randomize(self, data: Any = None) -> None:
-        super().randomize(None)
-        self._erode = int(self.R.randint(self.erosion[0], self.erosion[1] + 1))
-        self._dilate = int(self.R.randint(self.dilation[0], self.dilation[1] + 1))
-
-    def __call__(self, label: Any, randomize: bool = True) -> torch.Tensor:
-        """Corrupt a channel-first ``(1, *spatial)`` label map; returns a long tensor of the same shape."""
-        x = torch.as_tensor(label)
-        lab = check_label_map(x[None], self.num_classes, name="label map to corrupt")[0]
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return lab
-        spatial = lab.shape[1:]
-        out = lab[0]
-        if self._erode or self._dilate:
-            onehot = F.one_hot(out, self.num_classes + 1).movedim(-1, 0)[1:].float()
-            if self._erode:
-                onehot = _morph(onehot, self._erode, dilate=False)
-            if self._dilate:
-                grown = _morph(onehot, self._dilate, dilate=True)
-                keep = onehot.amax(0) > 0
-                onehot = torch.where(keep[None], onehot, grown)
-            fg = onehot.amax(0) > 0
-            out = torch.where(fg, onehot.argmax(0) + 1, torch.zeros_like(out))
-        if self.dropout > 0:
-            b = self.block_size
-            grid = [int(np.ceil(s / b)) for s in spatial]
-            drop = torch.from_numpy(self.R.random_sample(grid) < self.dropout)
-            for d in range(len(spatial)):
-                drop = drop.repeat_interleave(b, dim=d)
-            drop = drop[tuple(slice(0, s) for s in spatial)]
-            out = torch.where(drop, torch.zeros_like(out), out)
-        if self.fp_rate > 0 or self.fn_rate > 0:
-            u = torch.from_numpy(self.R.random_sample(tuple(spatial))).float()
-            fg = out > 0
-            out = torch.where(fg & (u < self.fn_rate), torch.zeros_like(out), out)
-            out = torch.where(~fg & (u < self.fp_rate), torch.ones_like(out), out)
-        return out[None].long()
-
-
-class RandLabelCorruptiond(RandomizableTransform, MapTransform):
-    """Dictionary version of :class:`RandLabelCorruption` (all keys share one draw per call).
-
-    Args:
-        keys: keys of the label maps.
-        prob: see :class:`RandLabelCorruption`.
-        erosion: see :class:`RandLabelCorruption`.
-        dilation: see :class:`RandLabelCorruption`.
-        dropout: see :class:`RandLabelCorruption`.
-        block_size: see :class:`RandLabelCorruption`.
-        fp_rate: see :class:`RandLabelCorruption`.
-        fn_rate: see :class:`RandLabelCorruption`.
-        num_classes: see :class:`RandLabelCorruption`.
-        allow_missing_keys: don't raise when a key is missing.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        prob: float = 1.0,
-        erosion: int | Sequence[int] = 0,
-        dilation: int | Sequence[int] = 0,
-        dropout: float = 0.0,
-        block_size: int = 4,
-        fp_rate: float = 0.0,
-        fn_rate: float = 0.0,
-        num_classes: int = 1,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, 1.0)
-        self.corrupt = RandLabelCorruption(prob, erosion, dilation, dropout, block_size, fp_rate, fn_rate, num_classes)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
-        super().set_random_state(seed, state)
-        self.corrupt.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        first = True
-        for key in self.key_iterator(d):
-            d[key] = self.corrupt(d[key], randomize=first)
-            first = False
-        return d
-
-
-class RandIntensityInversiond(RandomizableTransform, MapTransform):
-    """Invert the intensities (``low + high - x``) with probability ``prob``: a contrast-agnostic augmentation.
-
-    Used for the **source** segmenter when the target modality may show the structure with the opposite contrast
-    (dark vessels in one modality, bright in the other). Without it a segmenter of bright vessels labels nothing
-    useful on dark-vessel images, and pseudo-labels carry no information.
-
-    Args:
-        keys: keys of the images.
-        prob: probability of inverting.
-        value_range: ``(low, high)`` intensity range of the images.
-        allow_missing_keys: don't raise when a key is missing.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        prob: float = 0.5,
-        value_range: Sequence[float] = (0.0, 1.0),
-        allow_missing_keys: bool = False,
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.total = float(value_range[0]) + float(value_range[1])
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            d[key] = self.total - d[key]
-        return d
-
-
-class MaskConditionedInputd(MapTransform):
-    """Turn an ``(image, label map)`` pair into the input of a mask-conditioned diffusion model.
-
-    ``d[image_key]`` is mapped from ``value_range`` to [-1, 1] (the diffusion space); ``d[seg_key]`` becomes the
-    one-hot ``(K + 1, *spatial)`` SPADE condition of ``d[label_key]`` (checked: values ``0..K``). With
-    ``minmax=True`` every image is min-max scaled first (the release's per-patch normalisation).
-
-    Args:
-        image_key: key of the channel-first image.
-        label_key: key of the ``(1, *spatial)`` label map.
-        seg_key: key written with the one-hot condition.
-        num_classes: foreground classes K.
-        value_range: intensity range of the images.
-        minmax: min-max scale each image to ``value_range`` first.
-    """
-
-    def __init__(
-        self,
-        image_key: str = "image",
-        label_key: str = "label",
-        seg_key: str = "seg",
-        num_classes: int = 1,
-        value_range: Sequence[float] = (0.0, 1.0),
-        minmax: bool = False,
-    ) -> None:
-        super().__init__(keys=[image_key, label_key])
-        self.image_key, self.label_key, self.seg_key = image_key, label_key, seg_key
-        self.num_classes = int(num_classes)
-        self.value_range = (float(value_range[0]), float(value_range[1]))
-        self.minmax = minmax
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in (self.image_key, self.label_key):
-            if key not in d:
-                raise KeyError(f"the item has no '{key}' (keys: {sorted(map(str, d))}); pseudo-label it first.")
-        image = torch.as_tensor(d[self.image_key]).float()
-        label = torch.as_tensor(d[self.label_key])
-        if tuple(label.shape[1:]) != tuple(image.shape[1:]):
-            raise ValueError(
-                f"image {tuple(image.shape)} and label map {tuple(label.shape)} differ in spatial size; resize the "
-                "label with nearest interpolation."
-            )
-        if self.minmax:
-            lo, hi = image.min(), image.max()
-            image = (image - lo) / (hi - lo).clamp_min(1e-8) * (self.value_range[1] - self.value_range[0])
-            image = image + self.value_range[0]
-        d[self.image_key] = _to_unit_range(image, self.value_range)
-        d[self.seg_key] = labels_to_seg(label[None], self.num_classes)[0]
-        return d
 
 
 def source_augmentation(
@@ -696,62 +318,6 @@ def finetune_augmentation(image_key: str = "image", value_range: Sequence[float]
             ScaleIntensityRanged(image_key, a_min=lo, a_max=hi, b_min=lo, b_max=hi, clip=True),
         ]
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the pipeline
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class PairedSynthesisResult:
-    """Synthetic target-modality images and the masks they were drawn for.
-
-    Attributes:
-        images: ``(N, C, *spatial)`` in the pipeline's ``value_range``.
-        labels: ``(N, 1, *spatial)`` long label maps (the conditioning masks).
-        seeds: the seed of every sample (sample ``i`` of a run with seed ``s`` has seed ``s + i``).
-        ids: the id of the mask every sample was drawn for.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    seeds: list[int] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-
-    def items(self) -> list[dict]:
-        """One ``{"image", "label", "id", "synthetic": 1}`` dict per sample (a MONAI ``Dataset``'s data)."""
-        return [
-            {"image": self.images[i], "label": self.labels[i], "id": f"{self.ids[i]}_{self.seeds[i]}", SYNTHETIC_KEY: 1}
-            for i in range(self.images.shape[0])
-        ]
-
-
-def _images_of(data: Any, key: str, what: str) -> torch.Tensor:
-    """Stack ``data`` (a tensor, or a sequence of items / tensors) into a ``(N, C, *spatial)`` tensor."""
-    if isinstance(data, torch.Tensor):
-        return data
-    items = list(data)
-    if not items:
-        raise ValueError(f"the {what} set is empty; give at least one item.")
-    arrays = []
-    for i, it in enumerate(items):
-        if isinstance(it, Mapping) and key not in it:
-            raise KeyError(f"{what} item {i} has no '{key}' (keys: {sorted(map(str, it))}).")
-        v = it[key] if isinstance(it, Mapping) else it
-        arrays.append(torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v))
-    shapes = {tuple(a.shape) for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(f"the {what} items differ in shape {sorted(shapes)}; resize them to one size first.")
-    return torch.stack([a.as_tensor() if hasattr(a, "as_tensor") else a for a in arrays])
-
-
-def _ids_of(data: Any, n: int, prefix: str) -> list[str]:
-    if isinstance(data, torch.Tensor):
-        return [f"{prefix}{i:04d}" for i in range(n)]
-    out = []
-    for i, it in enumerate(data):
-        v = it.get("id") if isinstance(it, Mapping) else None
-        out.append(str(v) if v is not None else f"{prefix}{i:04d}")
-    return out
 
 
 class AdaptDiff:
@@ -1039,7 +605,7 @@ class AdaptDiff:
         def _scale(engine) -> None:  # only from a finished, finite autoencoder (not after a NaN stop or interruption)
             if not completed_normally(engine, {"autoencoder": gen.autoencoder}, "autoencoder"):
                 return
-            batch = torch.stack([_to_unit_range(it["image"], self.value_range) for it in images[:64]]).to(self.device)
+            batch = torch.stack([to_unit_range(it["image"], self.value_range) for it in images[:64]]).to(self.device)
             gen.estimate_scale_factor(batch)
             logger.info(f"latent scale factor set to {float(gen.scale_factor):.4f}.")
 
@@ -1170,7 +736,7 @@ class AdaptDiff:
                 self.generator, x=noise, condition={"seg": seg}, rng=torch.Generator().manual_seed(seed + start)
             )
             x = self.generator.decode(z).clamp(-1.0, 1.0)
-            out.append(_from_unit_range(x, self.value_range).cpu())
+            out.append(from_unit_range(x, self.value_range).cpu())
             seeds += [seed + start + j for j in range(n)]
         self.generator.train(was_training)
         images = torch.cat(out)
@@ -1226,502 +792,3 @@ class AdaptDiff:
         return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# files and data of the bundle stages
-# ----------------------------------------------------------------------------------------------------------------
-def _stem_ok(name: str) -> str:
-    if not _SAFE_ID.match(name):
-        raise ValueError(f"id {name!r} must be a non-empty file-name-safe string (letters, digits, '.', '_', '-').")
-    return name
-
-
-def write_pairs(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    ids: Sequence[str],
-    out_dir: str | os.PathLike,
-    num_classes: int = 1,
-    value_range: Sequence[float] = (0.0, 1.0),
-    extra: Mapping[str, Any] | None = None,
-) -> list[dict]:
-    """Write image / mask pairs as ``out_dir/images/<id>`` + ``out_dir/masks/<id>`` (PNG 2D, NIfTI 3D).
-
-    The layout is the one :func:`~monai_genaug.data.folders.paired_image_mask_datalist` reads (and the phantoms'):
-    2D images become 8-bit grey / RGB PNGs (``value_range`` mapped to 0..255), binary masks 0/255 PNGs, multi-class
-    masks their label values; 3D volumes float32 / uint8 NIfTI with a 1 mm affine. A manifest ``pairs.json`` lists
-    the pairs and ``extra``.
-
-    Returns:
-        datalist entries ``{"image", "label", "id"}`` (absolute paths).
-    """
-    images = torch.as_tensor(images).detach().float().cpu()
-    labels = check_label_map(torch.as_tensor(labels).cpu(), num_classes, images.ndim - 2, name="masks to write")
-    if images.shape[0] != labels.shape[0] or len(ids) != images.shape[0]:
-        raise ValueError(f"got {images.shape[0]} images, {labels.shape[0]} masks and {len(ids)} ids; give one each.")
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids must be unique (they are the file names).")
-    out = Path(out_dir).expanduser()
-    lo, hi = float(value_range[0]), float(value_range[1])
-    entries = []
-    is2d = images.ndim == 4
-    for img, lab, sid in zip(images, labels, ids):
-        sid = _stem_ok(str(sid))
-        if is2d:
-            ip, mp = out / "images" / f"{sid}.png", out / "masks" / f"{sid}.png"
-            unit = ((img - lo) / (hi - lo)).clamp(0, 1).numpy()
-            mask = lab.numpy().astype(np.uint8) * (255 if num_classes == 1 else 1)
-            atomic_write_bytes(ip, png_bytes(unit))
-            atomic_write_bytes(mp, png_bytes(mask))
-        else:
-            if img.shape[0] != 1:
-                raise ValueError(f"3D pairs are written as single-channel NIfTI volumes, got {img.shape[0]} channels.")
-            ip, mp = out / "images" / f"{sid}.nii.gz", out / "masks" / f"{sid}.nii.gz"
-            atomic_write_bytes(ip, nifti_bytes(img[0].numpy().astype(np.float32), phantom_affine()))
-            atomic_write_bytes(mp, nifti_bytes(lab[0].numpy().astype(np.uint8), phantom_affine()))
-        entries.append({"image": str(ip.resolve()), "label": str(mp.resolve()), "id": sid})
-    manifest = {
-        "num_classes": int(num_classes),
-        "value_range": [lo, hi],
-        "pairs": [e["id"] for e in entries],
-        **dict(extra or {}),
-    }
-    atomic_write_bytes(out / "pairs.json", json.dumps(manifest, indent=1, default=str).encode())
-    return entries
-
-
-def make_pseudo_labels(
-    labeler: PseudoLabeler,
-    target: Any,
-    corruption: RandLabelCorruption | None = None,
-    min_foreground: float = 0.0,
-    image_key: str = "image",
-) -> list[dict]:
-    """(b) The cached pseudo-label set ``[{"image", "label", "id"}]`` of unlabelled target images.
-
-    Args:
-        labeler: the :class:`PseudoLabeler` of the source segmenter.
-        target: ``(N, C, *spatial)`` images or items with ``image_key`` (and ``id``); true labels are dropped.
-        corruption: a seeded :class:`RandLabelCorruption` applied to every pseudo-label.
-        min_foreground: drop images whose pseudo-label covers less than this fraction (0 keeps all).
-        image_key: image key of the items.
-
-    Raises:
-        ValueError: no target image, target channels that the segmenter cannot take, or an empty pseudo-label set
-            (no foreground in any image, or every image below ``min_foreground``).
-    """
-    images = _images_of(target, image_key, "target").float()
-    cfg = getattr(labeler.segmenter, "segmenter_config", None) or {}
-    if cfg and (images.shape[1] != int(cfg["in_channels"]) or images.ndim - 2 != int(cfg["spatial_dims"])):
-        raise ValueError(
-            f"target images {tuple(images.shape)} do not fit the source segmenter ({cfg['in_channels']} channel(s), "
-            f"{cfg['spatial_dims']}D); source and target must have the same channels and dimensions."
-        )
-    ids = _ids_of(target, images.shape[0], "target_")
-    labels = labeler(images).cpu()
-    if corruption is not None:
-        labels = torch.stack([corruption(lab) for lab in labels])
-    frac = (labels > 0).float().flatten(1).mean(1)
-    if not bool((frac > 0).any()):
-        raise ValueError(
-            f"empty pseudo-label set: the source segmenter finds no foreground in any of the {images.shape[0]} target "
-            f"images at threshold {labeler.threshold}. Lower the threshold, train the source segmenter with "
-            "source_augmentation() (contrast inversion), or check that the target images show the structure."
-        )
-    keep = frac >= float(min_foreground)
-    if not bool(keep.any()):
-        raise ValueError(
-            f"empty pseudo-label set: no target image has a pseudo-label covering >= {min_foreground} of it "
-            f"(largest {float(frac.max()):.4f}); lower min_foreground."
-        )
-    out = [{"image": images[i], "label": labels[i], "id": ids[i]} for i in range(images.shape[0]) if bool(keep[i])]
-    logger.info(
-        f"pseudo-labelled {len(out)} of {images.shape[0]} target images (mean foreground {float(frac[keep].mean()):.3f})."
-    )
-    return out
-
-
-def write_pseudo_labels(
-    labeler: PseudoLabeler,
-    items: Any,
-    out_dir: str | os.PathLike,
-    corruption: RandLabelCorruption | None = None,
-    min_foreground: float = 0.0,
-    seed: int = 0,
-    value_range: Sequence[float] = (0.0, 1.0),
-) -> list[dict]:
-    """Bundle stage (b): :func:`make_pseudo_labels` of loaded target items, written as pairs (:func:`write_pairs`).
-
-    Args:
-        labeler: the :class:`PseudoLabeler` of the source segmenter.
-        items: loaded target items ``{"image", "id"}`` (:func:`load_pairs`).
-        out_dir: destination folder (``images/``, ``masks/``, ``pairs.json``).
-        corruption: optional :class:`RandLabelCorruption`, seeded with ``seed``.
-        min_foreground: drop images whose pseudo-label covers less than this fraction.
-        seed: seed of the corruption.
-        value_range: intensity range of the images.
-    """
-    if corruption is not None:
-        corruption.set_random_state(seed)
-    pairs = make_pseudo_labels(labeler, items, corruption, min_foreground)
-    frac = float(torch.stack([(p["label"] > 0).float().mean() for p in pairs]).mean())
-    return write_pairs(
-        torch.stack([p["image"] for p in pairs]),
-        torch.stack([p["label"] for p in pairs]),
-        [p["id"] for p in pairs],
-        out_dir,
-        labeler.num_classes,
-        value_range,
-        extra={
-            "kind": "pseudo_labels",
-            "threshold": labeler.threshold,
-            "corrupted": corruption is not None,
-            "mean_foreground": frac,
-        },
-    )
-
-
-def write_synthetic_pairs(
-    result: PairedSynthesisResult, out_dir: str | os.PathLike, num_classes: int = 1, value_range: Sequence[float] = (0.0, 1.0)
-) -> list[dict]:
-    """Bundle stage (d): write a :class:`PairedSynthesisResult` as pairs named ``{mask id}_seg_{seed}`` (see
-    :func:`~monai_genaug.data.synthetic.synthetic_name`), plus a preview ``out_dir/grid.png`` (first row: up to 8
-    images, second row: their masks; middle slices of volumes)."""
-    names = [synthetic_name(i, "seg", s) for i, s in zip(result.ids, result.seeds)]
-    entries = write_pairs(
-        result.images, result.labels, names, out_dir, num_classes, value_range, extra={"kind": "synthetic"}
-    )
-    n = min(8, result.images.shape[0])
-    lo, hi = (float(v) for v in value_range)
-    images = ((result.images[:n] - lo) / (hi - lo)).clamp(0, 1)
-    masks = (result.labels[:n].float() / num_classes).expand(-1, images.shape[1], *images.shape[2:])
-    save_image_grid(torch.cat([images, masks]), Path(out_dir) / "grid.png", nrow=n, normalise=False)
-    for e, s in zip(entries, result.seeds):
-        e["seed"], e[SYNTHETIC_KEY] = int(s), 1
-    return entries
-
-
-def adaptdiff_data_dir(
-    dataset_dir: str | os.PathLike | None,
-    phantom_dir: str | os.PathLike | None = None,
-    num: int = 96,
-    spatial_size: Sequence[int] = (64, 64),
-    seed: int = 0,
-) -> str:
-    """The data folder of an AdaptDiff run: ``dataset_dir`` when given, else two-modality phantoms written once.
-
-    Layout (the one :func:`~monai_genaug.data.phantoms.write_phantom_dataset` writes for ``"two_modality"``):
-    ``source/images`` + ``source/masks`` (labelled source modality), ``target/images`` (unlabelled target modality)
-    and optionally ``target/masks`` (only used to evaluate). Phantoms go to
-    ``phantom_dir/two_modality_<num>_<size>_s<seed>`` and are reused when its manifest matches.
-
-    Raises:
-        FileNotFoundError: ``dataset_dir`` does not exist or lacks ``source/`` / ``target/``.
-    """
-    if dataset_dir not in (None, "", "None", "null"):
-        path = Path(dataset_dir).expanduser()
-        missing = [p for p in ("source/images", "source/masks", "target/images") if not (path / p).is_dir()]
-        if not path.is_dir() or missing:
-            raise FileNotFoundError(
-                f"dataset_dir '{path}' must hold source/images, source/masks and target/images (target/masks optional, "
-                f"for evaluation); missing: {missing or 'the folder itself'}. Leave dataset_dir empty for phantoms."
-            )
-        return str(path)
-    if phantom_dir is None:
-        raise ValueError("without dataset_dir, pass phantom_dir (where the phantom data set is written).")
-    size = tuple(int(s) for s in spatial_size)
-    folder = Path(phantom_dir) / f"two_modality_{num}_{'x'.join(map(str, size))}_s{seed}"
-    manifest = folder / MANIFEST_NAME
-    if manifest.is_file():
-        try:
-            m = json.loads(manifest.read_text())
-            if m.get("kind") == "two_modality" and m.get("num") == num and m.get("seed") == seed:
-                return str(folder)
-        except (OSError, ValueError):
-            pass
-    write_phantom_dataset("two_modality", folder, num, seed=seed, overwrite=True, spatial_size=size)
-    return str(folder)
-
-
-def _group_of(stem: str) -> str:
-    """Items named ``<group>__<rest>`` (e.g. slices ``<patient>__z070``) belong to ``<group>``; others to themselves."""
-    return stem.split("__", 1)[0]
-
-
-def _image_only_datalist(folder: Path) -> list[dict]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    out = []
-    for p in files:
-        parts = split_name(p.name, IMAGE_EXTENSIONS)
-        if parts is None:
-            raise ValueError(f"'{p}' is not an image file (extensions {list(IMAGE_EXTENSIONS)}); remove it.")
-        out.append({"image": str(p.resolve()), "id": parts[0]})
-    if not out:
-        raise ValueError(f"folder {folder} holds no images.")
-    return out
-
-
-def adaptdiff_split(
-    data_dir: str | os.PathLike,
-    role: str,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    target_fraction: float = 0.5,
-    seed: int = 0,
-    max_items: int | None = None,
-) -> list[dict]:
-    """One role of a fixed, seeded split of an AdaptDiff data folder (see :func:`adaptdiff_data_dir`).
-
-    Items are grouped by id (``<group>__<rest>`` ids, e.g. the slices of one patient, form one group) and every group
-    goes to one role only, so no anatomy is seen both labelled and unlabelled, or in training and test:
-
-    - ``"target_test"``: ``test_fraction`` of the target groups that have masks (final numbers only);
-    - ``"target_train"``: unlabelled target images of ``target_fraction`` of the remaining target groups when source and
-      target share ids (the phantoms: one anatomy rendered twice), else of all remaining target groups; no labels;
-    - ``"target_train_labelled"``: the same items with their masks (for the upper bound only);
-    - ``"target_all"``: every target image, without labels (inference);
-    - ``"source_train"`` / ``"source_val"``: labelled source pairs of the groups not used by the target roles, split
-      by ``val_fraction``; ``"source_masks"`` is ``source_train`` (the masks synthesis is conditioned on).
-
-    Args:
-        data_dir: the data folder.
-        role: one of the roles above.
-        val_fraction: validation fraction of the source groups.
-        test_fraction: test fraction of the labelled target groups.
-        target_fraction: share of the non-test groups used as unlabelled target when ids are shared.
-        seed: split seed.
-        max_items: keep the first ``max_items`` items (quick runs).
-    """
-    roles = (
-        "source_train",
-        "source_val",
-        "source_masks",
-        "target_train",
-        "target_train_labelled",
-        "target_test",
-        "target_all",
-    )
-    if role not in roles:
-        raise ValueError(f"role must be one of {roles}, got {role!r}.")
-    root = Path(data_dir)
-    source = paired_image_mask_datalist(root / "source")
-    has_target_masks = (root / "target" / "masks").is_dir()
-    target = (
-        paired_image_mask_datalist(root / "target")
-        if has_target_masks
-        else _image_only_datalist(root / "target" / "images")
-    )
-    for it in source + target:
-        it["group"] = _group_of(it["id"])
-    if role == "target_all":
-        out = [{k: v for k, v in it.items() if k != "label"} for it in target]
-        return out[:max_items] if max_items else out
-    t_groups = sorted({it["group"] for it in target})
-    s_groups = sorted({it["group"] for it in source})
-    shared = bool(set(t_groups) & set(s_groups))
-    rng = np.random.default_rng(seed)
-    test_groups: set[str] = set()
-    if has_target_masks and test_fraction > 0:
-        sp = split_datalist([{"group": g} for g in t_groups], 0.0, test_fraction, seed=rng, group_key="group")
-        test_groups = {e["group"] for e in sp["test"]}
-    rest = [g for g in t_groups if g not in test_groups]
-    if shared:
-        perm = [rest[i] for i in rng.permutation(len(rest))]
-        k = round(target_fraction * len(perm))
-        train_groups = set(perm[:k])
-    else:
-        train_groups = set(rest)
-    used = test_groups | train_groups
-    src = [it for it in source if it["group"] not in used]
-    if not src:
-        raise ValueError(
-            f"no source group left in {root} after the target roles; lower target_fraction / test_fraction."
-        )
-    sp = split_datalist(src, val_fraction, 0.0, seed=seed, group_key="group")
-    if role == "target_test":
-        out = [it for it in target if it["group"] in test_groups]
-    elif role == "target_train":
-        out = [{k: v for k, v in it.items() if k != "label"} for it in target if it["group"] in train_groups]
-    elif role == "target_train_labelled":
-        if not has_target_masks:
-            raise ValueError(f"{root}/target has no masks/; the labelled target role (upper bound) needs them.")
-        out = [it for it in target if it["group"] in train_groups]
-    elif role in ("source_train", "source_masks"):
-        out = sp["training"]
-    else:
-        out = sp["validation"]
-    if not out:
-        hint = " (target/masks is missing: no test split)" if role == "target_test" and not has_target_masks else ""
-        raise ValueError(f"the {role!r} role of {root} is empty{hint}; add data or change the fractions.")
-    return out[:max_items] if max_items else out
-
-
-def adaptdiff_transforms(
-    spatial_dims: int = 2,
-    image_channels: int = 1,
-    num_classes: int = 1,
-    spatial_size: Sequence[int] | None = None,
-    labelled: bool = True,
-) -> Compose:
-    """The loading pipeline of AdaptDiff data files: image in [0, 1] (+ label map), invertible (``Invertd``).
-
-    2D: :func:`~monai_genaug.data.pipelines.segmentation_2d_transforms` (8-bit intensities / 255, masks binarised
-    with the "auto" threshold for binary models, label values kept otherwise). 3D:
-    :func:`~monai_genaug.data.pipelines.volume_3d_transforms` on the key ``image`` (percentile scaling to [0, 1],
-    label ``> 0`` for binary models).
-
-    Args:
-        spatial_dims: 2 or 3.
-        image_channels: 1 (grey) or 3 (RGB, 2D only).
-        num_classes: foreground classes K.
-        spatial_size: resize to this size (nearest for labels), or None.
-        labelled: load the ``label`` too.
-    """
-    if spatial_dims == 2:
-        return segmentation_2d_transforms(
-            label_key="label" if labelled else None,
-            spatial_size=spatial_size,
-            rgb=image_channels == 3,
-            mask_threshold="auto" if num_classes == 1 else None,
-            intensity_range=(0.0, 255.0),
-        )
-    if spatial_dims == 3:
-        return volume_3d_transforms(
-            keys=("image",),
-            label_key="label" if labelled else None,
-            image_key=None,
-            spatial_size=spatial_size,
-            axcodes=None,
-            normalise="percentile",
-            label_mode="whole_tumour" if num_classes == 1 else "multiclass",
-        )
-    raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-
-
-def load_pairs(
-    datalist: Sequence[Mapping[str, Any]],
-    spatial_dims: int = 2,
-    image_channels: int = 1,
-    num_classes: int = 1,
-    spatial_size: Sequence[int] | None = None,
-    labelled: bool | None = None,
-) -> list[dict]:
-    """Load a datalist into memory: ``{"image": (C, *spatial) float in [0, 1], "label": (1, *spatial) long, ...}``.
-
-    2D files go through :func:`~monai_genaug.data.pipelines.segmentation_2d_transforms` (8-bit intensities to
-    [0, 1], masks binarised with the "auto" threshold for binary models), 3D NIfTI through
-    :func:`~monai_genaug.data.pipelines.volume_3d_transforms` (percentile scaling to [0, 1]). Other keys (``id``,
-    ``group``) are kept. Labels are checked (:func:`~monai_genaug.utils.labels.check_label_map`).
-
-    Args:
-        datalist: entries with ``image`` (and ``label``) paths.
-        spatial_dims: 2 or 3.
-        image_channels: 1 (grey) or 3 (RGB, 2D only).
-        num_classes: foreground classes K (1: masks binarised).
-        spatial_size: resize to this size (nearest for labels), or None to keep the files' size.
-        labelled: load labels (default: when the entries have ``label``).
-    """
-    items = list(datalist)
-    if not items:
-        raise ValueError("the datalist is empty; nothing to load.")
-    labelled = all("label" in it for it in items) if labelled is None else labelled
-    xform = adaptdiff_transforms(spatial_dims, image_channels, num_classes, spatial_size, labelled)
-    out = []
-    for it in items:
-        d = xform(dict(it))
-        image = torch.as_tensor(d["image"]).float()
-        image = image.as_tensor() if hasattr(image, "as_tensor") else image
-        if image.shape[0] != image_channels:
-            raise ValueError(
-                f"'{it['image']}' loads with {image.shape[0]} channel(s), expected image_channels={image_channels}."
-            )
-        row = {k: v for k, v in it.items() if k not in ("image", "label")}
-        row["image"] = image
-        if labelled:
-            lab = torch.as_tensor(d["label"])
-            lab = lab.as_tensor() if hasattr(lab, "as_tensor") else lab
-            row["label"] = check_label_map(lab[None], num_classes, spatial_dims, name=f"mask of '{it['image']}'")[0]
-        out.append(row)
-    return out
-
-
-def load_pair_folder(
-    folder: str | os.PathLike,
-    spatial_dims: int = 2,
-    image_channels: int = 1,
-    num_classes: int = 1,
-    spatial_size: Sequence[int] | None = None,
-) -> list[dict]:
-    """Load the pairs of a folder written by :func:`write_pairs` (pseudo-labels, synthetic pairs) into memory.
-
-    Raises:
-        FileNotFoundError: the folder (or its ``images/`` / ``masks/``) does not exist: run the stage that writes it.
-        ValueError: the folder was written for another number of classes.
-    """
-    root = Path(folder)
-    if not (root / "images").is_dir() or not (root / "masks").is_dir():
-        raise FileNotFoundError(
-            f"'{root}' holds no images/ + masks/ pairs; run the stage that writes it first (pseudo_label.json for "
-            "pseudo-labels, synthesize.json for synthetic pairs)."
-        )
-    manifest = root / "pairs.json"
-    if manifest.is_file():
-        k = json.loads(manifest.read_text()).get("num_classes")
-        if k is not None and int(k) != int(num_classes):
-            raise ValueError(f"'{root}' holds {k}-class masks but num_classes={num_classes}.")
-    return load_pairs(paired_image_mask_datalist(root), spatial_dims, image_channels, num_classes, spatial_size)
-
-
-def make_loader(
-    items: Sequence[Mapping[str, Any]],
-    transform: Any | None = None,
-    batch_size: int = 8,
-    shuffle: bool = True,
-    seed: int = 0,
-) -> DataLoader:
-    """A MONAI ``DataLoader`` over in-memory items with a seeded shuffle and seeded random transforms."""
-    if not len(items):
-        raise ValueError("cannot build a loader over an empty item list.")
-    if transform is not None and hasattr(transform, "set_random_state"):
-        transform.set_random_state(seed)
-    ds = Dataset(data=list(items), transform=transform)
-    return DataLoader(
-        ds,
-        batch_size=int(batch_size),
-        shuffle=shuffle,
-        num_workers=0,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
-    )
-
-
-def evaluate_segmenters(
-    paths: Mapping[str, str | os.PathLike],
-    items: Sequence[Mapping[str, Any]],
-    output_file: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    batch_size: int = 8,
-    inferer: Inferer | None = None,
-) -> dict[str, Any]:
-    """Bundle stage "evaluate": Dice of several saved segmenters on labelled target items; optionally to JSON.
-
-    Args:
-        paths: ``{name: segmenter file}`` (e.g. ``{"source_only": ..., "adaptdiff": ...}``); missing files raise.
-        items: loaded labelled target items (:func:`load_pairs`).
-        output_file: JSON file of the results, or None.
-        device: device.
-        batch_size: evaluation batch size.
-        inferer: MONAI inferer.
-    """
-    results: dict[str, Any] = {}
-    loader = make_loader(items, None, batch_size, shuffle=False)
-    group_key = "group" if all("group" in it for it in items) else None
-    for name, path in paths.items():
-        net = load_segmenter(path)
-        k = int(net.segmenter_config["num_classes"])
-        results[name] = evaluate_segmentation(net, loader, k, device, inferer, group_key=group_key)
-        results[name]["path"] = str(path)
-        logger.info(
-            f"{name}: mean Dice {results[name]['mean_dice']:.4f}, global Dice {results[name]['global_dice']:.4f}"
-        )
-    if output_file is not None:
-        atomic_write_bytes(Path(output_file), json.dumps(results, indent=1).encode())
-    return results
