@@ -13,10 +13,8 @@ from monai_genaug.engines.segmentation import build_segmenter, segmenter_config
 from monai_genaug.generative.latent_generator import LatentGenerator
 from monai_genaug.methods.adaptdiff import (
     AdaptDiff,
-    MaskConditionedInputd,
     PseudoLabeler,
     RandIntensityInversiond,
-    RandLabelCorruption,
     adaptdiff_data_dir,
     adaptdiff_generator_config,
     adaptdiff_split,
@@ -127,26 +125,6 @@ def test_pseudo_labels_threshold_empty_set_and_bad_target():
         ad.synthesize(torch.zeros(1, 1, 8, 8, dtype=torch.long))
 
 
-def test_label_corruption_is_seeded_and_does_what_it_says():
-    lab = torch.zeros(1, 32, 32, dtype=torch.long)
-    lab[:, 8:24, 8:24] = 1
-    assert torch.equal(RandLabelCorruption()(lab), lab)
-    assert RandLabelCorruption(erosion=2)(lab).sum() == 12 * 12
-    assert RandLabelCorruption(dilation=1)(lab).sum() == 18 * 18
-    drop = RandLabelCorruption(dropout=0.5, block_size=4).set_random_state(0)(lab)
-    assert 0 < drop.sum() < lab.sum() and (drop <= lab).all()
-    a = RandLabelCorruption(fp_rate=0.1, fn_rate=0.2).set_random_state(1)(lab)
-    b = RandLabelCorruption(fp_rate=0.1, fn_rate=0.2).set_random_state(1)(lab)
-    assert torch.equal(a, b)
-    fn = ((lab == 1) & (a == 0)).sum() / lab.sum()
-    fp = ((lab == 0) & (a == 1)).sum() / (lab == 0).sum()
-    assert 0.1 < fn < 0.3 and 0.05 < fp < 0.15
-    with pytest.raises(ValueError, match="fp_rate"):
-        RandLabelCorruption(fp_rate=1.5)
-    with pytest.raises(ValueError, match="binary"):
-        RandLabelCorruption()(lab * 255)
-
-
 def test_intensity_augmentations():
     x = {"image": torch.linspace(0, 1, 16).view(1, 4, 4)}
     assert torch.allclose(RandIntensityInversiond("image", prob=1.0)(x)["image"], 1 - x["image"])
@@ -159,14 +137,6 @@ def test_intensity_augmentations():
     )
     z = finetune_augmentation().set_random_state(0)(dict(x))["image"]
     assert z.shape == (1, 4, 4) and z.min() >= 0 and z.max() <= 1
-
-
-def test_mask_conditioned_input():
-    d = MaskConditionedInputd()({"image": torch.full((1, 4, 4), 0.25), "label": torch.ones(1, 4, 4)})
-    assert torch.allclose(d["image"], torch.full((1, 4, 4), -0.5)) and d["seg"].shape == (2, 4, 4)
-    assert d["seg"][1].eq(1).all()
-    with pytest.raises(ValueError, match="spatial size"):
-        MaskConditionedInputd()({"image": torch.zeros(1, 4, 4), "label": torch.zeros(1, 2, 2)})
 
 
 def _scanner_shift(image: np.ndarray, g: torch.Generator) -> torch.Tensor:
