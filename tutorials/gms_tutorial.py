@@ -41,7 +41,7 @@ from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from monai.utils import set_determinism
 
-from monai_genaug.engines.gms import (
+from monai_genaug.methods.gms import (
     create_gms_autoencoder_trainer,
     create_gms_trainer,
     gms_data_dir,

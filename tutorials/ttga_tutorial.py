@@ -53,13 +53,13 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose
 from monai.utils import set_determinism
 
-from monai_genaug.bundle.data import add_constant_keys
-from monai_genaug.bundle.evaluation import case_metrics
-from monai_genaug.bundle.weights import load_generator, load_network_weights
-from monai_genaug.bundle.writers import TTGAPictureSaver
+from monai_genaug.data.bundle import add_constant_keys
+from monai_genaug.metrics.cases import case_metrics
+from monai_genaug.generative.weights import load_generator, load_network_weights
+from monai_genaug.handlers.writers import TTGAPictureSaver
 from monai_genaug.data.phantoms import make_endoscopy_phantoms, make_grey_phantoms
 from monai_genaug.inferers.generative_tta import GenerativeTTAInferer
-from monai_genaug.methods.ttga_adaptation import (
+from monai_genaug.methods.ttga import (
     DetailPreservingTTGAAugmenter,
     prepare_lora_adaptation,
     train_ttga_generator,

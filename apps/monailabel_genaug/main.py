@@ -32,7 +32,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.utils.others.generic import strtobool
 
-from monai_genaug.bundle.monailabel import GenAugInferTask
+from monai_genaug.apps.monailabel import GenAugInferTask
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ OPTIONS = {"ttga": ["num_views", "view_seed", "max_iterations"]}
 
 
 class GenAugApp(MONAILabelApp):
-    """Serves local monai_genaug bundles through :class:`~monai_genaug.bundle.monailabel.GenAugInferTask`."""
+    """Serves local monai_genaug bundles through :class:`~monai_genaug.apps.monailabel.GenAugInferTask`."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         repo = Path(app_dir).resolve().parents[1]
