@@ -91,7 +91,7 @@ class ValidateImaged(MapTransform):
         t = convert_to_tensor(img, track_meta=False)
         sd = t.ndim - 1
         if sd != self.spatial_dims:
-            other = "configs/inference_3d.json" if sd == 3 else "configs/inference.json"
+            other = "configs/inference.json + configs/inference_3d.json" if sd == 3 else "configs/inference.json"
             what = {2: "a 2D image", 3: "a 3D volume"}.get(sd, f"a {sd}-dimensional array of shape {tuple(t.shape)}")
             raise ValueError(
                 f"{name} is {what} (channel-first shape {tuple(t.shape)}), but {self.config_name} is "

@@ -58,7 +58,7 @@ def test_ttga_kvasir_two_images(kvasir_dir, tmp_path, bundle_tools):
 @pytest.mark.slow
 def test_ttga_brats_one_case(brats_dir, tmp_path, bundle_tools):
     out = tmp_path / "ttga_brats"
-    bundle_tools.run("bundles/ttga/configs/inference_3d.json", "--dataset_dir", str(brats_dir), "--output_dir",
+    bundle_tools.run(["bundles/ttga/configs/inference.json", "bundles/ttga/configs/inference_3d.json"], "--dataset_dir", str(brats_dir), "--output_dir",
                      str(out), "--max_items", "1", *bundle_tools.ttga_views_cli)
     (row,) = _rows(out / "metrics.csv")
     flair = next((brats_dir / row["id"]).glob("Flair*.nii.gz"))
@@ -103,7 +103,7 @@ def test_gms_brats_one_case(brats_dir, tmp_path, bundle_tools, num_classes):
     model only checks the plumbing: label values, grid, affine and per-class metric rows."""
     model = _tiny_gms_3d(tmp_path / "model.pt", num_classes)
     out = tmp_path / "out"
-    bundle_tools.run("bundles/gms/configs/inference_3d.json", "--dataset_dir", str(brats_dir), "--output_dir", str(out),
+    bundle_tools.run(["bundles/gms/configs/inference.json", "bundles/gms/configs/inference_3d.json"], "--dataset_dir", str(brats_dir), "--output_dir", str(out),
                      "--model_path", str(model), "--spatial_size", "[16,16,16]", "--max_items", "1")
     (label,) = sorted((out / "labels").rglob("*.nii.gz"))
     flair = next((brats_dir / label.parent.name).glob("Flair*.nii.gz"))

@@ -65,13 +65,16 @@ def test_configs_wire_only_package_and_monai_objects():
     from monai.bundle import ConfigParser
 
     for name in ("train.json", "evaluate.json", "inference.json", "inference_3d.json"):
-        config = json.loads((CONFIGS / name).read_text())
+        names = ["inference.json", name] if name == "inference_3d.json" else [name]  # 3D: an override of the 2D config
+        config = ConfigParser.load_config_files([str(CONFIGS / n) for n in names])
         assert config["bundle_root"] == "bundles/gms" and config["dataset_dir"] is None
         for target in _targets(config, []):
             assert target.startswith("monai_genaug.") or "." not in target, (name, target)
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_3d.json")])
     assert parser["spatial_dims"] == 3 and parser["train"]["trainer"]["max_epochs"] == "@epochs"
+    override = json.loads((CONFIGS / "inference_3d.json").read_text())
+    assert len(override) < 20 and "network_def" not in override and override["spatial_dims"] == 3
 
 
 def test_default_weights_load_and_segment():
@@ -107,7 +110,8 @@ def test_inference_2d_on_embedded_default(tmp_path):
 def test_inference_3d_on_embedded_default(tmp_path):
     import nibabel as nib
 
-    _run("--config_file", "bundles/gms/configs/inference_3d.json", "--output_dir", str(tmp_path), "--num_phantoms", "5",
+    _run("--config_file", "['bundles/gms/configs/inference.json','bundles/gms/configs/inference_3d.json']",
+         "--output_dir", str(tmp_path), "--num_phantoms", "5",
          "--max_items", "1")
     (label,) = sorted((tmp_path / "labels").rglob("*.nii.gz"))
     case = label.parent.name  # labels/<case>/Flair_seg.nii.gz

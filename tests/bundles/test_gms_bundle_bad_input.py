@@ -27,7 +27,7 @@ def mri4(tmp_path_factory):
 
 def test_labels_outside_the_model_classes(mri4, bundle_tools):
     # the shipped 3D model has 3 tumour classes
-    data = bundle_tools.parser("gms", "inference_3d.json", dataset_dir=str(mri4), split="training",
+    data = bundle_tools.parser("gms", "inference.json", "inference_3d.json", dataset_dir=str(mri4), split="training",
                                spatial_size=[16, 16, 16]).get_parsed_content("dataset")
     _expect(bundle_tools, r"OTMultiClass.*holds labels \[4\] outside the declared labels 0..3.*--num_classes 4",
             lambda: data[0])
@@ -38,7 +38,7 @@ def test_multiclass_mask_into_a_binary_model_is_whole_tumour(mri4, tmp_path, bun
 
     torch.manual_seed(0)
     GMSSegmenter.from_config(gms_config("tiny", 3, 2, 1)).save(tmp_path / "binary.pt")
-    item = bundle_tools.parser("gms", "inference_3d.json", dataset_dir=str(mri4), split="training",
+    item = bundle_tools.parser("gms", "inference.json", "inference_3d.json", dataset_dir=str(mri4), split="training",
                                model_path=str(tmp_path / "binary.pt"), spatial_size=[16, 16, 16]
                                ).get_parsed_content("dataset")[0]
     assert set(item["label"].unique().tolist()) == {0.0, 1.0}
@@ -55,6 +55,6 @@ def test_size_the_autoencoder_cannot_take_and_missing_model(tmp_path, bundle_too
     parser = bundle_tools.parser("gms", "inference.json", spatial_size=[62, 62])
     _expect(bundle_tools, r"spatial_size \(62, 62\) is not a multiple of .* factor 4.*--spatial_size \"\[64, 64\]\"",
             lambda: parser.get_parsed_content("preprocessing"))
-    missing = bundle_tools.parser("gms", "inference_3d.json", model_path=str(tmp_path / "none.pt"))
+    missing = bundle_tools.parser("gms", "inference.json", "inference_3d.json", model_path=str(tmp_path / "none.pt"))
     _expect(bundle_tools, r"none.pt' does not exist.*train.json.*train_3d.json",
             lambda: missing.get_parsed_content("network_def"))

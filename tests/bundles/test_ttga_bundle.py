@@ -61,6 +61,12 @@ def _error(fn) -> str:
     raise AssertionError("no exception was raised")
 
 
+def _merged(name: str) -> dict:
+    """The config a documented command runs: ``inference_3d.json`` is an override of ``inference.json``."""
+    names = ["inference.json", name] if name == "inference_3d.json" else [name]
+    return ConfigParser.load_config_files([str(CONFIGS / n) for n in names])
+
+
 def _parser(*names: str, **overrides) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / n) for n in names])
@@ -87,14 +93,18 @@ def test_layout_metadata_and_configs():
         assert command in readme, command
     for name in ("inference.json", "inference_3d.json", "train_generator.json", "train_lora.json",
                  "train_segmenter.json"):
-        config = json.loads((CONFIGS / name).read_text())
+        config = _merged(name)
         assert config["bundle_root"] == "bundles/ttga" and config["dataset_dir"] is None, name
         for key in ("output_dir", "device", "amp", "seed"):
             assert key in config, (name, key)
         for target in _targets(config, []):
             assert target.startswith(("monai_genaug.", "torch.")) or "." not in target, (name, target)
     for name in ("inference.json", "inference_3d.json"):  # MONAI Label's BundleInferTask needs these IDs
-        config = json.loads((CONFIGS / name).read_text())
+        config = _merged(name)
+    # the 3D config is a short override of the 2D one (as train_3d.json): only 3D settings, no copied wiring
+    override = json.loads((CONFIGS / "inference_3d.json").read_text())
+    assert len(override) < 30 and "network_def" not in override and "evaluator" not in override
+    assert _merged("inference_3d.json")["inner_inferer"]["_target_"] == "SlidingWindowInferer"
         assert {"network_def", "inferer", "preprocessing", "postprocessing", "evaluator", "initialize", "run"} <= set(config)
 
 
@@ -103,7 +113,7 @@ def test_verify_net_in_out_for_both_segmenters():
 
     meta = str(CONFIGS / "metadata.json")
     verify_net_in_out("network_def", meta_file=meta, config_file=str(CONFIGS / "inference.json"), device="cpu", n=8)
-    verify_net_in_out("network_def", meta_file=meta, config_file=str(CONFIGS / "inference_3d.json"), device="cpu", n=4,
+    verify_net_in_out("network_def", meta_file=meta, config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "inference_3d.json")], device="cpu", n=4,
                       **{"_meta_#network_data_format#inputs#image#num_channels": 2,
                          "_meta_#network_data_format#inputs#image#spatial_shape": ["8*n", "8*n", "8*n"]})
 
@@ -128,7 +138,8 @@ def test_inference_2d_default_with_mlflow(tmp_path):
 
 def test_inference_3d_default_writes_nifti_with_input_affine(tmp_path):
     out = tmp_path / "out3d"
-    _run("--config_file", "bundles/ttga/configs/inference_3d.json", "--output_dir", str(out), "--phantom_dir",
+    _run("--config_file", "['bundles/ttga/configs/inference.json','bundles/ttga/configs/inference_3d.json']",
+         "--output_dir", str(out), "--phantom_dir",
          str(tmp_path / "phantoms"), *TINY)
     rows = _rows(out / "metrics.csv")
     cid = rows[0]["id"]
@@ -151,7 +162,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     three_d = write_phantom_dataset("mri", tmp_path / "mri", 3, spatial_size=(16, 16, 16))
     # a 2D folder into the 3D bundle and the reverse
     _expect("2D images/ \\+ masks/ folder.*configs/inference.json",
-            lambda: _parser("inference_3d.json", dataset_dir=str(two_d)).get_parsed_content("datalist"))
+            lambda: _parser("inference.json", "inference_3d.json", dataset_dir=str(two_d)).get_parsed_content("datalist"))
     _expect("no images/ folder.*inference_3d.json",
             lambda: _parser("inference.json", dataset_dir=str(three_d)).get_parsed_content("datalist"))
     # missing weights name the train config that makes them
@@ -164,9 +175,9 @@ def test_bad_inputs_give_clear_errors(tmp_path):
             lambda: _parser("inference.json", image_channels=1).get_parsed_content("generator"))
     gen2d = str(BUNDLE / "models" / "generator.pt")
     _expect("2D but this config is 3D",
-            lambda: _parser("inference_3d.json", generator_path=gen2d).get_parsed_content("generator"))
+            lambda: _parser("inference.json", "inference_3d.json", generator_path=gen2d).get_parsed_content("generator"))
     # multi-class labels for a segmenter with 2 output channels
-    multi = _parser("inference_3d.json", dataset_dir=str(three_d), label_mode="multiclass", split="all")
+    multi = _parser("inference.json", "inference_3d.json", dataset_dir=str(three_d), label_mode="multiclass", split="all")
     _expect("output channels \\(classes 0..1\\)", lambda: multi.get_parsed_content("dataset")[0])
     # constant and too small images
     bad = tmp_path / "bad"
@@ -184,7 +195,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         arr = np.random.default_rng(1).random((8, 8, 8)).astype(np.float32)
         arr[0, 0, 0] = np.nan
         nib.save(nib.Nifti1Image(arr, np.eye(4)), str(nan_case / f"{name}.nii.gz"))
-    data3 = _parser("inference_3d.json", dataset_dir=str(tmp_path / "nan"), split="all",
+    data3 = _parser("inference.json", "inference_3d.json", dataset_dir=str(tmp_path / "nan"), split="all",
                     patterns={"flair": "Flair*", "t1c": "T1c*"}).get_parsed_content("dataset")
     _expect("Flair.nii.gz' contains 2 NaN", lambda: data3[0])
 

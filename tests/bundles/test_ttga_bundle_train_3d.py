@@ -26,7 +26,7 @@ def test_train_generator_3d(common, bundle_tools):
     bundle_tools.run(["bundles/ttga/configs/train_generator.json", OVERLAY], "--output_dir",
                      str(work / "train_generator_3d"), "--generator_path", str(path), *args, *GENERATOR_3D,
                      "--autoencoder_epochs", "1", "--epochs", "1")
-    augmenter = bundle_tools.parser("ttga", "inference_3d.json", generator_path=str(path), spatial_size=[16, 16, 16],
+    augmenter = bundle_tools.parser("ttga", "inference.json", "inference_3d.json", generator_path=str(path), spatial_size=[16, 16, 16],
                                     **bundle_tools.ttga_views).get_parsed_content("augmenter")
     gen = augmenter.generator
     assert (gen.spatial_dims, gen.image_channels, gen.autoencoder_factor) == (3, 2, 2)
@@ -43,7 +43,7 @@ def test_train_segmenter_3d(common, bundle_tools):
     bundle_tools.run(["bundles/ttga/configs/train_segmenter.json", OVERLAY], "--output_dir",
                      str(work / "train_segmenter_3d"), "--model_path", str(model), *args, *bundle_tools.ttga_segmenter,
                      "--epochs", "1")
-    network = bundle_tools.parser("ttga", "inference_3d.json", model_path=str(model), segmenter_channels=[4, 8],
+    network = bundle_tools.parser("ttga", "inference.json", "inference_3d.json", model_path=str(model), segmenter_channels=[4, 8],
                                   segmenter_strides=[2]).get_parsed_content("network")
     with torch.no_grad():
         assert network(torch.rand(1, 2, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
