@@ -40,6 +40,7 @@ from monai.handlers import LrScheduleHandler
 from monai.inferers import SimpleInferer
 from torch import nn
 
+from monai_genaug.generative.ddim import prediction_type_of
 from monai_genaug.handlers.sample_grid import GeneratorSamples
 from monai_genaug.handlers.savers import FinalGeneratorSaver
 from monai_genaug.handlers.ema import EMAHandler
@@ -206,7 +207,7 @@ def create_diffusion_trainer(
             "condition_keys": dict(prepare_batch.condition_keys),
             "condition_dropout": condition_dropout,
             "ema_decay": ema_decay,
-            "prediction_type": str(getattr(generator.scheduler, "prediction_type", "epsilon")),
+            "prediction_type": prediction_type_of(generator.scheduler),
             "num_train_timesteps": prepare_batch.num_train_timesteps,
             "lora": has_lora(generator.unet),
             "amp": amp,

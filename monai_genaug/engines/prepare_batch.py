@@ -33,6 +33,7 @@ import torch
 from monai.engines import DiffusionPrepareBatch
 from torch import nn
 
+from monai_genaug.generative.ddim import prediction_type_of
 from monai_genaug.generative.latent_generator import CONDITION_KEYS
 
 __all__ = ["LatentDiffusionPrepareBatch"]
@@ -126,17 +127,12 @@ class LatentDiffusionPrepareBatch(DiffusionPrepareBatch):
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Regression target for the scheduler's ``prediction_type``: noise, velocity or the clean sample."""
-        prediction_type = str(getattr(self.scheduler, "prediction_type", "epsilon"))  # a str enum in MONAI
+        prediction_type = prediction_type_of(self.scheduler)  # raises on an unsupported type
         if prediction_type == "epsilon":
             return noise
         if prediction_type == "v_prediction":
             return self.scheduler.get_velocity(images, noise, timesteps)
-        if prediction_type == "sample":
-            return images
-        raise ValueError(
-            f"scheduler.prediction_type '{prediction_type}' is not supported; "
-            "use 'epsilon', 'v_prediction' or 'sample'."
-        )
+        return images
 
     def get_latents(
         self, batchdata: Mapping[str, Any], device: torch.device | str | None, non_blocking: bool, **kwargs: Any

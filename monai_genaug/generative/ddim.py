@@ -25,12 +25,34 @@ the clean end of the chain (``a = 1``, or the scheduler's ``final_alpha_cumprod`
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["CLEAN", "alpha_bar", "timestep_path", "to_epsilon_and_x0", "ddim_transition"]
+__all__ = ["CLEAN", "PREDICTION_TYPES", "alpha_bar", "prediction_type_of", "timestep_path", "to_epsilon_and_x0", "ddim_transition"]
 
 #: pseudo-timestep of the clean end of the chain
 CLEAN = -1
+#: the network parameterisations the core converts between (MONAI's ``DDPMPredictionType`` values)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def prediction_type_of(scheduler: Any) -> str:
+    """The prediction type of a scheduler as a plain string (MONAI stores a str enum; absent means ``"epsilon"``).
+
+    The one place the package normalises it: the sampler, the inversion, the training targets and the trackers all
+    read it through this function.
+
+    Raises:
+        ValueError: a prediction type the core cannot convert (the message lists the supported ones).
+    """
+    value = getattr(scheduler, "prediction_type", None)
+    value = "epsilon" if value is None else str(getattr(value, "value", value))
+    if value not in PREDICTION_TYPES:
+        raise ValueError(
+            f"scheduler.prediction_type '{value}' is not supported; use one of {', '.join(map(repr, PREDICTION_TYPES))}."
+        )
+    return value
 
 
 def alpha_bar(scheduler: torch.nn.Module, timestep: int) -> float:

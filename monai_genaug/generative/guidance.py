@@ -30,7 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from monai_genaug.generative.latent_generator import LatentGenerator, concat_conditions
+from monai_genaug.generative.latent_generator import concat_conditions
+from monai_genaug.generative.protocols import DiffusionModel
 
 __all__ = ["Guidance", "NoGuidance", "ClassifierFreeGuidance", "MultiConditionGuidance", "ClassifierGuidance"]
 
@@ -55,7 +56,7 @@ class Guidance:
     gradient (classifier guidance). :meth:`predict` is what the sampler and the inversion call.
     """
 
-    def branches(self, generator: LatentGenerator, condition: Condition | None, batch_size: int) -> list[Condition]:
+    def branches(self, generator: DiffusionModel, condition: Condition | None, batch_size: int) -> list[Condition]:
         """Resolved condition of every branch (each with ``batch_size`` entries)."""
         return [generator.resolve_condition(condition, batch_size)]
 
@@ -64,18 +65,18 @@ class Guidance:
         return outputs[0]
 
     def correct(
-        self, eps: torch.Tensor, x_t: torch.Tensor, timestep: int, a_t: float, generator: LatentGenerator
+        self, eps: torch.Tensor, x_t: torch.Tensor, timestep: int, a_t: float, generator: DiffusionModel
     ) -> torch.Tensor:
         """Optionally modify the noise estimate (default: unchanged)."""
         return eps
 
-    def prepare(self, generator: LatentGenerator, condition: Condition | None, batch_size: int) -> dict:
+    def prepare(self, generator: DiffusionModel, condition: Condition | None, batch_size: int) -> dict:
         """Resolve and stack the branch conditions once per sampling run (not once per step)."""
         branches = self.branches(generator, condition, batch_size)
         return {"num_branches": len(branches), "condition": concat_conditions(branches)}
 
     def predict(
-        self, generator: LatentGenerator, x_t: torch.Tensor, timestep: int, prepared: dict
+        self, generator: DiffusionModel, x_t: torch.Tensor, timestep: int, prepared: dict
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One batched UNet call over all branches; returns (combined output, per-branch outputs)."""
         n = prepared["num_branches"]
@@ -101,7 +102,7 @@ class ClassifierFreeGuidance(Guidance):
         self.scale = float(scale)
         self.null_condition = null_condition
 
-    def branches(self, generator: LatentGenerator, condition: Condition | None, batch_size: int) -> list[Condition]:
+    def branches(self, generator: DiffusionModel, condition: Condition | None, batch_size: int) -> list[Condition]:
         cond = generator.resolve_condition(condition, batch_size)
         if self.scale == 1.0:
             return [cond]
@@ -163,7 +164,7 @@ class MultiConditionGuidance(Guidance):
         s_c = lambda_c - s_i
         return cls([null, prompt, identity], [s_u, s_c, s_i])
 
-    def branches(self, generator: LatentGenerator, condition: Condition | None, batch_size: int) -> list[Condition]:
+    def branches(self, generator: DiffusionModel, condition: Condition | None, batch_size: int) -> list[Condition]:
         out = []
         for c in self.conditions:
             resolved = generator.resolve_condition(c, batch_size)
@@ -209,14 +210,14 @@ class ClassifierGuidance(Guidance):
         self.scale = float(scale)
         self.base = base if base is not None else NoGuidance()
 
-    def branches(self, generator: LatentGenerator, condition: Condition | None, batch_size: int) -> list[Condition]:
+    def branches(self, generator: DiffusionModel, condition: Condition | None, batch_size: int) -> list[Condition]:
         return self.base.branches(generator, condition, batch_size)
 
     def combine(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.base.combine(outputs)
 
     def correct(
-        self, eps: torch.Tensor, x_t: torch.Tensor, timestep: int, a_t: float, generator: LatentGenerator
+        self, eps: torch.Tensor, x_t: torch.Tensor, timestep: int, a_t: float, generator: DiffusionModel
     ) -> torch.Tensor:
         eps = self.base.correct(eps, x_t, timestep, a_t, generator)
         if self.scale == 0.0:

@@ -20,13 +20,14 @@ Both go through the same guidance plug-ins and the same transition formula as :c
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from monai_genaug.generative.ddim import alpha_bar, ddim_transition, to_epsilon_and_x0
+from monai_genaug.generative.ddim import alpha_bar, ddim_transition, prediction_type_of, to_epsilon_and_x0
 from monai_genaug.generative.guidance import Guidance, NoGuidance
-from monai_genaug.generative.latent_generator import LatentGenerator
+from monai_genaug.generative.protocols import DiffusionModel
 
 __all__ = ["inversion_path", "ddim_invert", "predict_epsilon", "ddim_jump"]
 
@@ -49,24 +50,25 @@ def inversion_path(end_timestep: int, num_steps: int | None = None, stride: int 
 
 
 def predict_epsilon(
-    generator: LatentGenerator,
+    generator: DiffusionModel,
     x_t: torch.Tensor,
     timestep: int,
     condition: Mapping[str, torch.Tensor] | None = None,
     guidance: Guidance | None = None,
+    scheduler: Any | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noise estimate, clean estimate) at ``timestep`` through ``guidance`` (gradients flow when enabled)."""
+    """(noise estimate, clean estimate) at ``timestep`` through ``guidance`` (gradients flow when enabled), on
+    ``scheduler`` (default: the model's training schedule)."""
+    scheduler = generator.scheduler if scheduler is None else scheduler
     guidance = guidance if guidance is not None else NoGuidance()
     prepared = guidance.prepare(generator, condition, x_t.shape[0])
     out, _ = guidance.predict(generator, x_t, timestep, prepared)
-    a_t = alpha_bar(generator.scheduler, timestep)
-    prediction_type = getattr(generator.scheduler, "prediction_type", "epsilon")
-    return to_epsilon_and_x0(out, x_t, a_t, getattr(prediction_type, "value", prediction_type))
+    return to_epsilon_and_x0(out, x_t, alpha_bar(scheduler, timestep), prediction_type_of(scheduler))
 
 
 @torch.no_grad()
 def ddim_invert(
-    generator: LatentGenerator,
+    generator: DiffusionModel,
     latents: torch.Tensor,
     end_timestep: int,
     condition: Mapping[str, torch.Tensor] | None = None,
@@ -74,6 +76,7 @@ def ddim_invert(
     num_steps: int | None = None,
     stride: int | None = None,
     progress: bool = False,
+    scheduler: Any | None = None,
 ) -> torch.Tensor:
     """Invert clean latents to noise level ``end_timestep`` with deterministic DDIM steps.
 
@@ -91,21 +94,33 @@ def ddim_invert(
         num_steps: number of inversion steps, or
         stride: distance between inversion steps (TTGA's ``Δf = 10``).
         progress: show a progress bar.
+        scheduler: the noise schedule to invert on (default: the model's training schedule).
     """
+    scheduler = generator.scheduler if scheduler is None else scheduler
     path = inversion_path(end_timestep, num_steps, stride)
     x = latents
     for t, t_next in tqdm(list(zip(path[:-1], path[1:])), desc="inverting", disable=not progress, leave=False):
-        eps, x0 = predict_epsilon(generator, x, t, condition, guidance)
-        x = ddim_transition(x0, eps, alpha_bar(generator.scheduler, t), alpha_bar(generator.scheduler, t_next))
+        eps, x0 = predict_epsilon(generator, x, t, condition, guidance, scheduler=scheduler)
+        x = ddim_transition(x0, eps, alpha_bar(scheduler, t), alpha_bar(scheduler, t_next))
     return x
 
 
 def ddim_jump(
-    generator: LatentGenerator, x_t: torch.Tensor, timestep: int, eps: torch.Tensor, target_timestep: int
+    generator: DiffusionModel | None,
+    x_t: torch.Tensor,
+    timestep: int,
+    eps: torch.Tensor,
+    target_timestep: int,
+    scheduler: Any | None = None,
 ) -> torch.Tensor:
     """Deterministic jump from ``x_t`` at ``timestep`` to ``target_timestep`` (any level, ``-1`` = clean) with one
-    noise estimate ``eps``; differentiable, so TTGA's identity embedding can be optimised through it."""
-    a_t = alpha_bar(generator.scheduler, timestep)
-    a_to = alpha_bar(generator.scheduler, target_timestep)
+    noise estimate ``eps``; differentiable, so TTGA's identity embedding can be optimised through it. The schedule is
+    ``scheduler`` when given, else the model's (``generator`` may be ``None`` when ``scheduler`` is given)."""
+    if scheduler is None:
+        if generator is None:
+            raise ValueError("ddim_jump needs a scheduler or a generator whose scheduler to use.")
+        scheduler = generator.scheduler
+    a_t = alpha_bar(scheduler, timestep)
+    a_to = alpha_bar(scheduler, target_timestep)
     x0 = (x_t - (1.0 - a_t) ** 0.5 * eps) / a_t**0.5
     return ddim_transition(x0, eps, a_t, a_to)

@@ -11,7 +11,7 @@
 """Structural types of the generative core, so the layers below ``methods/`` never import a method.
 
 - :class:`DiffusionModel`: what the sampler, the guidance and the inversion need from a (latent) diffusion model:
-  its denoising network, its conditions and its latent scale. :class:`~monai_genaug.generative.latent_generator.
+  its denoising network, its conditions, its latent scale and its training schedule. :class:`~monai_genaug.generative.latent_generator.
   LatentGenerator` (2D / 3D images) and :class:`~monai_genaug.generative.sequence_generator.SequenceGenerator`
   (2D + t clips, Ctrl-GenAug) both satisfy it.
 - :class:`ViewGenerator`: what the generative TTA transform and inferer need from a test-time view generator
@@ -32,23 +32,28 @@ __all__ = ["DiffusionModel", "ViewGenerator"]
 
 @runtime_checkable
 class DiffusionModel(Protocol):
-    """A diffusion model the core samples from: ``predict(x_t, t, conditions)`` gives the network output for the
-    noisy latents ``x_t`` at timesteps ``t`` under ``conditions`` (``None`` entries: the null condition), in the
-    parameterisation named by ``prediction_type``; ``scale_factor`` scales latents to unit variance (Rombach et al.,
-    arXiv:2112.10752) and ``latent_shape`` gives the latent grid of an input size.
+    """What the sampler, the guidance plug-ins and the inversion need from a diffusion model.
 
-    The noise scheduler is *not* part of the model: it is handed to the sampler and the inversion (as in diffusers),
-    so one model can be sampled on several schedules.
+    ``model(x_t, t, condition)`` returns the network output for noisy samples ``x_t`` at timestep(s) ``t`` under a
+    condition dict; ``resolve_condition`` turns a user condition into the tensors the network takes (missing entries
+    become null), ``null_condition`` gives the unconditional branch of classifier-free guidance (Ho & Salimans,
+    arXiv:2207.12598); ``scale_factor`` is the latent scale (Rombach et al., arXiv:2112.10752), a buffer whose device
+    is the model's; ``scheduler`` is the training noise schedule, used when no other scheduler is handed to the
+    sampler or the inversion (as in diffusers, the schedule to sample on is an argument, not part of the model).
     """
 
+    scheduler: Any
     scale_factor: torch.Tensor
 
-    @property
-    def prediction_type(self) -> str: ...
-
-    def predict(
-        self, x_t: torch.Tensor, t: torch.Tensor, conditions: Mapping[str, Any] | None = None, **kwargs: Any
+    def __call__(
+        self, x_t: torch.Tensor, timesteps: torch.Tensor | int, condition: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor: ...
+
+    def resolve_condition(
+        self, condition: Mapping[str, torch.Tensor] | None, batch_size: int | None = None
+    ) -> dict[str, torch.Tensor]: ...
+
+    def null_condition(self, condition: Mapping[str, torch.Tensor] | None, batch_size: int) -> dict[str, torch.Tensor]: ...
 
 
 @runtime_checkable

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -32,11 +33,12 @@ from monai_genaug.generative.ddim import (
     CLEAN,
     alpha_bar,
     ddim_transition,
+    prediction_type_of,
     timestep_path,
     to_epsilon_and_x0,
 )
 from monai_genaug.generative.guidance import Guidance, NoGuidance
-from monai_genaug.generative.latent_generator import LatentGenerator
+from monai_genaug.generative.protocols import DiffusionModel
 
 __all__ = ["SamplerStep", "DiffusionSampler"]
 
@@ -110,9 +112,13 @@ class DiffusionSampler:
         self.progress = progress
         self.autocast_dtype = autocast_dtype
 
-    def timesteps(self, generator: LatentGenerator, start_timestep: int | None = None) -> list[int]:
-        """The descending timestep path of a run (see :func:`~monai_genaug.generative.ddim.timestep_path`)."""
-        return timestep_path(generator.scheduler.num_train_timesteps, self.num_inference_steps, start_timestep)
+    def timesteps(
+        self, generator: DiffusionModel, start_timestep: int | None = None, scheduler: Any | None = None
+    ) -> list[int]:
+        """The descending timestep path of a run (see :func:`~monai_genaug.generative.ddim.timestep_path`) on
+        ``scheduler`` (default: the model's training schedule)."""
+        scheduler = generator.scheduler if scheduler is None else scheduler
+        return timestep_path(scheduler.num_train_timesteps, self.num_inference_steps, start_timestep)
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None:
@@ -122,7 +128,7 @@ class DiffusionSampler:
     @torch.no_grad()
     def __call__(
         self,
-        generator: LatentGenerator,
+        generator: DiffusionModel,
         x: torch.Tensor | None = None,
         shape: Sequence[int] | None = None,
         condition: Mapping[str, torch.Tensor] | None = None,
@@ -132,11 +138,13 @@ class DiffusionSampler:
         rng: torch.Generator | None = None,
         callback: Callable[[SamplerStep], torch.Tensor | None] | None = None,
         eta: float | None = None,
+        scheduler: Any | None = None,
     ) -> torch.Tensor:
         """Denoise ``x`` (or fresh noise of ``shape``) down the timestep path; returns the final sample (latents).
 
         Args:
-            generator: the :class:`LatentGenerator` (its scheduler gives the noise schedule and prediction type).
+            generator: the diffusion model (:class:`~monai_genaug.generative.protocols.DiffusionModel`: a
+                :class:`~monai_genaug.generative.latent_generator.LatentGenerator` or a sequence generator).
             x: the starting sample at ``start_timestep`` (partial denoising), or ``None`` to start from noise.
             shape: shape of the starting noise when ``x`` is ``None``, e.g. ``(N, *generator.latent_shape(size))``.
             condition: the condition (see :meth:`LatentGenerator.forward`), shared by all samples of the batch.
@@ -147,6 +155,9 @@ class DiffusionSampler:
             rng: the ``torch.Generator`` for the starting noise and the stochastic steps.
             callback: called after every step with a :class:`SamplerStep`; a returned tensor replaces ``x_next``.
             eta: override the sampler's eta for this call.
+            scheduler: the noise schedule to sample on (its ``alphas_cumprod``, ``num_train_timesteps`` and
+                ``prediction_type``; any MONAI scheduler), as diffusers hands a scheduler to its pipelines; default the
+                model's training schedule. A schedule other than the training one is e.g. TTGA's legacy table.
         """
         guidance = guidance if guidance is not None else NoGuidance()
         eta = self.eta if eta is None else float(eta)
@@ -155,12 +166,11 @@ class DiffusionSampler:
             if shape is None:
                 raise ValueError("give the starting sample x or the shape of the starting noise.")
             x = torch.randn(tuple(shape), generator=rng, device="cpu" if rng is None else rng.device).to(device)
-        path = list(timesteps) if timesteps is not None else self.timesteps(generator, start_timestep)
+        scheduler = generator.scheduler if scheduler is None else scheduler
+        path = list(timesteps) if timesteps is not None else self.timesteps(generator, start_timestep, scheduler)
         if len(path) < 2 or any(a <= b for a, b in zip(path[:-1], path[1:])) or path[-1] < CLEAN:
             raise ValueError(f"timesteps must be a strictly descending path ending at >= -1, got {path}.")
-        scheduler = generator.scheduler
-        prediction_type = getattr(scheduler, "prediction_type", "epsilon")
-        prediction_type = getattr(prediction_type, "value", prediction_type)
+        prediction_type = prediction_type_of(scheduler)
         prepared = guidance.prepare(generator, condition, x.shape[0])
         alphas = [alpha_bar(scheduler, t) for t in path]
         steps = range(len(path) - 1)

@@ -101,11 +101,11 @@ def test_layout_metadata_and_configs():
             assert target.startswith(("monai_genaug.", "torch.")) or "." not in target, (name, target)
     for name in ("inference.json", "inference_3d.json"):  # MONAI Label's BundleInferTask needs these IDs
         config = _merged(name)
+        assert {"network_def", "inferer", "preprocessing", "postprocessing", "evaluator", "initialize", "run"} <= set(config)
     # the 3D config is a short override of the 2D one (as train_3d.json): only 3D settings, no copied wiring
     override = json.loads((CONFIGS / "inference_3d.json").read_text())
     assert len(override) < 30 and "network_def" not in override and "evaluator" not in override
     assert _merged("inference_3d.json")["inner_inferer"]["_target_"] == "SlidingWindowInferer"
-        assert {"network_def", "inferer", "preprocessing", "postprocessing", "evaluator", "initialize", "run"} <= set(config)
 
 
 def test_verify_net_in_out_for_both_segmenters():
@@ -113,7 +113,8 @@ def test_verify_net_in_out_for_both_segmenters():
 
     meta = str(CONFIGS / "metadata.json")
     verify_net_in_out("network_def", meta_file=meta, config_file=str(CONFIGS / "inference.json"), device="cpu", n=8)
-    verify_net_in_out("network_def", meta_file=meta, config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "inference_3d.json")], device="cpu", n=4,
+    verify_net_in_out("network_def", meta_file=meta, device="cpu", n=4,
+                      config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "inference_3d.json")],
                       **{"_meta_#network_data_format#inputs#image#num_channels": 2,
                          "_meta_#network_data_format#inputs#image#spatial_shape": ["8*n", "8*n", "8*n"]})
 

@@ -217,3 +217,54 @@ def test_prediction_type_conversion_roundtrip():
     for kind, out in (("epsilon", eps), ("v_prediction", v), ("sample", x0)):
         e, x = to_epsilon_and_x0(out, x_t, a, kind)
         assert torch.allclose(e, eps, atol=1e-5) and torch.allclose(x, x0, atol=1e-5)
+
+
+def test_scheduler_is_handed_to_sampler_and_inversion(prompt_gen):
+    """The schedule to sample / invert on is an argument (as in diffusers): same result as a model carrying it."""
+    import copy
+
+    from monai_genaug.generative.inversion import ddim_invert, ddim_jump, predict_epsilon
+
+    other = DDPMScheduler(1000, schedule="linear_beta", beta_start=1e-3, beta_end=0.03, clip_sample=False)
+    own = prompt_gen.scheduler
+    swapped = copy.deepcopy(prompt_gen)
+    swapped.scheduler = other
+    sampler = DiffusionSampler(num_inference_steps=3, eta=1.0, progress=False)
+    cond = {"prompt": torch.tensor([0, 1])}
+    a = sampler(prompt_gen, shape=(2, 2, 8, 8), condition=cond, rng=torch.Generator().manual_seed(0), scheduler=other)
+    b = sampler(swapped, shape=(2, 2, 8, 8), condition=cond, rng=torch.Generator().manual_seed(0))
+    c = sampler(prompt_gen, shape=(2, 2, 8, 8), condition=cond, rng=torch.Generator().manual_seed(0))
+    assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, c, atol=1e-3)
+    assert prompt_gen.scheduler is own  # the model keeps its training schedule
+    z = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    inv_a = ddim_invert(prompt_gen, z, 300, condition=cond, stride=100, scheduler=other)
+    inv_b = ddim_invert(swapped, z, 300, condition=cond, stride=100)
+    assert torch.allclose(inv_a, inv_b, atol=1e-6)
+    eps, _ = predict_epsilon(prompt_gen, inv_a, 300, cond, scheduler=other)
+    assert torch.allclose(ddim_jump(None, inv_a, 300, eps, -1, scheduler=other), ddim_jump(swapped, inv_a, 300, eps, -1))
+    with pytest.raises(ValueError, match="needs a scheduler"):
+        ddim_jump(None, inv_a, 300, eps, -1)
+
+
+def test_both_generators_satisfy_the_diffusion_model_protocol(prompt_gen):
+    from monai_genaug.generative.protocols import DiffusionModel, ViewGenerator
+    from monai_genaug.generative.sequence_generator import SequenceGenerator
+    from monai_genaug.methods.ctrl_genaug import ctrl_genaug_config
+
+    seq = SequenceGenerator.from_config(ctrl_genaug_config("tiny", num_frames=4))
+    assert isinstance(prompt_gen, DiffusionModel) and isinstance(seq, DiffusionModel)
+    assert not isinstance(nn.Linear(2, 2), DiffusionModel) and not isinstance(prompt_gen, ViewGenerator)
+
+
+def test_prediction_type_is_normalised_in_one_place():
+    from monai_genaug.generative.ddim import prediction_type_of
+
+    assert prediction_type_of(DDPMScheduler(10, prediction_type="v_prediction")) == "v_prediction"
+    assert type(prediction_type_of(DDPMScheduler(10))) is str
+    assert prediction_type_of(object()) == "epsilon"
+
+    class Odd:
+        prediction_type = "flow"
+
+    with pytest.raises(ValueError, match="'flow' is not supported"):
+        prediction_type_of(Odd())

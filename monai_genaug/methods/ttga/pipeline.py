@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import CrossAttentionBlock
 from monai.networks.schedulers import DDPMScheduler
 
-from monai_genaug.generative.ddim import alpha_bar
+from monai_genaug.generative.ddim import alpha_bar, prediction_type_of
 from monai_genaug.generative.guidance import MultiConditionGuidance
 from monai_genaug.generative.inversion import ddim_invert, ddim_jump, predict_epsilon
 from monai_genaug.generative.latent_generator import LatentGenerator
@@ -105,24 +105,6 @@ def ttga_legacy_scheduler(num_train_timesteps: int = 1000, prediction_type: str 
         clip_sample=False,
         prediction_type=prediction_type,
     )
-
-
-class _ScheduleView:
-    """A generator seen through another noise schedule: same networks and conditions, other ``alphas_cumprod``.
-
-    The core functions read ``generator.scheduler``; handing them this view makes them use ``scheduler`` instead,
-    without touching (or copying) the generator.
-    """
-
-    def __init__(self, generator: LatentGenerator, scheduler: Any) -> None:
-        self._generator = generator
-        self.scheduler = scheduler
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._generator, name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self._generator(*args, **kwargs)
 
 
 @dataclass
@@ -385,12 +367,13 @@ class TTGAAugmenter:
             if len(rng_) != 2 or not float(rng_[1]) > float(rng_[0]):
                 raise ValueError(f"{name} must be (min, max) with max > min, got {rng_}.")
         self.generator = generator
-        base_scheduler = generator.scheduler
         if legacy_schedule:
-            pt = getattr(base_scheduler, "prediction_type", "epsilon")
-            scheduler = ttga_legacy_scheduler(base_scheduler.num_train_timesteps, getattr(pt, "value", pt))
-        self._view = _ScheduleView(generator, scheduler) if scheduler is not None else generator
-        self.num_train_timesteps = int(self._view.scheduler.num_train_timesteps)
+            scheduler = ttga_legacy_scheduler(
+                generator.scheduler.num_train_timesteps, prediction_type_of(generator.scheduler)
+            )
+        # handed to the inversion, the jumps and the sampler (the generator keeps its training schedule)
+        self._scheduler = scheduler if scheduler is not None else generator.scheduler
+        self.num_train_timesteps = int(self._scheduler.num_train_timesteps)
         self.tau = self._resolve_tau(tau)
         self.prompt = prompt
         self.null_context_override = null_context
@@ -441,7 +424,7 @@ class TTGAAugmenter:
     @property
     def scheduler(self) -> Any:
         """The noise schedule used for inversion, jumps and sampling."""
-        return self._view.scheduler
+        return self._scheduler
 
     def _resolve_tau(self, tau: int | float) -> int:
         T = self.num_train_timesteps
@@ -589,8 +572,8 @@ class TTGAAugmenter:
     def invert(self, latents: torch.Tensor, prompt_context: torch.Tensor) -> torch.Tensor:
         """DDIM-invert clean latents to ``tau`` conditioned on the prompt (no guidance), stride ``inversion_stride``."""
         return ddim_invert(
-            self._view, latents, self.tau, condition={"context": prompt_context}, stride=self.inversion_stride,
-            progress=self.progress,
+            self.generator, latents, self.tau, condition={"context": prompt_context}, stride=self.inversion_stride,
+            progress=self.progress, scheduler=self.scheduler,
         )
 
     def optimize_identity(
@@ -609,21 +592,23 @@ class TTGAAugmenter:
             a dict with ``identity_context``, ``eps_prompt``, ``eps_id``, ``iterations``, ``initial_loss``,
             ``final_loss`` and ``losses``.
         """
-        gen, tau, g = self._view, self.tau, self.guidance_scale
+        gen, tau, g, sched = self.generator, self.tau, self.guidance_scale, self.scheduler
         threshold = self.early_stop_loss + tau * self.early_stop_tau_factor
         losses: list[float] = []
         with torch.inference_mode(False), torch.enable_grad():
             x_tau = x_tau.detach().clone()
             z0 = z0.detach().clone()
             with torch.no_grad():
-                eps_c, _ = predict_epsilon(gen, x_tau, tau, {"context": prompt_context.detach().clone()})
+                eps_c, _ = predict_epsilon(
+                    gen, x_tau, tau, {"context": prompt_context.detach().clone()}, scheduler=sched
+                )
             emb = null_context.detach().clone().requires_grad_(True)
             optimizer = torch.optim.Adam([emb], lr=self.lr)
 
             def jump_loss(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                eps_i, _ = predict_epsilon(gen, x_tau, tau, {"context": e})
+                eps_i, _ = predict_epsilon(gen, x_tau, tau, {"context": e}, scheduler=sched)
                 eps = eps_i + g * (eps_c - eps_i)
-                return F.mse_loss(ddim_jump(gen, x_tau, tau, eps, 0).float(), z0.float()), eps
+                return F.mse_loss(ddim_jump(gen, x_tau, tau, eps, 0, scheduler=sched).float(), z0.float()), eps
 
             iterations = 0
             for iterations in range(1, self.max_iterations + 1):
@@ -651,7 +636,7 @@ class TTGAAugmenter:
         p = _hash_tensor(torch.as_tensor(prompt)) if isinstance(prompt, torch.Tensor) else repr(prompt)
         n = _hash_tensor(self.null_context_override) if self.null_context_override is not None else "default"
         return repr((p, n, self.tau, self.inversion_stride, self.guidance_scale, self.lr, self.min_iterations,
-                     self.max_iterations, self.early_stop_loss, self.early_stop_tau_factor, id(self._view.scheduler),
+                     self.max_iterations, self.early_stop_loss, self.early_stop_tau_factor, id(self.scheduler),
                      self.intensity_range, self.generator_range, self.working_size, self.pad_mode))
 
     @torch.no_grad()
@@ -703,7 +688,7 @@ class TTGAAugmenter:
     def reconstruct(self, image: torch.Tensor, image_id: str | None = None) -> torch.Tensor:
         """The identity path alone: decode the jump ``x_tau -> 0`` with ``eps_id`` (1, C, *spatial)."""
         state = self.prepare(image, image_id)
-        z = ddim_jump(self._view, state.x_tau, self.tau, state.eps_id, 0)
+        z = ddim_jump(self.generator, state.x_tau, self.tau, state.eps_id, 0, scheduler=self.scheduler)
         return self._from_working(self.generator.decode(z), state.geometry, self._like(image))
 
     @staticmethod
@@ -812,7 +797,7 @@ class TTGAAugmenter:
             raise ValueError(f"num_views must be >= 1, got {n}.")
         rng = self.rng if rng is None else rng
         state = self.prepare(image, image_id, prompt)
-        gen, tau = self._view, self.tau
+        gen, tau, sched = self.generator, self.tau, self.scheduler
         latent_spatial = tuple(state.x_tau.shape[2:])
         lam = self._lambda_i(lambda_i, n).to(self.device)
         guidance = MultiConditionGuidance.ttga(
@@ -851,16 +836,16 @@ class TTGAAugmenter:
                 mask = ((ident & ~to_aug) | (~ident & to_id)).float()
             fractions.append(mask.flatten(1).mean(1).cpu())
             last_mask[0] = mask
-            x_id = ddim_jump(gen, x_tau, tau, eps_id, step.next_timestep)
+            x_id = ddim_jump(gen, x_tau, tau, eps_id, step.next_timestep, scheduler=sched)
             return mask * x_id + (1.0 - mask) * step.x_next
 
         if recorder is not None:
             with recorder:
                 latents = self.sampler(gen, x=x_tau, guidance=guidance, timesteps=path, rng=rng, callback=merge,
-                                       eta=self.eta)
+                                       eta=self.eta, scheduler=sched)
         else:
             latents = self.sampler(gen, x=x_tau, guidance=guidance, timesteps=path, rng=rng, callback=merge,
-                                   eta=self.eta)
+                                   eta=self.eta, scheduler=sched)
         views = self._from_working(self.generator.decode(latents), state.geometry, self._like(image))
         per_step = torch.stack(fractions) if fractions else torch.zeros(len(path) - 1, n)
         out = TTGAOutput(
