@@ -71,19 +71,23 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> list
     return found
 
 
-def upward_imports(path: Path) -> list[str]:
-    """The imports of ``methods/`` in one core file, as ``file:line -> module``."""
+#: the packages below the engines: the building blocks the trainers wire (handlers are attached by the engines)
+BELOW_ENGINES = tuple(sub for sub in CORE if sub not in ("engines", "evaluation"))
+
+
+def upward_imports(path: Path, upper: str = UPPER) -> list[str]:
+    """The imports of ``upper`` (default ``monai_genaug.methods``) in one file, as ``file:line -> module``."""
     module = _module_name(path)
     hits = imported_modules(path.read_text(), module, is_package=path.name == "__init__.py")
     return [
         f"{path.relative_to(PACKAGE.parent)}:{line} -> {name}"
         for line, name in hits
-        if name == UPPER or name.startswith(UPPER + ".")
+        if name == upper or name.startswith(upper + ".")
     ]
 
 
-def core_files() -> list[Path]:
-    return sorted(p for sub in CORE if (PACKAGE / sub).is_dir() for p in (PACKAGE / sub).rglob("*.py"))
+def core_files(packages: tuple[str, ...] = CORE) -> list[Path]:
+    return sorted(p for sub in packages if (PACKAGE / sub).is_dir() for p in (PACKAGE / sub).rglob("*.py"))
 
 
 def test_core_packages_exist():
@@ -95,6 +99,12 @@ def test_core_packages_exist():
 def test_no_core_module_imports_methods():
     bad = [hit for path in core_files() for hit in upward_imports(path)]
     assert not bad, "core modules must not import monai_genaug.methods (move the code up or down):\n" + "\n".join(bad)
+
+
+def test_building_blocks_do_not_import_engines():
+    """handlers, transforms, networks, generative, data ... sit below the engines (no import cycle through them)."""
+    bad = [hit for path in core_files(BELOW_ENGINES) for hit in upward_imports(path, "monai_genaug.engines")]
+    assert not bad, "building blocks must not import monai_genaug.engines:\n" + "\n".join(bad)
 
 
 @pytest.mark.parametrize(

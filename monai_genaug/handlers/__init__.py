@@ -47,6 +47,7 @@ from .savers import (
     FinalGeneratorSaver,
     FinalAutoencoderSaver,
     FinalClassifierSaver,
+    KeepBestAutoencoder,
 )
 from .scale_factor import (
     ScaleFactorInitializer,
@@ -96,6 +97,7 @@ __all__ = [
     "FinalGeneratorSaver",
     "FinalAutoencoderSaver",
     "FinalClassifierSaver",
+    "KeepBestAutoencoder",
     "ScaleFactorInitializer",
     "loss_tracking_handlers",
     "TrackingUnavailableWarning",

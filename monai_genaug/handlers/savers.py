@@ -15,17 +15,19 @@ exception), atomically, on rank 0 under DDP.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 import os
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-import warnings
 
 from ignite.engine import Events
 from torch import nn
 
 from monai_genaug.handlers.ema import EMAHandler
 from monai_genaug.handlers.resume import find_non_finite
+from monai_genaug.handlers.validation import BestModelSaver
+from monai_genaug.networks.autoencoder import load_autoencoder, save_autoencoder
 from monai_genaug.networks.lora import has_lora, save_lora
 from monai_genaug.utils.checkpoint import atomic_save, to_json_config
 
@@ -35,6 +37,7 @@ __all__ = [
     "FinalGeneratorSaver",
     "FinalAutoencoderSaver",
     "FinalClassifierSaver",
+    "KeepBestAutoencoder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -209,3 +212,37 @@ class FinalClassifierSaver:
             extra["val_accuracy"] = engine.latest_val_metrics["val_accuracy"]
         self.classifier.save(self.path, extra=extra)
         logger.info(f"saved final classifier '{self.path}'.")
+
+
+class KeepBestAutoencoder:
+    """On ``COMPLETED``: load the best validated autoencoder weights back (if any) and freeze the autoencoder.
+
+    Without a validated best (no ``saver`` or no validation yet) the final weights are written to ``path`` instead,
+    unless the run stopped on a non-finite loss. The file is the :mod:`monai_genaug.networks.autoencoder` format.
+
+    Args:
+        autoencoder: the trained ``AutoencoderKL``.
+        saver: the :class:`~monai_genaug.handlers.validation.BestModelSaver` that wrote ``path``, or None.
+        path: the autoencoder checkpoint.
+        config: the config the autoencoder was built from (kept in the checkpoint).
+    """
+
+    def __init__(
+        self, autoencoder: nn.Module, saver: BestModelSaver | None, path: Path, config: Mapping[str, Any]
+    ) -> None:
+        self.autoencoder = autoencoder
+        self.saver = saver
+        self.path = path
+        self.config = config
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        if self.saver is not None and self.saver.best is not None and self.path.is_file():
+            best, _ = load_autoencoder(self.path, map_location="cpu")
+            self.autoencoder.load_state_dict(best.state_dict())
+        elif not getattr(engine.state, "nan_detected", False):
+            save_autoencoder(self.autoencoder, self.path, self.config)
+        self.autoencoder.requires_grad_(False)
+        self.autoencoder.eval()

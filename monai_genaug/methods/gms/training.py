@@ -40,7 +40,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler, ValidationHandler
 from monai.losses import DiceLoss
@@ -55,8 +54,9 @@ from monai_genaug.engines.workflow import (
     create_supervised_trainer,
     standard_training_handlers,
 )
-from monai_genaug.networks.autoencoder import load_autoencoder, save_autoencoder
+from monai_genaug.networks.autoencoder import save_autoencoder
 from monai_genaug.networks.gms import GMSSegmenter, LatentCache, MaskReconstructor, labels_to_onehot, masks_to_images
+from monai_genaug.handlers.savers import KeepBestAutoencoder
 from monai_genaug.handlers.scale_factor import ScaleFactorInitializer
 from monai_genaug.utils.labels import check_label_map
 
@@ -479,30 +479,6 @@ def create_gms_trainer(
     return trainer
 
 
-class _KeepBestAutoencoder:
-    """On ``COMPLETED``: load the best validated autoencoder weights back (if any) and freeze the autoencoder."""
-
-    def __init__(
-        self, autoencoder: nn.Module, saver: BestModelSaver | None, path: Path, config: Mapping[str, Any]
-    ) -> None:
-        self.autoencoder = autoencoder
-        self.saver = saver
-        self.path = path
-        self.config = config
-
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine) -> None:
-        if self.saver is not None and self.saver.best is not None and self.path.is_file():
-            best, _ = load_autoencoder(self.path, map_location="cpu")
-            self.autoencoder.load_state_dict(best.state_dict())
-        elif not getattr(engine.state, "nan_detected", False):
-            save_autoencoder(self.autoencoder, self.path, self.config)
-        self.autoencoder.requires_grad_(False)
-        self.autoencoder.eval()
-
-
 def create_gms_autoencoder_trainer(
     autoencoder: nn.Module,
     train_loader: Any,
@@ -597,7 +573,7 @@ def create_gms_autoencoder_trainer(
             val_handlers=[saver],
         )
         extra.append(ValidationHandler(interval=val_interval, validator=evaluator, epoch_level=True))
-    extra.append(_KeepBestAutoencoder(autoencoder, saver, path, config))
+    extra.append(KeepBestAutoencoder(autoencoder, saver, path, config))
     trainer = create_autoencoder_trainer(
         autoencoder,
         train_loader,
