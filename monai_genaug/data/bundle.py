@@ -46,6 +46,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
+from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.transforms.validation import ValidateImaged, ValidateLabeld
 from monai_genaug.data.folders import (
     IMAGE_EXTENSIONS,
@@ -73,7 +74,6 @@ __all__ = [
 #: phantom kind written when ``dataset_dir`` is empty
 DEFAULT_PHANTOM_KIND = {2: "endoscopy", 3: "mri"}
 
-_EMPTY = (None, "", "None", "none", "null")
 
 
 def check_layout(data_dir: str | os.PathLike, spatial_dims: int, bundle: str = "this bundle") -> str:
@@ -142,7 +142,7 @@ def bundle_data_dir(
         seed: phantom seed.
         bundle: the bundle config named in error messages.
     """
-    if dataset_dir not in _EMPTY:
+    if not is_empty_path(dataset_dir):
         check_layout(dataset_dir, spatial_dims, bundle)
         return str(Path(dataset_dir).expanduser())
     kind = kind or DEFAULT_PHANTOM_KIND.get(spatial_dims)
@@ -226,7 +226,7 @@ def bundle_datalist(
 
 def has_labels(datalist: Sequence[Mapping[str, Any]], label_key: str = "label") -> bool:
     """True when every entry of the datalist has a label."""
-    return bool(datalist) and all(item.get(label_key) not in _EMPTY for item in datalist)
+    return bool(datalist) and all(not is_empty_path(item.get(label_key)) for item in datalist)
 
 
 def bundle_transforms(
@@ -379,7 +379,7 @@ def gms_data_dir(
     Raises:
         FileNotFoundError: ``dataset_dir`` does not exist.
     """
-    if dataset_dir not in (None, "", "None", "null"):
+    if not is_empty_path(dataset_dir):
         path = Path(dataset_dir).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(

@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,8 @@ from monai.utils import optional_import
 nib, _has_nib = optional_import("nibabel")
 PILImage, _has_pil = optional_import("PIL.Image")
 sitk, _has_sitk = optional_import("SimpleITK")
+
+from monai_genaug.utils.io import atomic_write_text
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -782,19 +783,7 @@ def write_datalist(
     except TypeError as e:
         raise TypeError(f"the datalist holds a value that is not JSON-serialisable: {e}") from e
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text + "\n")
 
 
 def load_datalist(

@@ -54,6 +54,7 @@ from monai_genaug.engines.workflow import (
     standard_training_handlers,
 )
 from monai_genaug.utils.checkpoint import (
+    register_checkpoint_format,
     atomic_save,
     check_state_dict_compatible,
     load_checkpoint,
@@ -76,7 +77,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SEGMENTER_FORMAT = "monai_genaug.Segmenter"
+SEGMENTER_FORMAT = register_checkpoint_format(
+    "monai_genaug.Segmenter", "segmenter", "save segmenters with monai_genaug.engines.segmentation.save_segmenter()"
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,12 +212,7 @@ def load_segmenter(
     """
     if made_by and not Path(path).is_file():
         raise FileNotFoundError(f"segmenter file '{path}' does not exist. It is written by: {made_by}")
-    ckpt = load_checkpoint(path, map_location=map_location)
-    if not isinstance(ckpt, Mapping) or ckpt.get("format") != SEGMENTER_FORMAT:
-        raise ValueError(
-            f"'{path}' is not a segmenter checkpoint (expected format '{SEGMENTER_FORMAT}'); save segmenters with "
-            "monai_genaug.engines.segmentation.save_segmenter()."
-        )
+    ckpt = load_checkpoint(path, map_location=map_location, expected_format=SEGMENTER_FORMAT)
     net = build_segmenter(ckpt["config"])
     check_state_dict_compatible(net, ckpt["state_dict"], name=str(path))
     net.load_state_dict(ckpt["state_dict"])

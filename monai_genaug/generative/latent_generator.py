@@ -47,6 +47,7 @@ from monai_genaug.networks.conditioning import PromptEmbedding
 from monai_genaug.networks.lora import apply_lora, get_lora_config, has_lora
 from monai_genaug.networks.sd.networks import AUTOENCODER_TYPES, SDDiffusionModelUNet
 from monai_genaug.utils.checkpoint import (
+    register_checkpoint_format,
     atomic_save,
     check_state_dict_compatible,
     load_checkpoint,
@@ -62,7 +63,9 @@ __all__ = [
 ]
 
 CONDITION_KEYS = ("prompt", "context", "class_labels", "seg", "concat")
-CHECKPOINT_FORMAT = "monai_genaug.LatentGenerator"
+CHECKPOINT_FORMAT = register_checkpoint_format(
+    "monai_genaug.LatentGenerator", "LatentGenerator", "save generators with LatentGenerator.save()"
+)
 _UNETS = {
     "DiffusionModelUNet": DiffusionModelUNet,
     "SPADEDiffusionModelUNet": SPADEDiffusionModelUNet,
@@ -375,12 +378,7 @@ class LatentGenerator(nn.Module):
     @classmethod
     def load(cls, path: str, map_location: str | torch.device | None = "cpu") -> LatentGenerator:
         """Rebuild a generator from a checkpoint written by :meth:`save` (``weights_only=True``)."""
-        ckpt = load_checkpoint(path, map_location=map_location)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"'{path}' is not a LatentGenerator checkpoint (expected format '{CHECKPOINT_FORMAT}'); "
-                "save generators with LatentGenerator.save()."
-            )
+        ckpt = load_checkpoint(path, map_location=map_location, expected_format=CHECKPOINT_FORMAT)
         gen = cls.from_config(ckpt["config"])
         check_state_dict_compatible(gen, ckpt["state_dict"], name=str(path))
         gen.load_state_dict(ckpt["state_dict"])

@@ -25,6 +25,7 @@ from typing import Any
 from monai.networks.schedulers import DDPMScheduler
 import torch
 
+from monai_genaug.utils.io import atomic_write_text
 from monai_genaug.generative.latent_generator import LatentGenerator
 from monai_genaug.networks.autoencoder import save_autoencoder
 from monai_genaug.networks.sd.configs import SDImportError, scheduler_config_from_diffusers
@@ -188,10 +189,7 @@ def save_converted(
         "scale_factor": models.scale_factor,
         "notes": notes,
     }
-    tmp = out / ".conversion.json.tmp"
-    tmp.write_text(json.dumps(to_json_config(report), indent=2))
-    os.replace(tmp, out / "conversion.json")
-    written["report"] = out / "conversion.json"
+    written["report"] = atomic_write_text(out / "conversion.json", json.dumps(to_json_config(report), indent=2))
     return written
 
 

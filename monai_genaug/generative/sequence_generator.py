@@ -30,7 +30,13 @@ from torch import nn
 
 from monai_genaug.networks.motion_encoder import MotionEncoder, check_motion
 from monai_genaug.networks.sequence_unet import ImagePriorTokenizer, SequenceDiffusionUNet
-from monai_genaug.utils.checkpoint import atomic_save, check_state_dict_compatible, load_checkpoint, to_json_config
+from monai_genaug.utils.checkpoint import (
+    atomic_save,
+    check_state_dict_compatible,
+    load_checkpoint,
+    register_checkpoint_format,
+    to_json_config,
+)
 
 __all__ = [
     "CTRL_CONDITION_KEYS",
@@ -41,7 +47,9 @@ __all__ = [
 
 #: the conditions of a sequence generator
 CTRL_CONDITION_KEYS = ("class_labels", "prior", "motion")
-SEQUENCE_GENERATOR_FORMAT = "monai_genaug.SequenceGenerator"
+SEQUENCE_GENERATOR_FORMAT = register_checkpoint_format(
+    "monai_genaug.SequenceGenerator", "sequence generator", "save with SequenceGenerator.save()"
+)
 class SequenceGenerator(nn.Module):
     """Sequence diffusion model + scheduler + condition encoders, usable by the package's :class:`DiffusionSampler`.
 
@@ -138,9 +146,7 @@ class SequenceGenerator(nn.Module):
                 f"sequence generator weights '{path}' not found; train them with the Ctrl-GenAug bundle "
                 "(configs/train_frames.json, then configs/train_clips.json) or pass the right path."
             )
-        ckpt = load_checkpoint(str(path), map_location=map_location)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != SEQUENCE_GENERATOR_FORMAT:
-            raise ValueError(f"'{path}' is not a sequence generator checkpoint; save with SequenceGenerator.save().")
+        ckpt = load_checkpoint(str(path), map_location=map_location, expected_format=SEQUENCE_GENERATOR_FORMAT)
         gen = cls.from_config(ckpt["config"])
         check_state_dict_compatible(gen, ckpt["state_dict"], name=str(path))
         gen.load_state_dict(ckpt["state_dict"])

@@ -41,6 +41,7 @@ from monai.utils import set_determinism
 from torch import nn
 
 from monai_genaug.utils.checkpoint import (
+    register_checkpoint_format,
     CheckpointMismatchError,
     atomic_save,
     check_state_dict_compatible,
@@ -60,7 +61,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: value of the ``format`` entry of a training checkpoint
-CHECKPOINT_FORMAT = "monai_genaug.training_checkpoint.v1"
+CHECKPOINT_FORMAT = register_checkpoint_format(
+    "monai_genaug.training_checkpoint.v1",
+    "monai_genaug training",
+    "delete it or pass resume=False to start a new training",
+)
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -270,12 +275,7 @@ class ResumableCheckpointHandler:
     def load(self, engine, path: str | os.PathLike | None = None) -> dict[str, int]:
         """Restore objects, RNG states and engine counters from ``path`` (default: this handler's file)."""
         path = Path(path) if path is not None else self.path
-        ckpt = load_checkpoint(path)
-        if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"'{path}' is not a monai_genaug training checkpoint (format {CHECKPOINT_FORMAT}); "
-                "delete it or pass resume=False to start a new training."
-            )
+        ckpt = load_checkpoint(path, expected_format=CHECKPOINT_FORMAT)
         meta = ckpt["engine"]
         state = engine.state
         if (

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import csv
+import gzip
+import io
 import json
 import logging
 import math
@@ -47,9 +49,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from monai_genaug.utils.io import atomic_write, atomic_write_bytes, atomic_write_text
 from monai_genaug.metrics.cases import case_metrics, flip_tta_probabilities
 from monai_genaug.transforms.validation import source_name
 from monai_genaug.metrics.uncertainty import uncertainty_maps
+from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.utils.images import save_image_grid
 
 __all__ = [
@@ -168,11 +172,7 @@ def compose_panel(
 
 
 def _atomic_image(img: Image.Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def _slice_index(volumes: Sequence[np.ndarray | None]) -> int:
@@ -240,10 +240,7 @@ class CaseMapWriter:
         affine = _np(meta.get("affine", np.eye(4))).astype(np.float64)
         data = array.astype(np.uint8) if kind == "label" else array.astype(np.float32)
         path = self.output_dir / f"{stem}.nii.gz"
-        tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-        nib.save(nib.Nifti1Image(data, affine), str(tmp))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_bytes(path, gzip.compress(nib.Nifti1Image(data, affine).to_bytes()))
 
     def __call__(self, engine) -> None:
         for item in engine_items(engine):
@@ -522,16 +519,16 @@ class SegmentationComparisonWriter:
         for r in self.rows:
             cols += [k for k in r if k not in cols]
         path = self.output_dir / self.filename
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            for r in self.rows:
-                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        os.replace(tmp, path)
+        buffer = io.StringIO(newline="")
+        w = csv.DictWriter(buffer, fieldnames=cols)
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        atomic_write_text(path, buffer.getvalue())
         summary = self.summary()
-        (self.output_dir / "summary.json").write_text(
-            json.dumps({"summary": summary, "settings": self.settings}, indent=2, default=str)
+        atomic_write_text(
+            self.output_dir / "summary.json",
+            json.dumps({"summary": summary, "settings": self.settings}, indent=2, default=str),
         )
         if engine is not None:
             for k, v in summary.items():
@@ -562,7 +559,7 @@ def label_map_saver(
         data_root_dir: the data folder; the input's sub-folders below it are kept (``case_0001/Flair_seg.nii.gz``),
             which keeps case folders whose files share a name apart.
     """
-    data_root_dir = "" if data_root_dir in (None, "None") else str(data_root_dir)
+    data_root_dir = "" if is_empty_path(data_root_dir) else str(data_root_dir)
     if spatial_dims == 2:
         saver = SaveImaged(
             keys=key,

@@ -25,8 +25,8 @@ import torch
 from monai.networks.nets import AutoencoderKL
 from torch import nn
 
-from monai_genaug.networks.sd.networks import AUTOENCODER_TYPES
 from monai_genaug.utils.checkpoint import (
+    register_checkpoint_format,
     atomic_save,
     check_state_dict_compatible,
     load_checkpoint,
@@ -42,7 +42,9 @@ __all__ = [
 ]
 
 
-AUTOENCODER_CHECKPOINT_FORMAT = "monai_genaug.AutoencoderKL"
+AUTOENCODER_CHECKPOINT_FORMAT = register_checkpoint_format(
+    "monai_genaug.AutoencoderKL", "AutoencoderKL", "write it with monai_genaug.networks.autoencoder.save_autoencoder()"
+)
 
 # ----------------------------------------------------------------------------------------------------------------
 # the frozen tokenizer
@@ -55,6 +57,8 @@ def build_autoencoder(spatial_dims: int, image_channels: int, **kwargs: Any) -> 
         image_channels: channels of the images (masks are encoded with the same number of channels).
         kwargs: the other ``AutoencoderKL`` arguments (``channels``, ``latent_channels``, ...).
     """
+    from monai_genaug.networks.sd.networks import AUTOENCODER_TYPES  # networks.sd reads this module's format
+
     ae_type = kwargs.pop("type", "AutoencoderKL")  # "SDAutoencoderKL": converted Stable Diffusion VAE
     if ae_type not in AUTOENCODER_TYPES:
         raise ValueError(f"unknown autoencoder type '{ae_type}'; choose one of {sorted(AUTOENCODER_TYPES)}.")
@@ -95,12 +99,7 @@ def load_autoencoder(
     path: str | os.PathLike, map_location: str | torch.device | None = "cpu"
 ) -> tuple[AutoencoderKL, dict[str, Any]]:
     """Rebuild an autoencoder written by :func:`save_autoencoder`; returns ``(autoencoder, config)``."""
-    ckpt = load_checkpoint(path, map_location=map_location)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != AUTOENCODER_CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"'{path}' is not a GMS autoencoder checkpoint (expected format '{AUTOENCODER_CHECKPOINT_FORMAT}'); "
-            "write it with monai_genaug.methods.gms.save_autoencoder()."
-        )
+    ckpt = load_checkpoint(path, map_location=map_location, expected_format=AUTOENCODER_CHECKPOINT_FORMAT)
     cfg = ckpt.get("config") or {}
     missing = [k for k in ("spatial_dims", "image_channels", "autoencoder") if k not in cfg]
     if missing:

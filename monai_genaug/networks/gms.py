@@ -53,6 +53,7 @@ from torch import nn
 from monai_genaug.networks.autoencoder import autoencoder_factor, build_autoencoder
 from monai_genaug.networks.latent_mapping import LatentMappingNet
 from monai_genaug.utils.checkpoint import (
+    register_checkpoint_format,
     atomic_save,
     check_state_dict_compatible,
     load_checkpoint,
@@ -71,7 +72,9 @@ __all__ = [
     "masks_to_images",
 ]
 
-GMS_CHECKPOINT_FORMAT = "monai_genaug.GMSSegmenter"
+GMS_CHECKPOINT_FORMAT = register_checkpoint_format(
+    "monai_genaug.GMSSegmenter", "GMS", "save segmenters with GMSSegmenter.save()"
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -378,12 +381,7 @@ class GMSSegmenter(nn.Module):
         cls, path: str | os.PathLike, map_location: str | torch.device | None = "cpu", include_background: bool = True
     ) -> GMSSegmenter:
         """Rebuild a segmenter from a checkpoint written by :meth:`save` (``weights_only=True``)."""
-        ckpt = load_checkpoint(path, map_location=map_location)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != GMS_CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"'{path}' is not a GMS checkpoint (expected format '{GMS_CHECKPOINT_FORMAT}'); save segmenters with "
-                "GMSSegmenter.save()."
-            )
+        ckpt = load_checkpoint(path, map_location=map_location, expected_format=GMS_CHECKPOINT_FORMAT)
         seg = cls.from_config(ckpt["config"], include_background=include_background)
         check_state_dict_compatible(seg, ckpt["state_dict"], name=str(path))
         seg.load_state_dict(ckpt["state_dict"])

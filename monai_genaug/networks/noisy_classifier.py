@@ -48,6 +48,7 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from monai_genaug.utils.checkpoint import (
+    register_checkpoint_format,
     atomic_save,
     check_state_dict_compatible,
     load_checkpoint,
@@ -56,7 +57,9 @@ from monai_genaug.utils.checkpoint import (
 
 __all__ = ["CLASSIFIER_CHECKPOINT_FORMAT", "AttentionPool", "NoisyLatentClassifier", "classifier_config"]
 
-CLASSIFIER_CHECKPOINT_FORMAT = "monai_genaug.NoisyLatentClassifier"
+CLASSIFIER_CHECKPOINT_FORMAT = register_checkpoint_format(
+    "monai_genaug.NoisyLatentClassifier", "NoisyLatentClassifier", "save classifiers with NoisyLatentClassifier.save()"
+)
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # unit tests: a few ten thousand parameters
@@ -468,11 +471,5 @@ class NoisyLatentClassifier(nn.Module):
 
 
 def _load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict:
-    ckpt = load_checkpoint(path, map_location=map_location)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CLASSIFIER_CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"'{path}' is not a NoisyLatentClassifier checkpoint (expected format '{CLASSIFIER_CHECKPOINT_FORMAT}'); "
-            "save classifiers with NoisyLatentClassifier.save()."
-        )
-    return ckpt
+    return load_checkpoint(path, map_location=map_location, expected_format=CLASSIFIER_CHECKPOINT_FORMAT)
 

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from monai_genaug.utils.io import atomic_write
+
 __all__ = [
+    "CHECKPOINT_FORMATS",
     "atomic_save",
     "load_checkpoint",
+    "register_checkpoint_format",
     "check_state_dict_compatible",
     "CheckpointMismatchError",
     "to_json_config",
@@ -39,8 +42,27 @@ class CheckpointMismatchError(RuntimeError):
     """Raised when a checkpoint does not fit the network it is loaded into."""
 
 
+#: the checkpoint formats of the package: format string -> (what the file holds, how to write one)
+CHECKPOINT_FORMATS: dict[str, tuple[str, str]] = {}
+
+
+def register_checkpoint_format(name: str, what: str, how: str) -> str:
+    """Register a checkpoint format (the ``"format"`` entry of the checkpoint dict) and return its name.
+
+    Args:
+        name: the format string, e.g. ``"monai_genaug.LatentGenerator"``.
+        what: what such a file holds, for messages (``"LatentGenerator"``).
+        how: how to write one, for messages (``"save generators with LatentGenerator.save()"``).
+    """
+    known = CHECKPOINT_FORMATS.get(name)
+    if known is not None and known != (what, how):
+        raise ValueError(f"checkpoint format '{name}' is already registered as {known[0]!r}.")
+    CHECKPOINT_FORMATS[name] = (what, how)
+    return name
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """Save obj with torch.save through a temporary file and an atomic rename.
+    """Save obj with torch.save through a temporary file and an atomic rename (:func:`~monai_genaug.utils.io.atomic_write`).
 
     Args:
         obj: what to save (a dict of state dicts and JSON-serialisable values).
@@ -49,29 +71,43 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     Returns:
         the destination path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict:
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device | None = "cpu",
+    expected_format: str | Sequence[str] | None = None,
+) -> dict:
     """Load a checkpoint written by :func:`atomic_save` with ``weights_only=True``.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where to load the tensors.
+        expected_format: registered format(s) (:func:`register_checkpoint_format`) the file must have; ``None``
+            accepts any readable checkpoint.
 
     Raises:
         FileNotFoundError: the file does not exist (the message names it).
-        ValueError: the file is not a readable checkpoint.
+        ValueError: the file is not a readable checkpoint, or not of ``expected_format`` (the message says what it
+            should hold and how to write one).
     """
+    ckpt = _load(path, map_location)
+    if expected_format is not None:
+        wanted = [expected_format] if isinstance(expected_format, str) else list(expected_format)
+        found = ckpt.get("format") if isinstance(ckpt, Mapping) else None
+        if found not in wanted:
+            what = " / ".join(CHECKPOINT_FORMATS.get(w, (w, ""))[0] for w in wanted)
+            how = "; ".join(h for h in (CHECKPOINT_FORMATS.get(w, ("", ""))[1] for w in wanted) if h)
+            expected = " or ".join(f"'{w}'" for w in wanted)
+            raise ValueError(
+                f"'{path}' is not a {what} checkpoint (expected format {expected}, found {found!r})"
+                + (f"; {how}." if how else ".")
+            )
+    return ckpt
+
+
+def _load(path: str | os.PathLike, map_location: str | torch.device | None) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist; check the path or train the model first.")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,8 @@ import torch
 from monai.utils import optional_import
 
 Image, _ = optional_import("PIL.Image")
+
+from monai_genaug.utils.io import atomic_write
 
 __all__ = [
     "make_image_grid",
@@ -174,19 +175,8 @@ def save_image_grid(
     if path.suffix.lower() != ".png":
         raise ValueError(f"save_image_grid writes PNG files; '{path}' should end with '.png'.")
     grid = make_image_grid(tensor_batch, nrow, normalise, padding, pad_value, sequence_dim, slice_axis)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(grid).save(f, format="PNG")  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
+    return atomic_write(path, lambda f: Image.fromarray(grid).save(f, format="PNG"))
 
 
 def to_unit_range(x: torch.Tensor, value_range: Sequence[float]) -> torch.Tensor:

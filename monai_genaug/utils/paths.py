@@ -15,7 +15,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["SHARED_DATA_ENV", "shared_data_dir"]
+__all__ = ["EMPTY_PATH_VALUES", "SHARED_DATA_ENV", "is_empty_path", "shared_data_dir"]
+
+#: what a bundle config or a command line may give for "no path" (JSON null, an empty string, Python's None as text)
+EMPTY_PATH_VALUES = ("", "none", "null")
+
+
+def is_empty_path(value: str | os.PathLike | None) -> bool:
+    """Whether ``value`` means "no path": ``None``, ``""``, or the words ``None`` / ``null`` (any case, surrounding
+    spaces ignored), as ``--dataset_dir None`` arrives from ``python -m monai.bundle run``. The one such check of the
+    package."""
+    return value is None or str(value).strip().lower() in EMPTY_PATH_VALUES
+
 
 #: environment variable naming the folder with the real data sets (Kvasir-SEG, BRATS, histology)
 SHARED_DATA_ENV = "MONAI_GENAUG_DATA"

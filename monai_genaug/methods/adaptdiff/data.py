@@ -37,6 +37,7 @@ from monai_genaug.data.synthetic import SYNTHETIC_KEY, synthetic_name
 from monai_genaug.engines.segmentation import evaluate_segmentation, load_segmenter
 from monai_genaug.transforms.label_corruption import RandLabelCorruption
 from monai_genaug.transforms.pseudo_label import PseudoLabeler
+from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.utils.images import save_image_grid
 from monai_genaug.utils.io import atomic_write_bytes, nifti_bytes, png_bytes
 from monai_genaug.utils.labels import check_label_map
@@ -252,7 +253,7 @@ def adaptdiff_data_dir(
     Raises:
         FileNotFoundError: ``dataset_dir`` does not exist or lacks ``source/`` / ``target/``.
     """
-    if dataset_dir not in (None, "", "None", "null"):
+    if not is_empty_path(dataset_dir):
         path = Path(dataset_dir).expanduser()
         missing = [p for p in ("source/images", "source/masks", "target/images") if not (path / p).is_dir()]
         if not path.is_dir() or missing:

@@ -92,6 +92,7 @@ from monai_genaug.transforms.intensity import RandIntensityInversiond
 from monai_genaug.transforms.label_corruption import RandLabelCorruption, RandLabelCorruptiond
 from monai_genaug.transforms.pseudo_label import PseudoLabeld, PseudoLabeler
 from monai_genaug.utils.checkpoint import to_json_config
+from monai_genaug.utils.config import merge_config
 from monai_genaug.utils.images import from_unit_range, to_unit_range
 from monai_genaug.utils.labels import check_label_map, labels_to_seg
 
@@ -122,13 +123,6 @@ ADAPTDIFF_SCHEDULE: dict[str, Any] = {
     "beta_start": 1e-4,
     "beta_end": 0.02,
 }
-
-
-def _merge(base: dict, override: Mapping[str, Any]) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def adaptdiff_generator_config(
@@ -171,7 +165,7 @@ def adaptdiff_generator_config(
         beta_end=float(sched.get("beta_end", 0.02)),
     )
     if unet:
-        cfg["unet"] = _merge(cfg["unet"], unet)
+        cfg["unet"] = merge_config(cfg["unet"], unet)
     levels = len(cfg["unet"]["channels"])
     if not attention:
         cfg["unet"]["attention_levels"] = [False] * levels

@@ -27,6 +27,7 @@ import torch
 
 from monai_genaug.networks.autoencoder import load_autoencoder
 from monai_genaug.networks.gms import GMS_CHECKPOINT_FORMAT, GMSSegmenter
+from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.utils.checkpoint import to_json_config
 
 __all__ = [
@@ -188,7 +189,7 @@ def build_gms_segmenter(
         map_location: where the autoencoder weights are loaded.
     """
     config = dict(to_json_config(config))
-    if autoencoder_path in (None, "", "None", "null"):
+    if is_empty_path(autoencoder_path):
         return GMSSegmenter.from_config(config)
     ae, ae_cfg = load_autoencoder(autoencoder_path, map_location=map_location)
     for key in ("spatial_dims", "image_channels", "autoencoder"):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.utils.io import atomic_write_json
 from monai_genaug.data.folders import class_folder_datalist, load_datalist, split_datalist, write_datalist
 from monai_genaug.data.phantoms import write_phantom_dataset
@@ -103,7 +104,7 @@ def prepare_histodiffusion_data(
     if not 0.0 < float(labelled_fraction) <= 1.0:
         raise ValueError(f"labelled_fraction must be in (0, 1], got {labelled_fraction}.")
     output_dir = Path(output_dir).expanduser()
-    if dataset_dir is None or str(dataset_dir) in ("", "None", "null"):
+    if is_empty_path(dataset_dir):
         names = list(class_names) if class_names is not None else None
         root = write_phantom_dataset(
             "classes",

@@ -35,7 +35,6 @@ DDIM eta 1, guidance scale 10) and fix its bugs (``a_t`` looked up with a fixed 
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -59,11 +58,9 @@ from monai_genaug.filters.centroid import CentroidFilter
 from monai_genaug.generative.guidance import ClassifierGuidance, NoGuidance
 from monai_genaug.generative.latent_generator import LatentGenerator, generator_config
 from monai_genaug.generative.sampler import DiffusionSampler
-from monai_genaug.networks.noisy_classifier import (
-    NoisyLatentClassifier,
-    classifier_config,
-)
+from monai_genaug.networks.noisy_classifier import NoisyLatentClassifier, classifier_config
 from monai_genaug.utils.checkpoint import check_state_dict_compatible, load_checkpoint
+from monai_genaug.utils.config import merge_config
 from monai_genaug.utils.images import save_image_grid
 
 __all__ = [
@@ -88,16 +85,6 @@ HISTODIFFUSION_SCHEDULE: dict[str, Any] = {
 }
 
 
-def _merge(base: dict, override: Mapping[str, Any]) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def histodiffusion_generator_config(
     preset: str = "small",
     spatial_dims: int = 2,
@@ -119,7 +106,7 @@ def histodiffusion_generator_config(
         if args.get(key):
             raise ValueError(f"HistoDiffusion's diffusion model is unconditional; do not pass {key}.")
     cfg = generator_config(preset, spatial_dims=spatial_dims, image_channels=image_channels, latent=True, **args)
-    return _merge(cfg, overrides or {})
+    return merge_config(cfg, overrides or {})
 
 
 def load_autoencoder_weights(generator: LatentGenerator, path: str | os.PathLike) -> None:

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
 from monai_genaug.engines.diffusion import create_diffusion_trainer
 from monai_genaug.generative.latent_generator import LatentGenerator, generator_config
@@ -162,7 +163,7 @@ def build_ttga_generator(
         ValueError: neither argument given, or the generator has no cross-attention (TTGA cannot use it).
         FileNotFoundError: ``pretrained`` does not exist.
     """
-    if pretrained not in (None, ""):
+    if not is_empty_path(pretrained):
         gen = LatentGenerator.load(str(pretrained))
     elif config is not None:
         gen = LatentGenerator.from_config(config)

@@ -64,7 +64,8 @@ from monai_genaug.networks.sd.mapping import (
     vae_state_dict_to_monai,
 )
 from monai_genaug.networks.sd.networks import build_network
-from monai_genaug.utils.checkpoint import check_state_dict_compatible, load_checkpoint
+from monai_genaug.networks.autoencoder import AUTOENCODER_CHECKPOINT_FORMAT
+from monai_genaug.utils.checkpoint import check_state_dict_compatible, load_checkpoint, register_checkpoint_format
 
 safetensors_torch, _has_safetensors = optional_import("safetensors.torch")
 
@@ -79,8 +80,10 @@ __all__ = [
     "load_converted_network",
 ]
 
-AUTOENCODER_FORMAT = "monai_genaug.AutoencoderKL"
-UNET_FORMAT = "monai_genaug.DiffusionModelUNet"
+AUTOENCODER_FORMAT = AUTOENCODER_CHECKPOINT_FORMAT  # the one autoencoder format (networks.autoencoder)
+UNET_FORMAT = register_checkpoint_format(
+    "monai_genaug.DiffusionModelUNet", "converted UNet", "write it with monai_genaug.sd_import"
+)
 _WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors",
     "diffusion_pytorch_model.bin",
@@ -585,13 +588,8 @@ def load_converted_network(
     Returns:
         ``(network in eval mode, checkpoint config)``.
     """
-    ckpt = load_checkpoint(path, map_location=map_location)
-    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if fmt not in (AUTOENCODER_FORMAT, UNET_FORMAT):
-        raise ValueError(
-            f"'{path}' is not a converted autoencoder / UNet checkpoint (format {fmt!r}, expected "
-            f"{AUTOENCODER_FORMAT!r} or {UNET_FORMAT!r}); write it with monai_genaug.sd_import."
-        )
+    ckpt = load_checkpoint(path, map_location=map_location, expected_format=(AUTOENCODER_FORMAT, UNET_FORMAT))
+    fmt = ckpt["format"]
     cfg = ckpt["config"]
     if fmt == AUTOENCODER_FORMAT:  # the GMS format: weights under "autoencoder"
         ae = {"type": "AutoencoderKL", **cfg["autoencoder"]}

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from monai.utils import optional_import
 
+from monai_genaug.utils.io import atomic_write_bytes
 from monai_genaug.networks.sd.configs import SDImportError
 from monai_genaug.utils.checkpoint import atomic_save, load_checkpoint
 
@@ -156,14 +157,11 @@ def save_prompt_embeddings(
     if prompts and len(prompts) != prompt_embeds.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {prompt_embeds.shape[0]} prompt embeddings.")
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         meta = {"format": EMBEDDINGS_FORMAT, "prompts": json.dumps(prompts), "null_prompt": null_prompt}
-        save_file({"prompt_embeds": prompt_embeds, "null_embeds": null_embeds}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-        return path
+        tensors = {"prompt_embeds": prompt_embeds, "null_embeds": null_embeds}
+        return atomic_write_bytes(path, save(tensors, metadata=meta))
     return atomic_save(
         {
             "format": EMBEDDINGS_FORMAT,
