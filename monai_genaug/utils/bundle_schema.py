@@ -18,7 +18,7 @@ type, format, channels, spatial shape, dtype and value range; ``*_data_format`` 
 checked the same way). So, from the repository root::
 
     python -m monai.bundle verify_metadata --meta_file bundles/ttga/configs/metadata.json \\
-        --filepath monai_genaug/bundle/meta_schema.json
+        --filepath monai_genaug/utils/meta_schema.json
 
 runs offline, and :func:`verify_bundle_metadata` does the same from Python.
 """

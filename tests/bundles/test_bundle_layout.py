@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_genaug.bundle import verify_bundle_metadata
+from monai_genaug.utils.bundle_schema import verify_bundle_metadata
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 NAMES = ["ttga", "gms", "histodiffusion", "adaptdiff", "ctrl_genaug"]

@@ -85,7 +85,7 @@ def test_layout_metadata_and_configs():
     for weights in ("model.pt", "generator.pt", "model_3d.pt", "generator_3d.pt"):
         path = BUNDLE / "models" / weights
         assert path.is_file() and path.stat().st_size < 5 * 2**20, weights
-    verify_bundle_metadata(CONFIGS / "metadata.json")  # offline, against monai_genaug/bundle/meta_schema.json
+    verify_bundle_metadata(CONFIGS / "metadata.json")  # offline, against monai_genaug/utils/meta_schema.json
     readme = (BUNDLE / "docs" / "README.md").read_text()
     for command in ("python -m monai.bundle run --config_file bundles/ttga/configs/inference.json",
                     "train_generator.json", "train_lora.json", "train_segmenter.json", "verify_metadata",
