@@ -13,26 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.data.bundle import (
-    DEFAULT_PHANTOM_KIND,
-    add_constant_keys,
-    bundle_data_dir,
-    bundle_datalist,
-    bundle_transforms,
-    check_layout,
-    has_labels,
-    gms_data_dir,
-    gms_datalist,
-)
+import monai_genaug.data.bundle as _m0
+from monai_genaug.data.bundle import *  # noqa: F401,F403
 
-__all__ = [
-    "DEFAULT_PHANTOM_KIND",
-    "add_constant_keys",
-    "bundle_data_dir",
-    "bundle_datalist",
-    "bundle_transforms",
-    "check_layout",
-    "has_labels",
-    "gms_data_dir",
-    "gms_datalist",
-]
+__all__ = list(_m0.__all__)

@@ -13,12 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.metrics.cases import (
-    case_metrics,
-    flip_tta_probabilities,
-)
+import monai_genaug.metrics.cases as _m0
+from monai_genaug.metrics.cases import *  # noqa: F401,F403
 
-__all__ = [
-    "case_metrics",
-    "flip_tta_probabilities",
-]
+__all__ = list(_m0.__all__)

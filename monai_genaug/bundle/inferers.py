@@ -13,14 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.inferers.baseline import (
-    BUNDLE_OUTPUT_NAMES,
-    GenerativeTTAWithBaselineInferer,
-    bundle_output_sizes,
-)
+import monai_genaug.inferers.baseline as _m0
+from monai_genaug.inferers.baseline import *  # noqa: F401,F403
 
-__all__ = [
-    "BUNDLE_OUTPUT_NAMES",
-    "GenerativeTTAWithBaselineInferer",
-    "bundle_output_sizes",
-]
+__all__ = list(_m0.__all__)

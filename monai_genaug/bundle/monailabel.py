@@ -13,20 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.apps.monailabel import (
-    HAS_MONAILABEL,
-    BundleSegmentationRunner,
-    GenAugInferTask,
-    bundle_labels,
-    label_optional,
-    serving_postprocessing,
-)
+import monai_genaug.apps.monailabel as _m0
+from monai_genaug.apps.monailabel import *  # noqa: F401,F403
 
-__all__ = [
-    "HAS_MONAILABEL",
-    "BundleSegmentationRunner",
-    "GenAugInferTask",
-    "bundle_labels",
-    "label_optional",
-    "serving_postprocessing",
-]
+__all__ = list(_m0.__all__)

@@ -13,14 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.utils.bundle_schema import (
-    META_SCHEMA_PATH,
-    load_meta_schema,
-    verify_bundle_metadata,
-)
+import monai_genaug.utils.bundle_schema as _m0
+from monai_genaug.utils.bundle_schema import *  # noqa: F401,F403
 
-__all__ = [
-    "META_SCHEMA_PATH",
-    "load_meta_schema",
-    "verify_bundle_metadata",
-]
+__all__ = list(_m0.__all__)

@@ -13,20 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.transforms.validation import (
-    ForegroundProbabilityd,
-    SplitChannelsd,
-    ValidateImaged,
-    ValidateLabeld,
-    source_name,
-    CheckLabelMapd,
-)
+import monai_genaug.transforms.validation as _m0
+from monai_genaug.transforms.validation import *  # noqa: F401,F403
 
-__all__ = [
-    "ForegroundProbabilityd",
-    "SplitChannelsd",
-    "ValidateImaged",
-    "ValidateLabeld",
-    "source_name",
-    "CheckLabelMapd",
-]
+__all__ = list(_m0.__all__)

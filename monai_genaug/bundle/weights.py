@@ -13,16 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.generative.weights import (
-    export_network,
-    load_generator,
-    load_network_weights,
-    missing_weights_message,
-)
+import monai_genaug.generative.weights as _m0
+from monai_genaug.generative.weights import *  # noqa: F401,F403
 
-__all__ = [
-    "export_network",
-    "load_generator",
-    "load_network_weights",
-    "missing_weights_message",
-]
+__all__ = list(_m0.__all__)

@@ -13,28 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.handlers.writers import (
-    CaseMapWriter,
-    SegmentationComparisonWriter,
-    TTGAPictureSaver,
-    case_id,
-    colormap,
-    compose_panel,
-    engine_items,
-    SegmentationGridSaver,
-    image_meta,
-    label_map_saver,
-)
+import monai_genaug.handlers.writers as _m0
+from monai_genaug.handlers.writers import *  # noqa: F401,F403
 
-__all__ = [
-    "CaseMapWriter",
-    "SegmentationComparisonWriter",
-    "TTGAPictureSaver",
-    "case_id",
-    "colormap",
-    "compose_panel",
-    "engine_items",
-    "SegmentationGridSaver",
-    "image_meta",
-    "label_map_saver",
-]
+__all__ = list(_m0.__all__)

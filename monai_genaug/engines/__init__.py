@@ -70,6 +70,9 @@ from monai_genaug.handlers.savers import (
 )
 from monai_genaug.handlers.sample_grid import GeneratorSamples, ReconstructionSamples, SequenceSamples
 from monai_genaug.handlers.validation import BestModelSaver, PeriodicValidation
+from monai_genaug.data.bundle import gms_data_dir, gms_datalist
+from monai_genaug.handlers.scale_factor import ScaleFactorInitializer
+from monai_genaug.handlers.writers import SegmentationGridSaver, image_meta, label_map_saver
 from monai_genaug.handlers.ema import EMAHandler
 from monai_genaug.handlers.nan_guard import NonFiniteLossError, NaNGuard
 from monai_genaug.handlers.resume import (
@@ -104,6 +107,12 @@ from .distributed import (
 )
 
 __all__ = [
+    "ScaleFactorInitializer",
+    "SegmentationGridSaver",
+    "gms_data_dir",
+    "gms_datalist",
+    "image_meta",
+    "label_map_saver",
     "LatentDiffusionPrepareBatch",
     "CHECKPOINT_NAME",
     "TrainingHandlers",

@@ -13,10 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.handlers.ema import (
-    EMAHandler,
-)
+import monai_genaug.handlers.ema as _m0
+from monai_genaug.handlers.ema import *  # noqa: F401,F403
 
-__all__ = [
-    "EMAHandler",
-]
+__all__ = list(_m0.__all__)

@@ -13,12 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.handlers.nan_guard import (
-    NonFiniteLossError,
-    NaNGuard,
-)
+import monai_genaug.handlers.nan_guard as _m0
+from monai_genaug.handlers.nan_guard import *  # noqa: F401,F403
 
-__all__ = [
-    "NonFiniteLossError",
-    "NaNGuard",
-]
+__all__ = list(_m0.__all__)

@@ -13,22 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.handlers.resume import (
-    CHECKPOINT_FORMAT,
-    get_rng_state,
-    set_rng_state,
-    AttributeState,
-    find_non_finite,
-    loader_generators,
-    ResumableCheckpointHandler,
-)
+import monai_genaug.handlers.resume as _m0
+from monai_genaug.handlers.resume import *  # noqa: F401,F403
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "get_rng_state",
-    "set_rng_state",
-    "AttributeState",
-    "find_non_finite",
-    "loader_generators",
-    "ResumableCheckpointHandler",
-]
+__all__ = list(_m0.__all__)

@@ -13,16 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.handlers.sample_grid import (
-    SampleGridHandler,
-    GeneratorSamples,
-    ReconstructionSamples,
-    SequenceSamples,
-)
+import monai_genaug.handlers.sample_grid as _m0
+from monai_genaug.handlers.sample_grid import *  # noqa: F401,F403
 
-__all__ = [
-    "SampleGridHandler",
-    "GeneratorSamples",
-    "ReconstructionSamples",
-    "SequenceSamples",
-]
+__all__ = list(_m0.__all__)

@@ -13,24 +13,7 @@
 
 from __future__ import annotations
 
-from monai_genaug.handlers.tracking import (
-    loss_tracking_handlers,
-    TrackingUnavailableWarning,
-    default_tracking_uri,
-    check_tracking_uri,
-    flatten_params,
-    loss_from_output,
-    SafeMLFlowHandler,
-    create_mlflow_handler,
-)
+import monai_genaug.handlers.tracking as _m0
+from monai_genaug.handlers.tracking import *  # noqa: F401,F403
 
-__all__ = [
-    "loss_tracking_handlers",
-    "TrackingUnavailableWarning",
-    "default_tracking_uri",
-    "check_tracking_uri",
-    "flatten_params",
-    "loss_from_output",
-    "SafeMLFlowHandler",
-    "create_mlflow_handler",
-]
+__all__ = list(_m0.__all__)

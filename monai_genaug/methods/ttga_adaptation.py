@@ -8,27 +8,15 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Old import path ``monai_genaug.methods.ttga_adaptation``, kept for one release: import from
-:mod:`monai_genaug.methods.ttga` instead."""
+"""Old import path ``monai_genaug.methods.ttga_adaptation``, kept for one release: import from :mod:`monai_genaug.methods.ttga.training` instead.
+"""
 
 from __future__ import annotations
 
-from monai_genaug.methods.ttga.pipeline import DetailPreservingTTGAAugmenter
-from monai_genaug.methods.ttga.training import (
-    build_ttga_generator,
-    estimate_scale_factor_from_loader,
-    prepare_lora_adaptation,
-    save_generator,
-    train_ttga_generator,
-    ttga_generator_config,
-)
+import monai_genaug.methods.ttga.training as _m0
+from monai_genaug.methods.ttga.training import *  # noqa: F401,F403
 
-__all__ = [
-    "DetailPreservingTTGAAugmenter",
-    "build_ttga_generator",
-    "estimate_scale_factor_from_loader",
-    "prepare_lora_adaptation",
-    "save_generator",
-    "train_ttga_generator",
-    "ttga_generator_config",
-]
+__all__ = list(_m0.__all__)
+from monai_genaug.methods.ttga.pipeline import DetailPreservingTTGAAugmenter  # noqa: E402
+
+__all__ += ["DetailPreservingTTGAAugmenter"]
