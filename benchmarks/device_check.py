@@ -36,8 +36,13 @@ Parts (``--only`` picks some; each is guarded, so a failure is recorded as its `
 5. ``volumes_3d``: TTGA on a 128^3 volume and GMS 3D at 96^3 (training step and inference): seconds, peak memory.
 
 Sizes and iterations of every part are in :data:`FULL` (:data:`QUICK` for ``--quick``) and can be changed with
-``--set part.key=value`` (JSON values). Estimated wall time of the full run on one H100: under 8 minutes (an
-estimate from the sizes, not a measurement: nothing here has run on a GPU yet); ``gpu_tests`` has its own timeout.
+``--set part.key=value`` (JSON values). Budget of the full run on one H100, estimated from the sizes (nothing here
+has run on a GPU yet, so these are not measurements): ``gpu_tests`` about 3 min (8 tiny bundle runs and 2 NCCL
+``torchrun`` starts dominate; hard timeout ``gpu_tests.timeout_s`` = 240 s), ``ttga_sd15`` about 1.5 min (the identity
+optimisation is capped by ``identity_budget_s`` = 60 s), ``gms_sd2`` under 1 min, ``sampler_overhead`` under 0.5 min,
+``volumes_3d`` about 1 min (identity budget 30 s): under 8 minutes in all, with time to rerun within a 10-minute
+command. On the device machine write the JSON where it comes back, e.g. ``--output $OUT``, then copy it to
+``benchmarks/results/device_check.json``.
 
 The JSON (``<output>/device_check.json``; ``device_check_quick.json`` with ``--quick``) holds the environment (device
 name, torch / CUDA / cuDNN / MONAI versions, commit) and, per part, ``status`` (``ok`` / ``error`` / ``skipped``),
@@ -84,17 +89,17 @@ FULL: dict[str, dict[str, Any]] = {
     "ttga_sd15": {
         "architecture": "sd-1.5", "vae": None, "unet": None, "flash_attention": True, "image_size": 512, "context_tokens": 77,
         "num_views": 8, "tau": 300, "inversion_stride": 10, "denoising_stride": 100, "min_iterations": 100,
-        "max_iterations": 1000, "identity_budget_s": 90.0, "probe_iterations": 5, "mask_scheme": "hybrid",
+        "max_iterations": 1000, "identity_budget_s": 60.0, "probe_iterations": 5, "mask_scheme": "hybrid",
         "drop_p": 0.5, "autocast": "bfloat16", "segmenter_channels": [32, 64, 128, 256, 512], "loop": True,
     },
     "gms_sd2": {
-        "architecture": "sd-2", "vae": None, "image_size": 224, "batch": 8, "num_batches": 4, "steps": 10,
-        "repeats": 3, "mapping_channels": 32, "autocast": "bfloat16",
+        "architecture": "sd-2", "vae": None, "image_size": 224, "batch": 8, "num_batches": 4, "steps": 5,
+        "repeats": 2, "mapping_channels": 32, "autocast": "bfloat16",
     },
     "sampler_overhead": {"preset": "base", "size": 256, "steps": 20, "batch": 4, "repeats": 3},
     "volumes_3d": {
         "ttga_preset": "base", "ttga_size": 128, "channels": 1, "ttga_views": 4, "tau": 300, "inversion_stride": 10,
-        "denoising_stride": 100, "min_iterations": 100, "max_iterations": 1000, "identity_budget_s": 45.0,
+        "denoising_stride": 100, "min_iterations": 100, "max_iterations": 1000, "identity_budget_s": 30.0,
         "probe_iterations": 3, "autocast": "bfloat16", "gms_preset": "base", "gms_size": 96, "gms_batch": 2,
         "gms_steps": 5, "gms_dice_levels": ["out"],
     },
@@ -189,14 +194,14 @@ def _dtype(name: str | None) -> torch.dtype | None:
     return getattr(torch, name)
 
 
-def _activate_zero_initialised(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
-    """Give random values to the all-zero weights of a fresh network (MONAI zero-initialises output convolutions,
-    so an untrained UNet predicts exactly 0 and no gradient reaches TTGA's identity embedding)."""
+def _activate_zero_initialised(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give random values (std 1 / sqrt(fan-in)) to the all-zero weights of a fresh network: MONAI zero-initialises
+    output convolutions, so an untrained UNet predicts exactly 0 and no gradient reaches TTGA's identity embedding."""
     rng = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             if p.ndim > 1 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=rng, device="cpu") * std)
+                p.copy_(torch.randn(p.shape, generator=rng, device="cpu") * p[0].numel() ** -0.5)
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -237,8 +242,9 @@ def part_gpu_tests(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def _ttga_image(generator_channels: int, spatial: Sequence[int], seed: int) -> torch.Tensor:
-    return torch.rand(generator_channels, *spatial, generator=torch.Generator().manual_seed(seed))
+def _ttga_image(channels: int, spatial: Sequence[int], seed: int, device: torch.device) -> torch.Tensor:
+    """A random image in [0, 1] on ``device`` (where a bundle's loader puts it: the views come back there)."""
+    return torch.rand(channels, *spatial, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def _measure_ttga(
@@ -253,11 +259,13 @@ def _measure_ttga(
     from monai_genaug.metrics.uncertainty import uncertainty_maps
 
     stages: dict[str, float] = {}
+    calls = {"inversion": 0, "identity": 0}
 
     def wrap(name: str, fn: Callable) -> Callable:
         def timed(*args: Any, **kwargs: Any) -> Any:
             dt, out = meter.timed(lambda: fn(*args, **kwargs))
             stages[name] = dt
+            calls[name] += 1
             return out
 
         return timed
@@ -273,8 +281,8 @@ def _measure_ttga(
     aug.clear_cache()
     stages.clear()
     f = meter.figures
-    with meter.stage("prepare"):
-        state = aug.prepare(image, image_id="image")
+    with meter.stage("prepare"):  # keyed by the image's hash, as the per-view loop finds it in the cache
+        state = aug.prepare(image)
     f["inversion_s"] = round(stages["inversion"], 4)
     f["identity_optimisation_s"] = round(stages["identity"], 4)
     f["encode_s"] = round(f["prepare_s"] - stages["inversion"] - stages["identity"], 4)
@@ -285,7 +293,7 @@ def _measure_ttga(
     f["identity_optimisation_at_max_iterations_estimate_s"] = round(f["identity_seconds_per_iteration_s"] * wanted[1], 2)
     f["identity_final_loss"] = state.final_loss
     with meter.stage("views"):
-        views = aug.generate(image, rng=torch.Generator().manual_seed(0), image_id="image").views
+        views = aug.generate(image, rng=torch.Generator().manual_seed(0)).views
     with meter.stage("segmentation"), torch.no_grad():
         probs = torch.softmax(segmenter(views).float(), dim=1)
         maps = uncertainty_maps(probs)
@@ -307,6 +315,7 @@ def _measure_ttga(
         f["views_plus_segmentation_batched_s"] = round(f["views_s"] + f["segmentation_s"], 4)
         f["batched_speedup_ratio"] = round(f["views_plus_segmentation_loop_s"] / f["views_plus_segmentation_batched_s"], 3)
         f["batched_vs_loop_max_abs_view_difference"] = float((looped.float() - views.float()).abs().max())
+    f["identity_optimisations_run"] = calls["identity"]  # 2 (probe + image): views and loop reused the cached state
     return f
 
 
@@ -332,7 +341,7 @@ def part_ttga_sd15(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
         min_iterations=cfg["min_iterations"], max_iterations=cfg["max_iterations"], mask_scheme=cfg["mask_scheme"],
         drop_p=cfg["drop_p"], drop_first_token=True, autocast_dtype=_dtype(cfg["autocast"]), cache_size=4,
     )
-    image = _ttga_image(gen.image_channels, (cfg["image_size"],) * 2, seed=2)
+    image = _ttga_image(gen.image_channels, (cfg["image_size"],) * 2, 2, device)
     figures = _measure_ttga(aug, image, segmenter, meter, cfg, loop=bool(cfg["loop"]))
     figures.update(unet_parameters=_count(gen.unet), autoencoder_parameters=_count(gen.autoencoder),
                    latent_shape=list(gen.latent_shape((cfg["image_size"],) * 2)), context_shape=list(prompt.shape))
@@ -449,7 +458,7 @@ def part_volumes_3d(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]
             max_iterations=cfg["max_iterations"], mask_scheme="hybrid", drop_p=0.5,
             autocast_dtype=_dtype(cfg["autocast"]), cache_size=4,
         )
-        vol = _ttga_image(cfg["channels"], (cfg["ttga_size"],) * 3, seed=3)
+        vol = _ttga_image(cfg["channels"], (cfg["ttga_size"],) * 3, 3, device)
         ttga = _measure_ttga(aug, vol, segmenter, meter, cfg, loop=False)
         ttga["peak_mib"] = max((v for k, v in ttga.items() if k.endswith("_peak_mib") and v is not None), default=None)
         figures["ttga"] = ttga | {"volume_shape": list(vol.shape)}
@@ -525,7 +534,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu_memory_mib=round(props.total_memory / 2**20), compute_capability=f"{props.major}.{props.minor}",
-                   bf16_supported=torch.cuda.is_bf16_supported())
+                   bf16_supported=torch.cuda.is_bf16_supported(),
+                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32)
     return env
 
 

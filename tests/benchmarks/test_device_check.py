@@ -56,6 +56,7 @@ def test_quick_figures_are_consistent(quick):
     assert ttga["identity_iterations"] <= ttga["identity_iterations_cap"] <= parts["ttga_sd15"]["config"]["max_iterations"]
     assert ttga["context_shape"] == [77, 768] and ttga["views_finite"] and ttga["batched_speedup_ratio"] > 0
     assert ttga["batched_vs_loop_max_abs_view_difference"] < 0.05  # the loop does the same maths
+    assert ttga["identity_optimisations_run"] == 2  # probe + image: the views and the loop reuse the cached state
     gms = parts["gms_sd2"]["figures"]
     assert gms["train_original_recipe_iterations_per_s"] > 0 and gms["inference_images_per_s"] > 0
     assert parts["sampler_overhead"]["figures"]["ratio_full_over_raw"] > 0
