@@ -87,7 +87,8 @@ PARTS = ("gpu_tests", "ttga_sd15", "gms_sd2", "sampler_overhead", "volumes_3d")
 FULL: dict[str, dict[str, Any]] = {
     "gpu_tests": {"paths": ["tests"], "timeout_s": 240},
     "ttga_sd15": {
-        "architecture": "sd-1.5", "vae": None, "unet": None, "flash_attention": True, "image_size": 512, "context_tokens": 77,
+        "architecture": "sd-1.5", "vae": None, "unet": None, "flash_attention": True, "image_size": 512,
+        "context_tokens": 77,
         "num_views": 8, "tau": 300, "inversion_stride": 10, "denoising_stride": 100, "min_iterations": 100,
         "max_iterations": 1000, "identity_budget_s": 60.0, "probe_iterations": 5, "mask_scheme": "hybrid",
         "drop_p": 0.5, "autocast": "bfloat16", "segmenter_channels": [32, 64, 128, 256, 512], "loop": True,
@@ -224,7 +225,9 @@ def part_gpu_tests(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
             raise RuntimeError(f"pytest -m gpu did not finish in {cfg['timeout_s']} s") from e
         seconds = time.perf_counter() - t0
         if not report.is_file():
-            raise RuntimeError(f"pytest wrote no report (exit {proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            raise RuntimeError(
+                f"pytest wrote no report (exit {proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
         root = ET.parse(report).getroot()
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
@@ -290,7 +293,8 @@ def _measure_ttga(
     f["identity_iterations_cap"] = cap
     f["identity_cap_reduced_by_budget"] = cap < wanted[1]
     f["identity_seconds_per_iteration_s"] = round(stages["identity"] / max(state.iterations, 1), 5)
-    f["identity_optimisation_at_max_iterations_estimate_s"] = round(f["identity_seconds_per_iteration_s"] * wanted[1], 2)
+    f["identity_optimisation_at_max_iterations_estimate_s"] = round(
+        f["identity_seconds_per_iteration_s"] * wanted[1], 2)
     f["identity_final_loss"] = state.final_loss
     with meter.stage("views"):
         views = aug.generate(image, rng=torch.Generator().manual_seed(0)).views
@@ -313,7 +317,8 @@ def _measure_ttga(
         f["views_plus_segmentation_loop_s"] = f.pop("views_loop_s")
         f["views_plus_segmentation_loop_peak_mib"] = f.pop("views_loop_peak_mib")
         f["views_plus_segmentation_batched_s"] = round(f["views_s"] + f["segmentation_s"], 4)
-        f["batched_speedup_ratio"] = round(f["views_plus_segmentation_loop_s"] / f["views_plus_segmentation_batched_s"], 3)
+        f["batched_speedup_ratio"] = round(
+            f["views_plus_segmentation_loop_s"] / f["views_plus_segmentation_batched_s"], 3)
         f["batched_vs_loop_max_abs_view_difference"] = float((looped.float() - views.float()).abs().max())
     f["identity_optimisations_run"] = calls["identity"]  # 2 (probe + image): views and loop reused the cached state
     return f
@@ -506,18 +511,19 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Device name, memory and versions of the machine the figures come from."""
     import monai
 
+    status = _git("status", "--porcelain", "--untracked-files=no")
     env: dict[str, Any] = {
         "device_type": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -528,7 +534,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu_threads": torch.get_num_threads(),
-        "commit": _commit(),
+        "commit": _git("rev-parse", "HEAD"),
+        "uncommitted_changes": None if status is None else bool(status),
         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if device.type == "cuda":

@@ -63,7 +63,8 @@ def test_sampling_inversion_and_training_step(device):
     gen = _gen(device)
     rng = torch.Generator(device=device).manual_seed(0)
     cond = {"prompt": torch.tensor([0, 1], device=device)}
-    z = DiffusionSampler(num_inference_steps=3, eta=1.0, progress=False)(gen, shape=(2, 2, 8, 8), condition=cond, rng=rng)
+    sampler = DiffusionSampler(num_inference_steps=3, eta=1.0, progress=False)
+    z = sampler(gen, shape=(2, 2, 8, 8), condition=cond, rng=rng)
     assert z.device.type == device and torch.isfinite(z).all()
     x_tau = ddim_invert(gen, z, 200, condition=cond, stride=100)
     assert x_tau.device.type == device

@@ -1,4 +1,4 @@
-"""Reference Stable Diffusion architectures without weights: configs through the import path, random-weight stand-ins."""
+"""Reference Stable Diffusion architectures (no weights): configs through the import path, random-weight stand-ins."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from monai_genaug.networks.sd import (
 )
 def test_full_size_reference_generators_on_the_meta_device(name, context, head_channels, unet_millions):
     config = reference_generator_config(name)
-    assert config["conditioning"]["cross_attention_dim"] == context and config["unet"]["num_head_channels"] == head_channels
+    assert config["conditioning"]["cross_attention_dim"] == context
+    assert config["unet"]["num_head_channels"] == head_channels
     with torch.device("meta"):  # 0.95 B parameters, no memory
         gen = LatentGenerator.from_config(config)
     assert gen.uses_context and gen.autoencoder_factor == 8 and gen.latent_shape((512, 512)) == (4, 64, 64)
