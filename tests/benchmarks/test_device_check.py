@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,12 @@ def device_check():
 @pytest.fixture(scope="module")
 def quick(device_check, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("device_check")
-    result = device_check.main(["--quick", "--output", str(out), "--device", "cpu"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: one thread is fastest, and fair to a shared machine
+    try:
+        result = device_check.main(["--quick", "--output", str(out), "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
     path = out / "device_check_quick.json"
     assert path.is_file() and not (out / "device_check.json").exists()  # a smoke run never poses as the real one
     assert not list(out.glob(".*.tmp"))  # written atomically: no temporary left
@@ -70,7 +76,7 @@ def env_has_no_cuda(result: dict) -> bool:
     return result["environment"]["device_type"] == "cpu"
 
 
-def test_a_failing_part_is_recorded_and_the_others_run(device_check, tmp_path):
+def test_a_failing_part_is_recorded_and_the_others_run(device_check, tmp_path, one_thread):
     device_check.run_check(["sampler_overhead", "gms_sd2"], quick=True, output=tmp_path, device="cpu",
                            overrides=["gms_sd2.architecture=sd-9"])
     parts = json.loads((tmp_path / "device_check_quick.json").read_text())["parts"]
