@@ -44,7 +44,8 @@ optimisation is capped by ``identity_budget_s`` = 60 s), ``gms_sd2`` under 1 min
 command. On the device machine write the JSON where it comes back, e.g. ``--output $OUT``, then copy it to
 ``benchmarks/results/device_check.json``.
 
-The JSON (``<output>/device_check.json``; ``device_check_quick.json`` with ``--quick``) holds the environment (device
+The JSON (``<output>/device_check.json``; ``device_check_quick.json`` with ``--quick``, by default in the temp
+directory, never in ``benchmarks/results``) holds the environment (device
 name, torch / CUDA / cuDNN / MONAI versions, commit) and, per part, ``status`` (``ok`` / ``error`` / ``skipped``),
 ``error``, ``wall_s``, ``config``, ``description`` and ``figures``; units are in the key names (:data:`UNITS`). It is
 rewritten atomically after every part, so a run cut short keeps the parts it finished. Report tables are generated
@@ -586,7 +587,8 @@ def run_check(
     Args:
         parts: names from :data:`PARTS`, run in the order given.
         quick: tiny sizes (:data:`QUICK`) for a CPU smoke run; the file is then ``device_check_quick.json``.
-        output: folder of the JSON (default ``benchmarks/results``).
+        output: folder of the JSON (default ``benchmarks/results``; with ``quick`` a folder in the system's temp
+            directory).
         overrides: ``part.key=value`` strings (JSON values) changing the sizes.
         device: default CUDA when present, else CPU.
 
@@ -598,8 +600,9 @@ def run_check(
         raise ValueError(f"unknown parts {unknown}; choose from {list(PARTS)}.")
     config = _parse_set(overrides, QUICK if quick else FULL)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    path = Path(output if output is not None else HERE / "results") / (
-        "device_check_quick.json" if quick else "device_check.json")
+    if output is None:  # a smoke run stays out of benchmarks/results (the report renders every JSON found there)
+        output = Path(tempfile.gettempdir()) / "monai_genaug_device_check" if quick else HERE / "results"
+    path = Path(output) / ("device_check_quick.json" if quick else "device_check.json")
     result: dict[str, Any] = {
         "benchmark": "device_check",
         "schema_version": 1,
@@ -637,7 +640,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: a CPU smoke run of every code path")
     p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default: all)")
-    p.add_argument("--output", default=None, help="folder of the JSON (default benchmarks/results)")
+    p.add_argument("--output", default=None,
+                   help="folder of the JSON (default benchmarks/results; --quick: <tmp>/monai_genaug_device_check)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PART.KEY=VALUE",
                    help="change a size, e.g. --set ttga_sd15.max_iterations=200 (JSON value; repeatable)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")

@@ -107,7 +107,7 @@ def measure(
     }
 
 
-def main() -> dict:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
     parser.add_argument("--size", type=int, default=64, help="image size (latents are size / autoencoder factor)")
@@ -116,7 +116,7 @@ def main() -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--out", default=str(RESULTS / "sampler_overhead.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -95,3 +95,11 @@ def test_bad_arguments_name_the_problem(device_check, args, message, tmp_path, c
         device_check.main(["--quick", "--output", str(tmp_path), *args])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "device_check_quick.json").exists()
+
+
+def test_quick_run_without_output_stays_out_of_the_results(device_check, tmp_path, monkeypatch, one_thread):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    result = device_check.run_check(["sampler_overhead"], quick=True, device="cpu")
+    assert Path(result["output"]) == tmp_path / "monai_genaug_device_check" / "device_check_quick.json"
+    assert Path(result["output"]).is_file()
+    assert not (ROOT / "benchmarks" / "results" / "device_check_quick.json").exists()
