@@ -58,11 +58,13 @@ def predict_epsilon(
     scheduler: Any | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise estimate, clean estimate) at ``timestep`` through ``guidance`` (gradients flow when enabled), on
-    ``scheduler`` (default: the model's training schedule)."""
+    ``scheduler`` (default: the model's training schedule), in the dtype of ``x_t`` also when the UNet runs under
+    autocast."""
     scheduler = generator.scheduler if scheduler is None else scheduler
     guidance = guidance if guidance is not None else NoGuidance()
     prepared = guidance.prepare(generator, condition, x_t.shape[0])
     out, _ = guidance.predict(generator, x_t, timestep, prepared)
+    out = out.to(x_t.dtype)  # a UNet run under autocast answers in 16 bits; the DDIM arithmetic stays in x_t's dtype
     return to_epsilon_and_x0(out, x_t, alpha_bar(scheduler, timestep), prediction_type_of(scheduler))
 
 

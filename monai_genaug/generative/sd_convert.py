@@ -28,8 +28,14 @@ import torch
 from monai_genaug.utils.io import atomic_write_text
 from monai_genaug.generative.latent_generator import LatentGenerator
 from monai_genaug.networks.autoencoder import save_autoencoder
-from monai_genaug.networks.sd.configs import SDImportError, scheduler_config_from_diffusers
-from monai_genaug.networks.sd.loading import UNET_FORMAT, SDModels, load_stable_diffusion
+from monai_genaug.networks.sd.configs import SDImportError
+from monai_genaug.networks.sd.loading import (  # the config conversion shared with reference_generator_config
+    _ENDPOINT_KEYS,
+    UNET_FORMAT,
+    SDModels,
+    _generator_config,
+    load_stable_diffusion,
+)
 from monai_genaug.networks.sd.text import encode_prompts, load_prompt_embeddings, save_prompt_embeddings
 from monai_genaug.utils.checkpoint import atomic_save, to_json_config
 
@@ -37,45 +43,6 @@ __all__ = [
     "convert_stable_diffusion",
     "save_converted",
 ]
-
-
-# ---------------------------------------------------------------------------------------------------- writing
-_ENDPOINT_KEYS = ("spatial_dims", "in_channels", "out_channels")
-
-
-def _generator_config(models: SDModels) -> tuple[dict[str, Any] | None, str]:
-    ae, unet = models.autoencoder_config, models.unet_config
-    if ae is None or unet is None:
-        return None, "no generator.pt: the source lacks a VAE or a UNet."
-    if unet.get("num_class_embeds"):
-        return (
-            None,
-            "no generator.pt: the UNet has class embeddings (an upscaler?), which LatentGenerator does not map.",
-        )
-    if ae["latent_channels"] != unet["out_channels"] or ae["in_channels"] != ae["out_channels"]:
-        return None, (
-            f"no generator.pt: VAE latent channels {ae['latent_channels']} / UNet output channels "
-            f"{unet['out_channels']} "
-            "differ, or the VAE's input and output channels differ."
-        )
-    skip = set(_ENDPOINT_KEYS) | {"with_conditioning", "cross_attention_dim", "num_class_embeds"}
-    config = {
-        "spatial_dims": 2,
-        "image_channels": ae["in_channels"],
-        "autoencoder": {k: v for k, v in ae.items() if k not in _ENDPOINT_KEYS},
-        "unet": {k: v for k, v in unet.items() if k not in skip},
-        "scheduler": dict(models.scheduler_config or scheduler_config_from_diffusers(None)),
-        "conditioning": {
-            "num_prompts": None,
-            "prompt_tokens": None,
-            "cross_attention_dim": unet["cross_attention_dim"],
-            "num_classes": None,
-            "seg_channels": None,
-            "concat_channels": unet["in_channels"] - unet["out_channels"],
-        },
-        "scale_factor": models.scale_factor,
-    }
-    return to_json_config(config), ""
 
 
 def save_converted(

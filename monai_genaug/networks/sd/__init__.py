@@ -17,6 +17,7 @@ See ``docs/sd_weights.md``. Nothing here downloads anything; ``diffusers`` is ne
 from __future__ import annotations
 
 from .configs import (
+    SD_REFERENCE_CONFIGS,
     SD_SCALE_FACTOR,
     SDImportError,
     UnsupportedModelError,
@@ -24,6 +25,7 @@ from .configs import (
     diffusers_unet_config_from_ldm,
     diffusers_vae_config_from_state_dict,
     read_original_config,
+    reference_diffusers_configs,
     scheduler_config_from_diffusers,
     unet_config_from_diffusers,
 )
@@ -36,6 +38,7 @@ from .loading import (
     load_converted_network,
     load_stable_diffusion,
     load_weights,
+    reference_generator_config,
 )
 from .mapping import (
     ldm_unet_to_diffusers,
@@ -58,6 +61,7 @@ from .text import (
 )
 
 __all__ = [
+    "SD_REFERENCE_CONFIGS",
     "SD_SCALE_FACTOR",
     "SDImportError",
     "UnsupportedModelError",
@@ -67,6 +71,7 @@ __all__ = [
     "diffusers_vae_config_from_state_dict",
     "diffusers_unet_config_from_ldm",
     "read_original_config",
+    "reference_diffusers_configs",
     "AUTOENCODER_FORMAT",
     "UNET_FORMAT",
     "SDModels",
@@ -75,6 +80,7 @@ __all__ = [
     "convert_unet",
     "load_stable_diffusion",
     "load_converted_network",
+    "reference_generator_config",
     "ldm_vae_to_diffusers",
     "ldm_unet_to_diffusers",
     "vae_state_dict_to_monai",

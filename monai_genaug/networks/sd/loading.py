@@ -53,6 +53,7 @@ from monai_genaug.networks.sd.configs import (
     diffusers_unet_config_from_ldm,
     diffusers_vae_config_from_state_dict,
     read_original_config,
+    reference_diffusers_configs,
     scheduler_config_from_diffusers,
     sd_variant,
     unet_config_from_diffusers,
@@ -65,7 +66,12 @@ from monai_genaug.networks.sd.mapping import (
 )
 from monai_genaug.networks.sd.networks import build_network
 from monai_genaug.networks.autoencoder import AUTOENCODER_CHECKPOINT_FORMAT
-from monai_genaug.utils.checkpoint import check_state_dict_compatible, load_checkpoint, register_checkpoint_format
+from monai_genaug.utils.checkpoint import (
+    check_state_dict_compatible,
+    load_checkpoint,
+    register_checkpoint_format,
+    to_json_config,
+)
 
 safetensors_torch, _has_safetensors = optional_import("safetensors.torch")
 
@@ -78,6 +84,7 @@ __all__ = [
     "convert_unet",
     "load_stable_diffusion",
     "load_converted_network",
+    "reference_generator_config",
 ]
 
 AUTOENCODER_FORMAT = AUTOENCODER_CHECKPOINT_FORMAT  # the one autoencoder format (networks.autoencoder)
@@ -578,6 +585,79 @@ def load_stable_diffusion(
         use_flash_attention,
         norm_num_groups,
     )
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+_ENDPOINT_KEYS = ("spatial_dims", "in_channels", "out_channels")
+
+
+def _generator_config(models: SDModels) -> tuple[dict[str, Any] | None, str]:
+    ae, unet = models.autoencoder_config, models.unet_config
+    if ae is None or unet is None:
+        return None, "no generator.pt: the source lacks a VAE or a UNet."
+    if unet.get("num_class_embeds"):
+        return (
+            None,
+            "no generator.pt: the UNet has class embeddings (an upscaler?), which LatentGenerator does not map.",
+        )
+    if ae["latent_channels"] != unet["out_channels"] or ae["in_channels"] != ae["out_channels"]:
+        return None, (
+            f"no generator.pt: VAE latent channels {ae['latent_channels']} / UNet output channels "
+            f"{unet['out_channels']} "
+            "differ, or the VAE's input and output channels differ."
+        )
+    skip = set(_ENDPOINT_KEYS) | {"with_conditioning", "cross_attention_dim", "num_class_embeds"}
+    config = {
+        "spatial_dims": 2,
+        "image_channels": ae["in_channels"],
+        "autoencoder": {k: v for k, v in ae.items() if k not in _ENDPOINT_KEYS},
+        "unet": {k: v for k, v in unet.items() if k not in skip},
+        "scheduler": dict(models.scheduler_config or scheduler_config_from_diffusers(None)),
+        "conditioning": {
+            "num_prompts": None,
+            "prompt_tokens": None,
+            "cross_attention_dim": unet["cross_attention_dim"],
+            "num_classes": None,
+            "seg_channels": None,
+            "concat_channels": unet["in_channels"] - unet["out_channels"],
+        },
+        "scale_factor": models.scale_factor,
+    }
+    return to_json_config(config), ""
+
+
+def reference_generator_config(
+    name: str = "sd-1.5",
+    vae: Mapping[str, Any] | None = None,
+    unet: Mapping[str, Any] | None = None,
+    use_flash_attention: bool = False,
+) -> dict[str, Any]:
+    """The :class:`~monai_genaug.generative.latent_generator.LatentGenerator` config of a reference Stable Diffusion
+    architecture (SD 1.5: 0.86 B-parameter UNet, 768-d context, x8 VAE), built through the same config conversion as
+    imported weights; ``LatentGenerator.from_config`` gives it random weights (nothing is downloaded).
+
+    Args:
+        name: ``"sd-1.5"`` or ``"sd-2"`` (see :data:`~monai_genaug.networks.sd.configs.SD_REFERENCE_CONFIGS`).
+        vae: diffusers VAE config keys to override (e.g. ``{"block_out_channels": [32, 32, 64, 64]}``).
+        unet: diffusers UNet config keys to override.
+        use_flash_attention: PyTorch scaled-dot-product attention in the UNet and the VAE.
+
+    Example::
+
+        gen = LatentGenerator.from_config(reference_generator_config("sd-1.5")).to("cuda")
+    """
+    ref = reference_diffusers_configs(name, vae, unet)
+    models = SDModels(
+        source=f"reference:{name}",
+        source_format="diffusers",
+        autoencoder_config=autoencoder_config_from_diffusers(ref["vae"], use_flash_attention),
+        unet_config=unet_config_from_diffusers(ref["unet"], use_flash_attention),
+        scheduler_config=scheduler_config_from_diffusers(None),
+    )
+    config, why = _generator_config(models)
+    if config is None:
+        raise SDImportError(f"reference architecture '{name}' with these overrides: {why}")
+    return config
 
 
 def load_converted_network(
