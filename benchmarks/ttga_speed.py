@@ -59,7 +59,7 @@ MODELS = ROOT / "bundles" / "ttga" / "models"
 
 def loop_generate(aug: TTGAAugmenter, image: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """The straightforward implementation: one view at a time, one UNet call per guidance branch (batch 1)."""
-    gen, tau = aug._view, aug.tau
+    gen, tau, sched = aug.generator, aug.tau, aug.scheduler  # the schedule TTGA hands to the core
     state = aug.prepare(image)
     lam = aug._lambda_i(None, n)
     guidance = MultiConditionGuidance.ttga(
@@ -72,7 +72,7 @@ def loop_generate(aug: TTGAAugmenter, image: torch.Tensor, n: int, seed: int) ->
     use_flips = aug.mask_scheme in ("bernoulli", "hybrid") and aug.drop_p > 0
     u1, u2 = aug._bernoulli_fields(n, latent_spatial, rng) if use_flips else (None, None)
     path = aug.timesteps()
-    alphas = [alpha_bar(gen.scheduler, t) for t in path]
+    alphas = [alpha_bar(sched, t) for t in path]
     noises = [torch.randn((n, *state.x_tau.shape[1:]), generator=rng).to(state.x_tau)  # the sampler's draws
               if aug.eta > 0 and a < 1.0 else None for a in alphas[1:]]
     recorder = _AttentionRecorder(gen.unet, aug._query_length(latent_spatial))
@@ -101,7 +101,7 @@ def loop_generate(aug: TTGAAugmenter, image: torch.Tensor, n: int, seed: int) ->
                 eps, x0 = to_epsilon_and_x0(eps, x, a_t, "epsilon")
                 noise = None if noises[i] is None else noises[i][v : v + 1]
                 x_aug = ddim_transition(x0, eps, a_t, a_next, eta=aug.eta, noise=noise)
-                x_id = ddim_jump(gen, state.x_tau, tau, state.eps_id, t_next)
+                x_id = ddim_jump(gen, state.x_tau, tau, state.eps_id, t_next, scheduler=sched)
                 x = mask * x_id + (1.0 - mask) * x_aug
             views.append(aug._from_working(aug.generator.decode(x), state.geometry, image))
     return torch.cat(views)
