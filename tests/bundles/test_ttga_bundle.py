@@ -88,7 +88,7 @@ def test_layout_metadata_and_configs():
     for name in ("inference.json", "inference_3d.json", "train_generator.json", "train_lora.json",
                  "train_segmenter.json"):
         config = json.loads((CONFIGS / name).read_text())
-        assert config["bundle_root"] == "bundles/ttga" and config["dataset_dir"] is None, name
+        assert config["bundle_root"]["default"] == "bundles/ttga" and config["dataset_dir"] is None, name
         for key in ("output_dir", "device", "amp", "seed"):
             assert key in config, (name, key)
         for target in _targets(config, []):
