@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["bundle_root", "progress_bar", "resolve_num_threads", "set_num_threads", "tqdm_disable"]
+__all__ = ["as_bool", "bundle_root", "progress_bar", "resolve_num_threads", "set_num_threads", "tqdm_disable"]
 
 
 def resolve_num_threads(num_threads: int | None, device: torch.device | str | None = None) -> int | None:
@@ -70,17 +70,36 @@ def set_num_threads(num_threads: int | None = None, device: torch.device | str |
     return torch.get_num_threads()
 
 
-def tqdm_disable(progress: bool | None) -> bool | None:
+def as_bool(value: Any, name: str) -> bool:
+    """A command-line switch as a bool: ``True``/``False`` and the texts ``true``/``false``/``1``/``0``/``yes``/``no``
+    (``python -m monai.bundle run --progress false`` passes the text ``'false'``).
+
+    Args:
+        value: the option's value.
+        name: the option's name, for the error message.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}; e.g. --{name} false.")
+
+
+def tqdm_disable(progress: bool | str | None) -> bool | None:
     """tqdm's ``disable`` argument for a ``progress`` option: None (= off when stderr is not a TTY) or True.
 
     Args:
-        progress: True / None: show bars on a terminal; False: never.
+        progress: true / None: show bars on a terminal; false: never (see :func:`as_bool`).
     """
-    if progress is None or progress is True:
+    if progress is None:
         return None
-    if progress is False:
-        return True
-    raise ValueError(f"progress must be true or false, got {progress!r}; e.g. --progress false.")
+    return None if as_bool(progress, "progress") else True
 
 
 def progress_bar(progress: bool | None = True, desc: str = "cases") -> Any:

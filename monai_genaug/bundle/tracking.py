@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from monai.handlers import MLFlowHandler
 
+from monai_genaug.bundle.runtime import as_bool
 from monai_genaug.engines.tracking import (
     SafeMLFlowHandler,
     TrackingUnavailableWarning,
@@ -184,7 +185,7 @@ def tracking_requested(config: Any = None, alias: bool | None = False) -> bool:
     """
     if _is_not_rank0():
         return False
-    return bool(alias) or executed_config_path(config) is not None
+    return (alias is not None and as_bool(alias, "mlflow_tracking")) or executed_config_path(config) is not None
 
 
 def track_config(trainer: Any, config: str | os.PathLike | None = None) -> Any:
