@@ -50,6 +50,7 @@ from monai_genaug.data.folders import IMAGE_EXTENSIONS, split_datalist, split_na
 from monai_genaug.data.pipelines import PILConvert
 from monai_genaug.engines.gms import gms_data_dir, gms_datalist
 from monai_genaug.transforms.io import BinarizeLabeld
+from monai_genaug.utils.options import optional_count
 
 __all__ = [
     "DEFAULT_PHANTOM_KIND",
@@ -191,6 +192,7 @@ def bundle_datalist(
             reconstructs ``label`` instead of ``image`` when a batch has one).
         bundle: the bundle config named in error messages.
     """
+    max_items = optional_count(max_items)  # --max_items null arrives as the text 'null'
     layout = check_layout(data_dir, spatial_dims, bundle)
     if layout == "images":
         items = _image_only_datalist(Path(data_dir))
@@ -210,7 +212,7 @@ def bundle_datalist(
     for item in items:
         if "id" not in item:
             item["id"] = item.get("case_id") or Path(str(item.get("image", item.get("label", "")))).name.split(".")[0]
-    items = items[: int(max_items)] if max_items else items
+    items = items[: max_items] if max_items else items
     items = [{k: v for k, v in item.items() if k not in set(drop_keys)} for item in items]
     return add_constant_keys(items, extra_keys)
 

@@ -32,7 +32,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["as_bool", "bundle_root", "progress_bar", "resolve_num_threads", "set_num_threads", "tqdm_disable"]
+from monai_genaug.utils.options import as_bool, optional_count
+
+__all__ = ["as_bool", "bundle_root", "optional_count", "progress_bar", "resolve_num_threads", "set_num_threads", "tqdm_disable"]
 
 
 def resolve_num_threads(num_threads: int | None, device: torch.device | str | None = None) -> int | None:
@@ -68,27 +70,6 @@ def set_num_threads(num_threads: int | None = None, device: torch.device | str |
     if n is not None and n != torch.get_num_threads():
         torch.set_num_threads(n)
     return torch.get_num_threads()
-
-
-def as_bool(value: Any, name: str) -> bool:
-    """A command-line switch as a bool: ``True``/``False`` and the texts ``true``/``false``/``1``/``0``/``yes``/``no``
-    (``python -m monai.bundle run --progress false`` passes the text ``'false'``).
-
-    Args:
-        value: the option's value.
-        name: the option's name, for the error message.
-
-    Raises:
-        ValueError: anything else.
-    """
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}; e.g. --{name} false.")
 
 
 def tqdm_disable(progress: bool | str | None) -> bool | None:

@@ -197,3 +197,39 @@ def test_tracking_helpers(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert skip_tracking(None, trainer_tracks=True)
+
+
+def test_same_options_same_meaning(tmp_path):
+    """GMS takes ``--split all`` and ``--max_items null`` like TTGA; AdaptDiff inference writes where its docs say."""
+    import numpy as np
+    from PIL import Image
+
+    from monai_genaug.bundle.data import bundle_datalist
+    from monai_genaug.engines.gms import gms_datalist
+    from monai_genaug.utils.options import optional_count
+
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / "images" / f"c{i}.png")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / f"c{i}.png")
+    every = gms_datalist(tmp_path, "all", max_items="null")
+    assert sorted(Path(e["image"]).name for e in every) == sorted(f"c{i}.png" for i in range(10))
+    parts = [gms_datalist(tmp_path, s) for s in ("training", "validation", "test")]
+    assert [e["image"] for e in every] == [e["image"] for p in parts for e in p]
+    assert len(gms_datalist(tmp_path, "all", max_items="3")) == 3
+    assert [e["image"] for e in bundle_datalist(tmp_path, "all", max_items="null")] == [e["image"] for e in every]
+    with pytest.raises(ValueError, match="split must be one of .*'all'"):
+        gms_datalist(tmp_path, "everything")
+    assert optional_count(None) is None and optional_count("None") is None and optional_count("4") == 4
+    for bad in ("-1", "2.5", "many", True):
+        with pytest.raises(ValueError, match="max_items must be a whole number >= 0 or null"):
+            optional_count(bad)
+    config = json.loads((ROOT / "bundles" / "adaptdiff" / "configs" / "inference.json").read_text())
+    assert config["output_dir"] == "$@bundle_root + '/eval/inference'"
+    assert "`eval/inference/labels/*_seg.png`" in (ROOT / "bundles" / "adaptdiff" / "docs" / "README.md").read_text()
+    for name in BUNDLES:  # every inference config: the same switches, the same defaults
+        config = json.loads((ROOT / "bundles" / name / "configs" / "inference.json").read_text())
+        assert {"num_threads", "progress", "save_execute_config", "is_not_rank0", "tracking_uri", "dataset_dir",
+                "output_dir", "device", "seed"} <= set(config), name
+        assert "/eval" in config["output_dir"], name
