@@ -233,3 +233,17 @@ def test_same_options_same_meaning(tmp_path):
         assert {"num_threads", "progress", "save_execute_config", "is_not_rank0", "tracking_uri", "dataset_dir",
                 "output_dir", "device", "seed"} <= set(config), name
         assert "/eval" in config["output_dir"], name
+
+
+def test_ctrl_genaug_docs_have_outputs_and_options():
+    import re
+
+    readme = (ROOT / "bundles" / "ctrl_genaug" / "docs" / "README.md").read_text()
+    assert "## Outputs" in readme and "## Options" in readme
+    options = readme.split("## Options", 1)[1].split("\n## ", 1)[0]
+    documented = {i for row in options.splitlines() if row.startswith("| `")
+                  for i in re.findall(r"`(\w+)`", row.split("|")[1])}
+    keys = set()
+    for path in (ROOT / "bundles" / "ctrl_genaug" / "configs").glob("*.json"):
+        keys |= set(json.loads(path.read_text()))
+    assert documented and documented <= keys, documented - keys
