@@ -32,44 +32,9 @@ from typing import Any
 
 import torch
 
-from monai_genaug.utils.options import as_bool, optional_count
+from monai_genaug.utils.options import as_bool, optional_count, resolve_num_threads, set_num_threads
 
 __all__ = ["as_bool", "bundle_root", "optional_count", "progress_bar", "resolve_num_threads", "set_num_threads", "tqdm_disable"]
-
-
-def resolve_num_threads(num_threads: int | None, device: torch.device | str | None = None) -> int | None:
-    """The thread count ``num_threads`` stands for on ``device`` (None: leave torch's setting).
-
-    Args:
-        num_threads: a positive int, or None for the default: 1 on CPU (or when ``device`` is None), torch's own
-            setting on an accelerator.
-        device: the device the run computes on.
-
-    Raises:
-        ValueError: ``num_threads`` is not a positive integer.
-    """
-    if num_threads is None:
-        kind = torch.device(device).type if device is not None else "cpu"
-        return 1 if kind == "cpu" else None
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-        raise ValueError(
-            f"num_threads must be a positive integer or null (1 thread per process on CPU), got {num_threads!r}; "
-            "e.g. --num_threads 1."
-        )
-    return num_threads
-
-
-def set_num_threads(num_threads: int | None = None, device: torch.device | str | None = None) -> int:
-    """Set torch's intra-op thread count from a bundle / command-line ``num_threads`` option; return the count in use.
-
-    Args:
-        num_threads: see :func:`resolve_num_threads` (None: 1 thread per process on CPU).
-        device: the device the run computes on.
-    """
-    n = resolve_num_threads(num_threads, device)
-    if n is not None and n != torch.get_num_threads():
-        torch.set_num_threads(n)
-    return torch.get_num_threads()
 
 
 def tqdm_disable(progress: bool | str | None) -> bool | None:

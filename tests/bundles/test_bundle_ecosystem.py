@@ -247,3 +247,21 @@ def test_ctrl_genaug_docs_have_outputs_and_options():
     for path in (ROOT / "bundles" / "ctrl_genaug" / "configs").glob("*.json"):
         keys |= set(json.loads(path.read_text()))
     assert documented and documented <= keys, documented - keys
+
+
+def test_command_lines_take_num_threads_and_progress(tmp_path):
+    from monai_genaug.data.phantoms import main as phantoms_main
+    from monai_genaug.sd_import import build_parser
+
+    torch.set_num_threads(2)
+    phantoms_main(["--kind", "endoscopy", "--out", str(tmp_path / "a"), "--num", "1"])
+    assert torch.get_num_threads() == 1  # the default: one thread per process on CPU
+    phantoms_main(["--kind", "endoscopy", "--out", str(tmp_path / "b"), "--num", "1", "--num_threads", "2",
+                   "--progress", "false"])
+    assert torch.get_num_threads() == 2
+    with pytest.raises(SystemExit):
+        phantoms_main(["--kind", "endoscopy", "--out", str(tmp_path / "c"), "--progress", "maybe"])
+    args = build_parser().parse_args(["--source", "x", "--out", "y", "--num_threads", "3", "--progress", "false"])
+    assert args.num_threads == 3 and args.progress is False
+    for script in sorted((ROOT / "tutorials").glob("*.py")):
+        assert "add_runtime_arguments" in script.read_text(), script.name
