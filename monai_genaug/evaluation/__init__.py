@@ -20,9 +20,11 @@ from monai_genaug.evaluation.downstream import (
     DEFAULT_SEEDS,
     default_learner,
     evaluate_downstream,
+    evaluate_training_sets,
     label_curve,
     label_curve_rises,
     metric_name,
+    variant_summaries,
 )
 from monai_genaug.evaluation.learners import (
     GlobalPoolCNN,
@@ -63,6 +65,7 @@ __all__ = [
     "default_learner",
     "environment",
     "evaluate_downstream",
+    "evaluate_training_sets",
     "is_complete",
     "label_curve",
     "label_curve_rises",
@@ -74,6 +77,7 @@ __all__ = [
     "segmentation_learner",
     "summarize",
     "train_learner",
+    "variant_summaries",
     "write_json_atomic",
     "write_results",
 ]

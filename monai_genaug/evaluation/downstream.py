@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from monai_genaug.engines.classifier import confusion_metrics
 from monai_genaug.evaluation.learners import (
     CLASSIFICATION,
     SEGMENTATION,
@@ -50,9 +51,11 @@ __all__ = [
     "DEFAULT_SEEDS",
     "default_learner",
     "evaluate_downstream",
+    "evaluate_training_sets",
     "label_curve",
     "label_curve_rises",
     "metric_name",
+    "variant_summaries",
 ]
 
 #: at least five training seeds, the protocol's minimum
@@ -70,21 +73,22 @@ def metric_name(task: str) -> str:
     raise ValueError(f"task must be {CLASSIFICATION!r} or {SEGMENTATION!r}, got {task!r}.")
 
 
-def default_learner(task: str, images: torch.Tensor, targets: torch.Tensor, num_classes: int) -> Callable[[], nn.Module]:
+def default_learner(task: str, images: torch.Tensor, num_classes: int, frames: bool = False) -> Callable[[], nn.Module]:
     """The learner chosen once for a task, shaped for ``images``: :class:`GlobalPoolCNN` for classification
-    (frame-wise for ``(N, C, F, H, W)`` clips), MONAI ``UNet`` for segmentation.
+    (frame by frame for ``(N, C, F, H, W)`` clips with ``frames=True``), MONAI ``UNet`` for segmentation.
 
     Args:
         task: ``"classification"`` or ``"segmentation"``.
         images: training images ``(N, C, *spatial)``.
-        targets: their targets (unused; for the signature's symmetry with custom factories).
         num_classes: classes (classification) or foreground classes (segmentation).
+        frames: classification of clips, a 2D network applied per frame.
     """
     metric_name(task)
     c, spatial = int(images.shape[1]), images.ndim - 2
     if task == CLASSIFICATION:
-        frames = spatial == 3 and images.shape[2] < images.shape[-1] // 2
         return lambda: classification_learner(2 if frames else spatial, c, num_classes, frames=frames)
+    if frames:
+        raise ValueError("frames=True applies to classification only.")
     return lambda: segmentation_learner(spatial, c, num_classes)
 
 
@@ -150,25 +154,21 @@ def evaluate_downstream(
         ``(table, counts)``: the per-case table (metric :func:`metric_name`) and ``{variant: {"num_train",
         "num_synthetic"}}``.
     """
-    metric = metric_name(task)
+    metric_name(task)
     train, test = _as_pair(train, "train"), _as_pair(test, "test")
     if train[0].shape[0] == 0 or test[0].shape[0] == 0:
         raise ValueError("train and test must each hold at least one item.")
-    if not seeds:
-        raise ValueError("seeds is empty; give at least one training seed (five for a benchmark).")
-    ids = [f"case_{i:03d}" for i in range(test[0].shape[0])] if case_ids is None else [str(c) for c in case_ids]
-    if len(ids) != test[0].shape[0] or len(set(ids)) != len(ids):
-        raise ValueError(f"case_ids must be {test[0].shape[0]} distinct ids, got {len(ids)} ({len(set(ids))} distinct).")
-    variants: dict[str, Callable[[int], Pair | None]] = {"real_only": lambda s: None}
+    ids = case_ids
+    variants: dict[str, Any] = {"real_only": None}
     if synthetic is not None:
         syn = _as_pair(synthetic, "synthetic")
-        variants["real+all"] = lambda s: syn
+        variants["real+all"] = syn
         if keep is not None:
             mask = torch.as_tensor(keep, dtype=torch.bool).reshape(-1)
             if mask.numel() != syn[0].shape[0]:
                 raise ValueError(f"keep has {mask.numel()} entries for {syn[0].shape[0]} synthetic samples.")
             kept = torch.nonzero(mask).reshape(-1)
-            variants["real+filtered"] = lambda s: (syn[0][kept], syn[1][kept])
+            variants["real+filtered"] = (syn[0][kept], syn[1][kept])
 
             def _random(s: int) -> Pair:
                 g = torch.Generator().manual_seed(10_000 + int(s))
@@ -181,27 +181,124 @@ def evaluate_downstream(
     for name, pair in (extra or {}).items():
         if name in variants:
             raise ValueError(f"extra variant {name!r} clashes with a protocol variant.")
-        p = None if pair is None else _as_pair(pair, f"extra[{name!r}]")
-        variants[name] = lambda s, p=p: p
+        variants[name] = None if pair is None else _as_pair(pair, f"extra[{name!r}]")
     if upper_bound is not None:
         ub = _as_pair(upper_bound, "upper_bound")
-        variants["upper_bound"] = lambda s: ub
-    factory = learner_fn or default_learner(task, train[0], train[1], num_classes)
+        variants["upper_bound"] = ub
+    return evaluate_training_sets(
+        task, train, test, num_classes, variants, learner_fn, iterations, batch_size, lr, seeds, augment, ids, device
+    )
+
+
+def evaluate_training_sets(
+    task: str,
+    train: Pair,
+    test: Pair,
+    num_classes: int,
+    variants: Mapping[str, Pair | None | Callable[[int], Pair | None]],
+    learner_fn: Callable[[], nn.Module] | None = None,
+    iterations: int = 300,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    augment: bool = True,
+    case_ids: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[ResultsTable, dict[str, dict[str, int]]]:
+    """The loop under :func:`evaluate_downstream`: for every named variant and seed, train a fresh learner on
+    ``train`` + the variant's added items and score every test case.
+
+    Args:
+        task: ``"classification"`` or ``"segmentation"``.
+        train: real labelled ``(images, targets)``.
+        test: test ``(images, targets)``.
+        num_classes: classes / foreground classes.
+        variants: ``{name: added (images, targets)}``; None adds nothing (the real-only baseline); a callable
+            ``seed -> pair`` draws the added items per seed.
+        learner_fn: builds a fresh learner (default :func:`default_learner`).
+        iterations: training steps of every run.
+        batch_size: items per step.
+        lr: learning rate.
+        seeds: training seeds.
+        augment: random rot90 / flips.
+        case_ids: test case ids (default ``case_000``...).
+        device: device.
+
+    Returns:
+        ``(table, counts)`` as :func:`evaluate_downstream`; classification rows also hold ``target`` and
+        ``prediction``.
+    """
+    metric = metric_name(task)
+    train, test = _as_pair(train, "train"), _as_pair(test, "test")
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one training seed (five for a benchmark).")
+    ids = [f"case_{i:03d}" for i in range(test[0].shape[0])] if case_ids is None else [str(c) for c in case_ids]
+    if len(ids) != test[0].shape[0] or len(set(ids)) != len(ids):
+        raise ValueError(f"case_ids must be {test[0].shape[0]} distinct ids, got {len(ids)} ({len(set(ids))} distinct).")
+    factory = learner_fn or default_learner(task, train[0], num_classes)
     table = ResultsTable()
     counts: dict[str, dict[str, int]] = {}
-    for name, added_fn in variants.items():
+    for name, spec in variants.items():
         for seed in seeds:
-            added = added_fn(seed)
+            added = spec(int(seed)) if callable(spec) else spec
+            added = None if added is None else _as_pair(added, f"variant {name!r}")
             x, y = _cat(train, added)
             torch.manual_seed(int(seed))
             net = train_learner(factory(), x, y, task, iterations, batch_size, lr, seed=int(seed), augment=augment,
                                 device=device)
-            scores = case_scores(predict(net, test[0], device=device), test[1], task)
-            for case, value in zip(ids, scores.tolist()):
-                table.add(name, case=case, seed=int(seed), value=value, metric=metric)
+            logits = predict(net, test[0], device=device)
+            scores = case_scores(logits, test[1], task).tolist()
+            extra: list[dict[str, Any]] = [{} for _ in ids]
+            if task == CLASSIFICATION:
+                extra = [{"target": int(t), "prediction": int(p)}
+                         for t, p in zip(test[1].reshape(-1).tolist(), logits.argmax(1).tolist())]
+            for case, value, more in zip(ids, scores, extra):
+                table.add(name, case=case, seed=int(seed), value=value, metric=metric, **more)
             n_added = 0 if added is None else int(added[0].shape[0])
             counts[name] = {"num_train": int(x.shape[0]), "num_synthetic": 0 if name == "upper_bound" else n_added}
     return table, counts
+
+
+def variant_summaries(
+    table: ResultsTable, counts: Mapping[str, Mapping[str, int]], num_classes: int | None = None, **kwargs: Any
+) -> dict[str, dict[str, Any]]:
+    """Per-variant summary in the shape the method-level helpers return: ``{variant: {"<metric>", "<metric>_std"``
+    (over seeds; 0 with one seed), ``"<metric>_low", "<metric>_high"`` (bootstrap interval), ``"num_train",
+    "num_synthetic", "runs"`` (per seed; classification adds balanced accuracy and macro F1 from the confusion
+    matrix)``}``.
+
+    Args:
+        table: from :func:`evaluate_downstream` / :func:`evaluate_training_sets`.
+        counts: their counts.
+        num_classes: classes (classification rows with ``target`` / ``prediction``: balanced accuracy, macro F1).
+        kwargs: passed to :meth:`ResultsTable.summary` (confidence, num_resamples, seed).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    metric = table.metrics()[0]
+    for name in table.methods(metric):
+        s = table.summary(name, metric, **kwargs)
+        runs = []
+        for seed, mean in zip(sorted({r["seed"] for r in table.rows if r["method"] == name}), s["per_seed"]):
+            run: dict[str, Any] = {"seed": seed, metric: mean}
+            rows = [r for r in table.rows if r["method"] == name and r["seed"] == seed and "target" in r]
+            if rows and num_classes:
+                confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+                for r in rows:
+                    confusion[r["target"], r["prediction"]] += 1
+                m = confusion_metrics(confusion)
+                run.update(balanced_accuracy=m["balanced_accuracy"], macro_f1=m["macro_f1"])
+            runs.append(run)
+        entry: dict[str, Any] = {
+            metric: s["mean"], f"{metric}_std": s["std_seeds"] or 0.0, f"{metric}_low": s["low"],
+            f"{metric}_high": s["high"], **dict(counts.get(name, {})), "runs": runs,
+        }
+        for key in ("balanced_accuracy", "macro_f1"):
+            if runs and key in runs[0]:
+                v = np.array([r[key] for r in runs])
+                entry[key] = float(v.mean())
+                entry[f"{key}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        out[name] = entry
+    return out
 
 
 def _label_subsets(targets: torch.Tensor, sizes: Sequence[int], task: str, seed: int) -> list[torch.Tensor]:
@@ -263,7 +360,7 @@ def label_curve(
         raise ValueError(f"sizes must be at least two strictly increasing counts, got {sizes}.")
     if sizes[0] < 1 or sizes[-1] > train[0].shape[0]:
         raise ValueError(f"sizes must lie in [1, {train[0].shape[0]}] (the labelled pool), got {sizes}.")
-    factory = learner_fn or default_learner(task, train[0], train[1], num_classes)
+    factory = learner_fn or default_learner(task, train[0], num_classes)
     table = ResultsTable()
     for size, idx in zip(sizes, _label_subsets(train[1], sizes, task, subset_seed)):
         part, _ = evaluate_downstream(

@@ -74,7 +74,7 @@ class Oracle:
 
     def fit(self, images: torch.Tensor, targets: torch.Tensor) -> Oracle:
         """Train the oracle on every real labelled item (augmentation on)."""
-        factory = self.learner_fn or default_learner(self.task, images, targets, self.num_classes)
+        factory = self.learner_fn or default_learner(self.task, images, self.num_classes)
         torch.manual_seed(self.seed)
         self.network = train_learner(
             factory(), images, targets, self.task, self.iterations, self.batch_size, self.lr, seed=self.seed,
