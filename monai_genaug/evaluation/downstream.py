@@ -265,7 +265,7 @@ def variant_summaries(
     """Per-variant summary in the shape the method-level helpers return: ``{variant: {"<metric>", "<metric>_std"``
     (over seeds; 0 with one seed), ``"<metric>_low", "<metric>_high"`` (bootstrap interval), ``"num_train",
     "num_synthetic", "runs"`` (per seed; classification adds balanced accuracy and macro F1 from the confusion
-    matrix)``}``.
+    matrix), ``"rows"`` (the variant's per-case rows)``}``.
 
     Args:
         table: from :func:`evaluate_downstream` / :func:`evaluate_training_sets`.
@@ -291,6 +291,7 @@ def variant_summaries(
         entry: dict[str, Any] = {
             metric: s["mean"], f"{metric}_std": s["std_seeds"] or 0.0, f"{metric}_low": s["low"],
             f"{metric}_high": s["high"], **dict(counts.get(name, {})), "runs": runs,
+            "rows": [dict(r) for r in table.rows if r["method"] == name],
         }
         for key in ("balanced_accuracy", "macro_f1"):
             if runs and key in runs[0]:

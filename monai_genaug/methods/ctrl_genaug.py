@@ -1046,8 +1046,8 @@ def evaluate_sequence_augmentation(
 
     Returns:
         ``{variant: {"accuracy", "accuracy_std", "accuracy_low", "accuracy_high", "balanced_accuracy", "num_train",
-        "num_synthetic", "runs"}}`` (:func:`monai_genaug.evaluation.variant_summaries`); the JSON at ``output_path``
-        also holds the per-case ``"rows"``.
+        "num_synthetic", "runs"}}`` (:func:`monai_genaug.evaluation.variant_summaries`); ``"rows"`` holds the
+        variant's per-case scores.
     """
     variants = {
         name: None if syn is None or not len(syn[0]) else (syn[0].float(), torch.as_tensor(syn[1]).long().reshape(-1))
@@ -1063,7 +1063,7 @@ def evaluate_sequence_augmentation(
     for name, r in results.items():
         logger.info(f"downstream '{name}': accuracy {r['accuracy']:.3f}")
     if output_path is not None:
-        _write_json({**results, "rows": table.to_rows()}, output_path)
+        _write_json(results, output_path)
     return results
 
 

@@ -860,8 +860,8 @@ def evaluate_synthetic_augmentation(
 
     Returns:
         ``{variant: {"accuracy", "accuracy_std", "accuracy_low", "accuracy_high", "balanced_accuracy", "macro_f1",
-        ..., "num_train", "num_synthetic", "runs": [...]}}`` (:func:`monai_genaug.evaluation.variant_summaries`); the
-        JSON at ``output_path`` also holds the per-case ``"rows"``.
+        ..., "num_train", "num_synthetic", "runs": [...]}}`` (:func:`monai_genaug.evaluation.variant_summaries`); 
+        ``"rows"`` holds the variant's per-case scores.
     """
     if not real_train:
         raise ValueError("real_train is empty.")
@@ -890,7 +890,7 @@ def evaluate_synthetic_augmentation(
     for name, r in results.items():
         logger.info(f"downstream '{name}': accuracy {r['accuracy']:.3f}")
     if output_path is not None:
-        _write_json({**results, "rows": table.to_rows()}, output_path)
+        _write_json(results, output_path)
     return results
 
 
