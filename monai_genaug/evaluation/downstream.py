@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from monai_genaug.engines.classifier import confusion_metrics
 from monai_genaug.evaluation.learners import (
     CLASSIFICATION,
     SEGMENTATION,
@@ -45,7 +44,7 @@ from monai_genaug.evaluation.learners import (
     segmentation_learner,
     train_learner,
 )
-from monai_genaug.evaluation.statistics import ResultsTable
+from monai_genaug.evaluation.statistics import ResultsTable, confusion_metrics
 
 __all__ = [
     "DEFAULT_SEEDS",

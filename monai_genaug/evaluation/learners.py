@@ -13,7 +13,7 @@
 Classification: :class:`GlobalPoolCNN` (default; convolution blocks, global mean + max pooling, a linear head: the
 design of the package's sequence classifier, translation-invariant, which small training sets need), or MONAI's
 ``DenseNet121`` / ``EfficientNetBN`` where a GPU makes them affordable. Segmentation: MONAI ``UNet``
-(:func:`monai_genaug.engines.segmentation.build_segmenter`). One training loop (:func:`train_learner`) gives every
+(configured as :func:`monai_genaug.engines.segmentation.build_segmenter` does). One training loop gives every
 variant the same iterations, batch size, optimiser, schedule and augmentation.
 """
 
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.networks.blocks import Convolution
+from monai.networks.nets import UNet
 from torch import nn
 
-from monai_genaug.engines.segmentation import build_segmenter
 
 __all__ = [
     "CLASSIFICATION",
@@ -151,9 +151,16 @@ def classification_learner(
 def segmentation_learner(
     spatial_dims: int, in_channels: int, num_classes: int = 1, channels: Sequence[int] = (16, 32, 64, 128)
 ) -> nn.Module:
-    """A fresh MONAI ``UNet`` with ``num_classes + 1`` outputs (background first), 2 residual units per block."""
-    return build_segmenter(
-        spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, channels=tuple(channels)
+    """A fresh MONAI ``UNet`` with ``num_classes + 1`` outputs (background first), stride 2 between levels, 2 residual
+    units per block, instance norm (the configuration of the package's segmenters)."""
+    return UNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=int(num_classes) + 1,
+        channels=tuple(int(c) for c in channels),
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=2,
+        norm="instance",
     )
 
 

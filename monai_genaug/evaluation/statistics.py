@@ -27,11 +27,40 @@ import numpy as np
 
 __all__ = [
     "ResultsTable",
+    "confusion_metrics",
     "bootstrap_interval",
     "paired_difference",
     "percentile_interval",
     "summarize",
 ]
+
+
+def confusion_metrics(confusion: np.ndarray) -> dict[str, Any]:
+    """Accuracy, balanced accuracy (mean recall over the classes present), macro F1 of a confusion matrix.
+
+    Args:
+        confusion: ``(K, K)`` counts, rows = truth, columns = prediction.
+
+    Returns:
+        ``{"accuracy", "balanced_accuracy", "macro_f1", "num_samples", "confusion"}``.
+    """
+    total = int(confusion.sum())
+    if total == 0:
+        raise ValueError("the evaluation loader gave no samples.")
+    tp = np.diag(confusion).astype(float)
+    support = confusion.sum(axis=1).astype(float)
+    predicted = confusion.sum(axis=0).astype(float)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
+    return {
+        "accuracy": float(tp.sum() / total),
+        "balanced_accuracy": float(recall[present].mean()),
+        "macro_f1": float(f1[present].mean()),
+        "num_samples": total,
+        "confusion": confusion.tolist(),
+    }
 
 
 def _grid(values: Any, what: str = "values") -> np.ndarray:

@@ -131,3 +131,15 @@ def test_evaluation_does_not_import_methods():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.startswith("monai_genaug.methods") for n in names), path
+
+
+def test_evaluation_imports_without_methods_or_engines():
+    """The protocol sits below the methods: importing it must not pull monai_genaug.methods in (not even through
+    monai_genaug.engines, whose package imports method modules)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, monai_genaug.evaluation; "
+            "print(sorted(m for m in sys.modules if m.startswith(('monai_genaug.methods', 'monai_genaug.engines'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
