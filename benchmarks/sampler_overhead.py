@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
 from monai_genaug.generative.guidance import ClassifierFreeGuidance
 from monai_genaug.generative.latent_generator import LatentGenerator
 from monai_genaug.generative.sampler import DiffusionSampler
@@ -37,7 +38,7 @@ from monai_genaug.generative.sampler import DiffusionSampler
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main() -> dict:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
     parser.add_argument("--size", type=int, default=64, help="image size (latents are size / autoencoder factor)")
@@ -46,7 +47,8 @@ def main() -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--out", default=str(RESULTS / "sampler_overhead.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    timer = BenchmarkTimer()
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,7 +110,7 @@ def main() -> dict:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic({**result, "timing": timer.stop(), "environment": environment()}, out)
     print(json.dumps({k: result[k] for k in ("ratio_full_over_raw", "full_sampling_s_median", "raw_unet_calls_s_median")}))
     return result
 

@@ -72,6 +72,20 @@ class Oracle:
         self.device = device
         self.network: nn.Module | None = None
 
+    @classmethod
+    def from_network(cls, task: str, network: nn.Module, num_classes: int, device: str | torch.device = "cpu") -> Oracle:
+        """Wrap a model already trained on all real labels (e.g. a benchmark's upper bound) as the oracle.
+
+        Args:
+            task: ``"classification"`` or ``"segmentation"``.
+            network: the trained model (logits ``(N, K)`` or ``(N, K + 1, ...)``).
+            num_classes: classes / foreground classes.
+            device: device.
+        """
+        oracle = cls(task, num_classes, device=device)
+        oracle.network = network.eval()
+        return oracle
+
     def fit(self, images: torch.Tensor, targets: torch.Tensor) -> Oracle:
         """Train the oracle on every real labelled item (augmentation on)."""
         factory = self.learner_fn or default_learner(self.task, images, self.num_classes)

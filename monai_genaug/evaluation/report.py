@@ -663,16 +663,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", help="folder of the benchmark JSON files (benchmarks/results)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when an output is stale")
-    parser.add_argument("--readme", default=None, help="README with the benchmark table (default: <repo>/README.md)")
-    parser.add_argument("--bundles", default=None, help="bundles folder (default: <repo>/bundles)")
+    parser.add_argument("--readme", default=None,
+                        help="README with the benchmark table (default: <repo>/README.md; 'none': no README)")
+    parser.add_argument("--bundles", default=None, help="bundles folder (default: <repo>/bundles; 'none': no bundles)")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     args = parser.parse_args(argv)
     results_dir = Path(args.results_dir)
     repo = results_dir.resolve().parents[1]
     readme = Path(args.readme) if args.readme else repo / "README.md"
     bundles = Path(args.bundles) if args.bundles else repo / "bundles"
-    outputs, report = _outputs(results_dir, readme if readme.is_file() else None,
-                               bundles if bundles.is_dir() else None)
+    outputs, report = _outputs(results_dir, readme if args.readme != "none" and readme.is_file() else None,
+                               bundles if args.bundles != "none" and bundles.is_dir() else None)
     if args.check:
         stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
         for p in stale:
