@@ -73,7 +73,7 @@ def stages(out: Path, data: Path) -> list[Stage]:
               ["gms_quality.json"], envelope=False, needs="kvasir_seg",
               out_flag=["--data_dir", kvasir, "--out", f"{o}/gms_quality.json"]),
         Stage("ttga_quality", "ttga_quality.py", ["--test_items", "2", "--seg_epochs", "1", "--ae_epochs", "1",
-                                                  "--lora_epochs", "1", "--max_iterations", "2", "--views", "2",
+                                                  "--lora_epochs", "1", "--max_iterations", "20", "--views", "2",
                                                   "--plain", "0", "--work_dir", f"{o}/work_ttga"], [],
               ["ttga_quality.json"], envelope=False, needs="kvasir_seg",
               out_flag=["--data_dir", kvasir, "--results", o]),

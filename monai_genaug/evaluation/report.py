@@ -454,9 +454,9 @@ def render_ttga(files: Mapping[str, Mapping[str, Any]]) -> Report:
         readme.append("Kvasir-SEG Dice / AUC: " + "; ".join(
             f"{m[k]['label']} {f3(m[k]['dice']['mean'])} / {f3(m[k]['error_auc']['mean'])}" for k in _TTGA_METHODS
             if k in m and m[k]["dice"]["mean"] is not None) + f" ({NO_INTERVAL_1})")
+        shown = [k for k in _TTGA_METHODS if k in m and m[k]["dice"]["mean"] is not None]
         rep.plots.append(Plot("ttga_quality", "TTGA on Kvasir-SEG: Dice (no interval)", "bars", "Dice",
-                              [m[k]["label"] for k in _TTGA_METHODS if k in m],
-                              [m[k]["dice"]["mean"] for k in _TTGA_METHODS if k in m]))
+                              [m[k]["label"] for k in shown], [m[k]["dice"]["mean"] for k in shown]))
         lines += [f"Plot: `{_plot_name('ttga_quality')}`.", ""]
     sp = files.get("ttga_speed.json")
     if sp is not None:
