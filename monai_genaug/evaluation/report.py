@@ -36,6 +36,7 @@ from typing import Any
 
 from monai.utils import optional_import
 
+from monai_genaug.evaluation.downstream import label_curve_rises
 from monai_genaug.evaluation.results import SCHEMA, read_results
 from monai_genaug.evaluation.statistics import ResultsTable, summarize
 
@@ -174,8 +175,8 @@ def render_envelope(stem: str, obj: Mapping[str, Any]) -> Report:
         lsums = _summaries(ltab, lm)
         sizes = [int(m.split()[0]) for m in lsums]
         first, last = list(lsums)[0], list(lsums)[-1]
-        d = ltab.paired(last, first, lm, **BOOT)
-        rises = d["low"] > 0
+        check = label_curve_rises(ltab, lm, **BOOT)
+        d, rises = check["largest_minus_smallest"], check["rises"]
         lines += ["", "## Label curve of the learner (more real labels, same protocol)", ""]
         lines += table(["real labels", "mean", "95 % interval"], [[n, f3(s["mean"]), interval(s)]
                                                                    for n, s in zip(sizes, lsums.values())])
