@@ -157,7 +157,6 @@ def evaluate_downstream(
     train, test = _as_pair(train, "train"), _as_pair(test, "test")
     if train[0].shape[0] == 0 or test[0].shape[0] == 0:
         raise ValueError("train and test must each hold at least one item.")
-    ids = case_ids
     variants: dict[str, Any] = {"real_only": None}
     if synthetic is not None:
         syn = _as_pair(synthetic, "synthetic")
@@ -182,10 +181,9 @@ def evaluate_downstream(
             raise ValueError(f"extra variant {name!r} clashes with a protocol variant.")
         variants[name] = None if pair is None else _as_pair(pair, f"extra[{name!r}]")
     if upper_bound is not None:
-        ub = _as_pair(upper_bound, "upper_bound")
-        variants["upper_bound"] = ub
+        variants["upper_bound"] = _as_pair(upper_bound, "upper_bound")
     return evaluate_training_sets(
-        task, train, test, num_classes, variants, learner_fn, iterations, batch_size, lr, seeds, augment, ids, device
+        task, train, test, num_classes, variants, learner_fn, iterations, batch_size, lr, seeds, augment, case_ids, device
     )
 
 
