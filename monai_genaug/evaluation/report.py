@@ -152,18 +152,16 @@ def render_envelope(stem: str, obj: Mapping[str, Any]) -> Report:
                      s["num_cases"], n])
     lines += table(["method", "mean", "95 % interval", "std over seeds", "std over cases", "seeds", "cases",
                     "training items"], rows)
-    pairs = []
     if baseline and baseline in sums:
-        lines += ["", f"## Paired differences against `{baseline}` (same cases and seeds)", ""]
-        for m in sums:
-            if m == baseline:
-                continue
-            d = tab.paired(m, baseline, metric, **BOOT)
-            pairs.append((m, d))
+        lines += ["", f"## Paired differences (against `{baseline}` and of the filter; same cases and seeds)", ""]
+        wanted = [(m, baseline) for m in sums if m != baseline]
+        # the filter's own effect: the kept samples against as many drawn at random
+        wanted += [tuple(p) for p in extra.get("pairs", [("real+filtered", "real+random")]) if set(p) <= set(sums)]
+        pairs = [(a, b, tab.paired(a, b, metric, **BOOT)) for a, b in wanted]
         lines += table(
-            ["method - baseline", "mean difference", "95 % interval", "wins / losses / ties (cases)", "verdict"],
-            [[f"{m} - {baseline}", f"{d['mean']:+.3f}", interval(d), f"{d['wins']} / {d['losses']} / {d['ties']}",
-              _verdict(d)] for m, d in pairs],
+            ["difference", "mean", "95 % interval", "wins / losses / ties (cases)", "verdict"],
+            [[f"{a} - {b}", f"{d['mean']:+.3f}", interval(d), f"{d['wins']} / {d['losses']} / {d['ties']}",
+              _verdict(d)] for a, b, d in pairs],
         )
     rep.plots.append(Plot(stem, title, "bars", metric, list(sums), [s["mean"] for s in sums.values()],
                           [s["low"] for s in sums.values()], [s["high"] for s in sums.values()]))
@@ -221,7 +219,7 @@ def _verdict(d: Mapping[str, Any]) -> str:
 
 def _value(v: Any) -> str:
     if isinstance(v, float):
-        return f3(v)
+        return f"{v:.1f}" if abs(v) >= 100 else f3(v)
     if isinstance(v, (dict, list)):
         return f"`{json.dumps(v)}`"
     return str(v)
