@@ -576,7 +576,10 @@ def render_results(results_dir: str | Path) -> Report:
         group = {n: o for n, o in objs.items() if takes(n) and o.get("schema") != SCHEMA}
         legacy_seen.update(group)
         if group:
-            report.merge(render(group))
+            old = render(group)
+            old.readme_rows = [(a, f"{b} (run before the evaluation protocol)", c) for a, b, c in old.readme_rows]
+            old.bundle = {k: [f"Before the evaluation protocol: {v[0]}", *v[1:]] for k, v in old.bundle.items()}
+            report.merge(old)
     for name, obj in objs.items():
         if obj.get("schema") == SCHEMA:
             report.merge(render_envelope(Path(name).stem, obj))
