@@ -29,6 +29,7 @@ import argparse
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -625,7 +626,7 @@ def write_plots(plots: Sequence[Plot], results_dir: Path) -> list[Path]:
 
     out = []
     for p in plots:
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(p.labels) + 2), 3.2))
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(p.labels) + 2), 3.4))
         x = list(range(len(p.labels)))
         yerr = None
         if p.lows is not None and p.highs is not None:
@@ -638,7 +639,7 @@ def write_plots(plots: Sequence[Plot], results_dir: Path) -> list[Path]:
         ax.set_xticks(x)
         ax.set_xticklabels(p.labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(p.ylabel)
-        ax.set_title(p.title, fontsize=9)
+        ax.set_title(textwrap.fill(p.title, 70), fontsize=8)
         fig.tight_layout()
         path = results_dir / _plot_name(p.name)
         path.parent.mkdir(parents=True, exist_ok=True)
