@@ -154,10 +154,11 @@ def render_envelope(stem: str, obj: Mapping[str, Any]) -> Report:
     lines += table(["method", "mean", "95 % interval", "std over seeds", "std over cases", "seeds", "cases",
                     "training items"], rows)
     if baseline and baseline in sums:
-        lines += ["", f"## Paired differences (against `{baseline}` and of the filter; same cases and seeds)", ""]
         wanted = [(m, baseline) for m in sums if m != baseline]
         # the filter's own effect: the kept samples against as many drawn at random
         wanted += [tuple(p) for p in extra.get("pairs", [("real+filtered", "real+random")]) if set(p) <= set(sums)]
+        lines += ["", f"## Paired differences (against `{baseline}`, and any pair named in the JSON or the filter "
+                      "against a random subset of its size; same cases and seeds)", ""]
         pairs = [(a, b, tab.paired(a, b, metric, **BOOT)) for a, b in wanted]
         lines += table(
             ["difference", "mean", "95 % interval", "wins / losses / ties (cases)", "verdict"],
