@@ -99,8 +99,10 @@ def test_update_block():
 
 
 def test_legacy_single_run_shown_without_interval(tmp_path):
-    for name in ("adaptdiff_phantoms.json", "adaptdiff_brats.json"):
-        shutil.copy(RESULTS / name, tmp_path / name)
+    shutil.copy(RESULTS / "adaptdiff_brats.json", tmp_path / "adaptdiff_brats.json")
+    single = json.loads((RESULTS / "adaptdiff_brats.json").read_text())  # the old shape, without per-case values
+    single.update(data="phantoms", per_case_dice=None)
+    (tmp_path / "adaptdiff_phantoms.json").write_text(json.dumps(single))
     md = render_results(tmp_path).markdown["adaptdiff.md"]
     phantoms = next(line for line in md.splitlines() if line.startswith("| two-modality"))
     assert "(1 seed, no interval)" in phantoms
