@@ -553,6 +553,41 @@ def render_sampler(files: Mapping[str, Mapping[str, Any]]) -> Report:
     return rep
 
 
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(obj, Mapping):
+        out: list[tuple[str, Any]] = []
+        for k, v in obj.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [(prefix, obj)]
+
+
+def render_device_check(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    """``benchmarks/device_check.py``'s JSON (its own shape: environment, and per part status, wall time, figures)."""
+    rep = Report()
+    r = files["device_check.json"]
+    env = r.get("environment", {})
+    lines = ["# GPU check", "", f"Written by `benchmarks/device_check.py`{' --quick' if r.get('quick') else ''}: "
+             f"`{json.dumps(env, sort_keys=True)}`. One run per part (no seeds, no interval); units are in the key "
+             "names.", ""]
+    summary = []
+    for name, part in r.get("parts", {}).items():
+        lines += [f"## {name}: {part.get('status')} ({f3(part.get('wall_s'), 1)} s)", ""]
+        if part.get("description"):
+            lines += [str(part["description"]), ""]
+        if part.get("error"):
+            lines += [f"Error: `{part['error']}`", ""]
+        figures = _flatten(part.get("figures") or {})
+        if figures:
+            lines += table(["figure", "value"], [[k, _value(v)] for k, v in figures]) + [""]
+        summary.append(f"{name} {part.get('status')}")
+    rep.markdown["device_check.md"] = "\n".join(lines)
+    rep.readme_rows.append(("`device_check.py`", f"GPU check on {env.get('device_name', env.get('device', 'n/a'))} "
+                            "(one run per part, no interval)", "; ".join(summary) +
+                            f"; total {f3(r.get('total_wall_s'), 1)} s ([details](benchmarks/results/device_check.md))"))
+    return rep
+
+
 #: older result shapes: renderer, JSON files it reads (a file in the envelope shape is rendered on its own instead)
 LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable[[str], bool]]] = [
     (render_sampler, lambda n: n == "sampler_overhead.json"),
@@ -561,6 +596,7 @@ LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable
     (render_histodiffusion, lambda n: n == "histodiffusion_lowlabel.json"),
     (render_adaptdiff, lambda n: n.startswith("adaptdiff_")),
     (render_ctrl_genaug, lambda n: n == "ctrl_genaug.json"),
+    (render_device_check, lambda n: n == "device_check.json"),
 ]
 
 

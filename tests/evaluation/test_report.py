@@ -108,3 +108,17 @@ def test_legacy_single_run_shown_without_interval(tmp_path):
     assert "(1 seed, no interval)" in phantoms
     brats = next(line for line in md.splitlines() if line.startswith("| BRATS"))
     assert "bootstrap over 2 cases" in brats
+
+
+def test_device_check_json_is_rendered(tmp_path):
+    """benchmarks/device_check.py's JSON, once a GPU run lands in benchmarks/results, is rendered like the others."""
+    result = {"benchmark": "device_check", "quick": False, "environment": {"device_name": "H100"},
+              "parts": {"gms_sd2": {"status": "ok", "wall_s": 12.5, "description": "GMS at 224 px",
+                                    "figures": {"train": {"cached_it_per_s": 41.25}}},
+                        "ttga_sd15": {"status": "error", "wall_s": 1.0, "error": "RuntimeError: out of memory"}},
+              "total_wall_s": 13.5}
+    (tmp_path / "device_check.json").write_text(json.dumps(result))
+    rep = render_results(tmp_path)
+    md = rep.markdown["device_check.md"]
+    assert "| train.cached_it_per_s | 41.250 |" in md and "RuntimeError: out of memory" in md
+    assert rep.readme_rows[0][2].startswith("gms_sd2 ok; ttga_sd15 error; total 13.5 s")
