@@ -52,11 +52,10 @@ from monai.networks.utils import one_hot
 from monai.optimizers import WarmupCosineSchedule
 from monai.utils import set_determinism
 
-from monai_genaug.methods.gms.training import create_gms_autoencoder_trainer, create_gms_trainer
-from monai_genaug.data.bundle import gms_datalist
-from monai_genaug.methods.gms.data import gms_transforms
 from monai_genaug.engines import BestModelSaver, create_dice_evaluator
+from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
 from monai_genaug.handlers.tracking import loss_from_output
+from monai_genaug.methods.gms import create_gms_autoencoder_trainer, create_gms_trainer, gms_datalist, gms_transforms
 from monai_genaug.methods.gms import GMSSegmenter, MaskReconstructor, gms_config
 from monai_genaug.utils.paths import shared_data_dir
 
@@ -131,6 +130,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "gms_quality.json"))
     args = p.parse_args(argv)
+    timer = BenchmarkTimer()
     torch.set_num_threads(args.threads)
     set_determinism(seed=args.seed)
     work = Path(tempfile.mkdtemp(prefix="gms_quality_"))
@@ -220,7 +220,7 @@ def main(argv=None) -> dict:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic({**result, "timing": timer.stop(), "environment": environment()}, out)
     print(json.dumps(result, indent=2))
     return result
 

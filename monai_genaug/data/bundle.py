@@ -58,6 +58,7 @@ from monai_genaug.data.folders import (
 from monai_genaug.data.phantoms import MANIFEST_NAME, write_phantom_dataset
 from monai_genaug.data.pipelines import PILConvert
 from monai_genaug.transforms.io import BinarizeLabeld
+from monai_genaug.utils.options import optional_count
 
 __all__ = [
     "DEFAULT_PHANTOM_KIND",
@@ -200,6 +201,7 @@ def bundle_datalist(
             reconstructs ``label`` instead of ``image`` when a batch has one).
         bundle: the bundle config named in error messages.
     """
+    max_items = optional_count(max_items)  # --max_items null arrives as the text 'null'
     layout = check_layout(data_dir, spatial_dims, bundle)
     if layout == "images":
         items = _image_only_datalist(Path(data_dir))
@@ -219,7 +221,7 @@ def bundle_datalist(
     for item in items:
         if "id" not in item:
             item["id"] = item.get("case_id") or Path(str(item.get("image", item.get("label", "")))).name.split(".")[0]
-    items = items[: int(max_items)] if max_items else items
+    items = items[: max_items] if max_items else items
     items = [{k: v for k, v in item.items() if k not in set(drop_keys)} for item in items]
     return add_constant_keys(items, extra_keys)
 
@@ -427,14 +429,16 @@ def gms_datalist(
 
     Args:
         data_dir: the data folder.
-        split: ``"training"``, ``"validation"`` (checkpoint selection) or ``"test"`` (final numbers only).
+        split: ``"training"``, ``"validation"`` (checkpoint selection), ``"test"`` (final numbers only) or
+            ``"all"`` (every item).
         layout: see above.
         val_fraction: validation fraction.
         test_fraction: test fraction.
         seed: split seed (the split depends only on the file set and the seed).
-        max_items: keep the first ``max_items`` entries of the split (quick runs), None for all.
+        max_items: keep the first ``max_items`` entries of the split (quick runs), None (or ``"null"``) for all.
         patterns: NIfTI file patterns for ``"cases"`` (see :func:`~monai_genaug.data.folders.nifti_case_datalist`).
     """
+    max_items = optional_count(max_items)  # --max_items null arrives as the text 'null'
     root = Path(data_dir)
     if layout == "auto":
         layout = "paired" if (root / "images").is_dir() else "cases"
@@ -447,8 +451,10 @@ def gms_datalist(
     else:
         raise ValueError(f"layout must be 'auto', 'paired' or 'cases', got {layout!r}.")
     splits = split_datalist(items, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, group_key=group)
+    if split == "all":  # every item, in split order (as the other bundles' ``--split all``)
+        splits["all"] = [item for part in ("training", "validation", "test") for item in splits.get(part, [])]
     if split not in splits:
-        raise ValueError(f"split must be one of {list(splits)}, got {split!r}.")
+        raise ValueError(f"split must be one of {[*splits, 'all']}, got {split!r}.")
     out = splits[split]
     if not out:
         raise ValueError(

@@ -60,6 +60,8 @@ import numpy as np
 
 from monai_genaug.utils.io import atomic_write_bytes, nifti_bytes, png_bytes
 
+from monai_genaug.utils.options import add_runtime_arguments, apply_runtime_arguments
+
 __all__ = [
     "PHANTOM_KINDS",
     "MRI_MODALITIES",
@@ -1031,7 +1033,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--channels", type=int, default=None, help="classes: 1 (grey) or 3 (RGB)")
     parser.add_argument("--class-names", nargs="+", default=None, help="sequence, classes: class folder names")
     parser.add_argument("--overwrite", action="store_true", help="replace a phantom data set already in --out")
+    add_runtime_arguments(parser)
     args = parser.parse_args(argv)
+    apply_runtime_arguments(args)
     kwargs: dict[str, Any] = {}
     for key, value in (
         ("spatial_size", args.size),

@@ -101,7 +101,8 @@ def ddim_invert(
     scheduler = generator.scheduler if scheduler is None else scheduler
     path = inversion_path(end_timestep, num_steps, stride)
     x = latents
-    for t, t_next in tqdm(list(zip(path[:-1], path[1:])), desc="inverting", disable=not progress, leave=False):
+    for t, t_next in tqdm(list(zip(path[:-1], path[1:])), desc="inverting", leave=False,
+                          disable=None if progress else True):
         eps, x0 = predict_epsilon(generator, x, t, condition, guidance, scheduler=scheduler)
         x = ddim_transition(x0, eps, alpha_bar(scheduler, t), alpha_bar(scheduler, t_next))
     return x

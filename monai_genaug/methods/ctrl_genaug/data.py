@@ -30,11 +30,12 @@ from monai.utils import optional_import
 from torch import nn
 
 from monai_genaug.data.phantoms import make_sequence_phantoms
+from monai_genaug.evaluation.downstream import evaluate_training_sets, variant_summaries
 from monai_genaug.filters.base import FilterChain
 from monai_genaug.filters.semantic import SemanticLossFilter
 from monai_genaug.filters.temporal import NearDuplicateFilter, TemporalConsistencyFilter, temporal_consistency
 from monai_genaug.methods.ctrl_genaug.pipeline import CtrlGenAug
-from monai_genaug.methods.ctrl_genaug.training import train_sequence_classifier
+from monai_genaug.methods.ctrl_genaug.training import sequence_classifier, train_sequence_classifier
 from monai_genaug.utils.io import atomic_write_json
 
 __all__ = [
@@ -193,7 +194,10 @@ def evaluate_sequence_augmentation(
 ) -> dict[str, dict[str, Any]]:
     """Train the downstream sequence classifier on real clips alone and on real + each synthetic set; test each.
 
-    Every variant trains for the same number of steps from the same initialisation per seed.
+    A thin wrapper of :func:`monai_genaug.evaluation.evaluate_training_sets` (the package's one downstream
+    protocol): every variant trains for the same number of steps from the same initialisation per seed. For the full
+    protocol (random subset of the filtered count, intervals, label curve) use
+    :func:`monai_genaug.evaluation.evaluate_downstream`.
 
     Args:
         train_clips: real training clips ``(N, C, F, H, W)``.
@@ -209,36 +213,23 @@ def evaluate_sequence_augmentation(
         output_path: also write the results as JSON.
 
     Returns:
-        ``{variant: {"accuracy", "accuracy_std", "balanced_accuracy", "num_train", "num_synthetic", "runs"}}``.
+        ``{variant: {"accuracy", "accuracy_std", "accuracy_low", "accuracy_high", "balanced_accuracy", "num_train",
+        "num_synthetic", "runs"}}`` (:func:`monai_genaug.evaluation.variant_summaries`); ``"rows"`` holds the
+        variant's per-case scores.
     """
-    test_labels = torch.as_tensor(test_labels).long().reshape(-1)
-    results: dict[str, dict[str, Any]] = {}
-    for name, syn in synthetic.items():
-        x, y = train_clips.float(), torch.as_tensor(train_labels).long().reshape(-1)
-        n_syn = 0
-        if syn is not None and len(syn[0]):
-            x = torch.cat([x, syn[0].float()])
-            y = torch.cat([y, torch.as_tensor(syn[1]).long().reshape(-1)])
-            n_syn = int(syn[0].shape[0])
-        runs = []
-        for seed in seeds:
-            net = train_sequence_classifier(x, y, num_classes, num_steps, batch_size, lr, seed)
-            with torch.no_grad():
-                pred = net(test_clips.float()).argmax(1)
-            recalls = [float((pred[test_labels == k] == k).float().mean()) for k in range(num_classes)
-                       if (test_labels == k).any()]
-            runs.append({"seed": int(seed), "accuracy": float((pred == test_labels).float().mean()),
-                         "balanced_accuracy": float(np.mean(recalls))})
-        acc = np.array([r["accuracy"] for r in runs])
-        results[name] = {
-            "accuracy": float(acc.mean()),
-            "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-            "balanced_accuracy": float(np.mean([r["balanced_accuracy"] for r in runs])),
-            "num_train": int(x.shape[0]),
-            "num_synthetic": n_syn,
-            "runs": runs,
-        }
-        logger.info(f"downstream '{name}': accuracy {results[name]['accuracy']:.3f}")
+    variants = {
+        name: None if syn is None or not len(syn[0]) else (syn[0].float(), torch.as_tensor(syn[1]).long().reshape(-1))
+        for name, syn in synthetic.items()
+    }
+    table, counts = evaluate_training_sets(
+        "classification", (train_clips.float(), torch.as_tensor(train_labels).long().reshape(-1)),
+        (test_clips.float(), torch.as_tensor(test_labels).long().reshape(-1)), num_classes, variants,
+        learner_fn=lambda: sequence_classifier(num_classes, train_clips.shape[1:]), iterations=num_steps,
+        batch_size=batch_size, lr=lr, seeds=seeds,
+    )
+    results = variant_summaries(table, counts, num_classes)
+    for name, r in results.items():
+        logger.info(f"downstream '{name}': accuracy {r['accuracy']:.3f}")
     if output_path is not None:
         atomic_write_json(output_path, results)
     return results
@@ -301,7 +292,7 @@ def bundle_sequence_data(
 
 
 def bundle_generate(
-    generator_path: str | os.PathLike,
+    generator_path: str | os.PathLike | CtrlGenAug,
     data: Mapping[str, Any],
     output_dir: str | os.PathLike,
     num_clips: int | None = None,
@@ -310,8 +301,10 @@ def bundle_generate(
     num_inference_steps: int = 20,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Generate clips from the conditions of the first ``num_clips`` real *training* clips; write them."""
-    pipe = CtrlGenAug.load(generator_path, device=device)
+    """Generate clips from the conditions of the first ``num_clips`` real *training* clips; write them.
+
+    ``generator_path`` is a saved generator or an already loaded :class:`CtrlGenAug` (the bundle's ``inferer``)."""
+    pipe = generator_path if isinstance(generator_path, CtrlGenAug) else CtrlGenAug.load(generator_path, device=device)
     train = data["train"]
     n = len(train["clips"]) if num_clips is None else min(int(num_clips), len(train["clips"]))
     t0 = time.time()

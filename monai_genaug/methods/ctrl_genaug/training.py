@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from monai.networks.blocks import Convolution
 from torch import nn
 
+from monai_genaug.evaluation.learners import GlobalPoolCNN, train_learner
 from monai_genaug.generative.sequence_generator import SequenceGenerator
 from monai_genaug.methods.ctrl_genaug.pipeline import CtrlGenAug, ctrl_genaug_config
 
@@ -41,9 +40,10 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ downstream
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(GlobalPoolCNN):
     """A small sequence classifier: a 2D CNN (MONAI ``Convolution`` blocks, group norm, SiLU, max-pooling) applied to
-    every frame, global mean + max pooling over space, mean over frames, a linear head.
+    every frame, global mean + max pooling over space, mean over frames, a linear head: the evaluation protocol's
+    :class:`~monai_genaug.evaluation.GlobalPoolCNN` in its frame-wise form.
 
     Global pooling makes it translation-invariant, which a downstream task on small clips needs (a flatten + linear
     head over a 3D feature map, as in MONAI's ``Classifier``, stays at chance on the phantom sequences with 32
@@ -59,25 +59,12 @@ class SequenceClassifier(nn.Module):
     def __init__(
         self, in_channels: int, num_classes: int, channels: Sequence[int] = (16, 32, 32), norm_num_groups: int = 4
     ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c = int(in_channels)
-        for i, out in enumerate(channels):
-            norm = ("GROUP", {"num_groups": norm_num_groups})
-            layers.append(Convolution(2, c, int(out), kernel_size=3, act="SWISH", norm=norm))
-            if i < len(channels) - 1:
-                layers.append(nn.MaxPool2d(2))
-            c = int(out)
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(2 * c, int(num_classes))
+        super().__init__(2, in_channels, num_classes, channels, norm_num_groups, frames=True)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         if clips.ndim != 5:
             raise ValueError(f"clips must be (B, C, F, H, W), got shape {tuple(clips.shape)}.")
-        b, c, nf, h, w = clips.shape
-        y = self.features(clips.transpose(1, 2).reshape(b * nf, c, h, w))
-        y = torch.cat([y.mean((2, 3)), y.amax((2, 3))], dim=1).reshape(b, nf, -1).mean(1)
-        return self.head(y)
+        return super().forward(clips)
 
 
 def sequence_classifier(
@@ -85,12 +72,6 @@ def sequence_classifier(
 ) -> nn.Module:
     """The downstream / semantic-filter classifier for ``(C, F, H, W)`` clips: a :class:`SequenceClassifier`."""
     return SequenceClassifier(int(clip_shape[0]), num_classes, channels)
-
-
-def _augment_clips(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """In-plane rot90 and flips per batch (the label of a sequence does not depend on the orientation)."""
-    x = torch.rot90(x, int(torch.randint(0, 4, (1,), generator=rng)), dims=(3, 4))
-    return x.flip(4) if bool(torch.rand(1, generator=rng) < 0.5) else x
 
 
 def train_sequence_classifier(
@@ -120,21 +101,7 @@ def train_sequence_classifier(
     torch.manual_seed(seed)
     net = network if network is not None else sequence_classifier(num_classes, clips.shape[1:])
     labels = torch.as_tensor(labels).long().reshape(-1)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(num_steps, 1))
-    rng = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(int(num_steps)):
-        idx = torch.randint(0, clips.shape[0], (min(batch_size, clips.shape[0]),), generator=rng)
-        x = clips[idx].float()
-        if augment:
-            x = _augment_clips(x, rng)
-        loss = F.cross_entropy(net(x), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return net.eval()
+    return train_learner(net, clips, labels, "classification", num_steps, batch_size, lr, seed=seed, augment=augment)
 
 
 def bundle_train(
