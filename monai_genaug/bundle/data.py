@@ -41,7 +41,6 @@ from monai.transforms import (
     RandGaussianSmoothd,
     RandRotate90d,
     Resized,
-    ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
 )
 
@@ -49,7 +48,7 @@ from monai_genaug.bundle.transforms import ValidateImaged, ValidateLabeld
 from monai_genaug.data.folders import IMAGE_EXTENSIONS, split_datalist, split_name
 from monai_genaug.data.pipelines import PILConvert
 from monai_genaug.engines.gms import gms_data_dir, gms_datalist
-from monai_genaug.transforms.io import BinarizeLabeld
+from monai_genaug.transforms.io import BinarizeLabeld, ScaleIntensityByDtyped
 
 __all__ = [
     "DEFAULT_PHANTOM_KIND",
@@ -238,7 +237,9 @@ def bundle_transforms(
 ) -> Compose:
     """Loading pipeline of a 2D (``images/ + masks/``) or 3D (NIfTI cases) segmentation bundle.
 
-    2D: RGB (``image_channels=3``) or grey PNG/JPEG in ``(C, H, W)`` order, intensities ``/ 255`` to [0, 1], mask
+    2D: RGB (``image_channels=3``) or grey PNG/JPEG/TIFF in ``(C, H, W)`` order, intensities to [0, 1] by the file's
+    bit depth (8-bit ``/ 255``, 16-bit ``/ 65535``; :class:`~monai_genaug.transforms.io.ScaleIntensityByDtype` logs
+    which), mask
     binarised (``"auto"`` threshold: 0/255 and JPEG masks) or kept as label values. 3D: one channel per modality
     (concatenated in ``modality_keys`` order), RAS orientation, per-channel percentile scaling (0.5 %, 99.5 %) to
     [0, 1], label kept (``"multiclass"``) or made whole-tumour (``"binary"``: label > 0). Then the image is resized
@@ -280,17 +281,17 @@ def bundle_transforms(
         if image_channels not in (1, 3):
             raise ValueError(f"2D images are RGB (image_channels=3) or grey (1), got {image_channels}.")
         xforms: list = [
-            LoadImaged(keys=image_key, image_only=True,
+            LoadImaged(keys=image_key, image_only=True, dtype=None,
                        reader=PILReader(converter=PILConvert("RGB" if image_channels == 3 else "L"),
                                         reverse_indexing=False)),
             LoadImaged(keys=label_key, image_only=True, allow_missing_keys=True,
                        reader=PILReader(converter=PILConvert("mask"), reverse_indexing=False)),
             EnsureChannelFirstd(keys=keys, allow_missing_keys=True),
+            ScaleIntensityByDtyped(keys=image_key, channels=image_channels),
             validate_image,
             BinarizeLabeld(keys=label_key, threshold="auto", channel_reduction="max", allow_missing_keys=True)
             if label_mode == "binary"
             else EnsureTyped(keys=label_key, allow_missing_keys=True),
-            ScaleIntensityRanged(keys=image_key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
         ]
         mode = image_mode or "area"
     elif spatial_dims == 3:

@@ -37,6 +37,7 @@ from monai_genaug.generative.ddim import (
 )
 from monai_genaug.generative.guidance import Guidance, NoGuidance
 from monai_genaug.generative.latent_generator import LatentGenerator
+from monai_genaug.utils.options import check_finite
 
 __all__ = ["SamplerStep", "DiffusionSampler"]
 
@@ -99,6 +100,7 @@ class DiffusionSampler:
         progress: bool = True,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
+        check_finite(type(self).__name__, eta=eta, clip_x0=clip_x0, clamp=clamp)
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
         if eta < 0:
@@ -149,6 +151,7 @@ class DiffusionSampler:
             eta: override the sampler's eta for this call.
         """
         guidance = guidance if guidance is not None else NoGuidance()
+        check_finite(type(self).__name__, eta=eta)
         eta = self.eta if eta is None else float(eta)
         device = generator.scale_factor.device
         if x is None:

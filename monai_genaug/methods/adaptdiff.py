@@ -1575,7 +1575,7 @@ def adaptdiff_transforms(
 ) -> Compose:
     """The loading pipeline of AdaptDiff data files: image in [0, 1] (+ label map), invertible (``Invertd``).
 
-    2D: :func:`~monai_genaug.data.pipelines.segmentation_2d_transforms` (8-bit intensities / 255, masks binarised
+    2D: :func:`~monai_genaug.data.pipelines.segmentation_2d_transforms` (intensities / 255 or / 65535 by bit depth, masks binarised
     with the "auto" threshold for binary models, label values kept otherwise). 3D:
     :func:`~monai_genaug.data.pipelines.volume_3d_transforms` on the key ``image`` (percentile scaling to [0, 1],
     label ``> 0`` for binary models).
@@ -1593,7 +1593,7 @@ def adaptdiff_transforms(
             spatial_size=spatial_size,
             rgb=image_channels == 3,
             mask_threshold="auto" if num_classes == 1 else None,
-            intensity_range=(0.0, 255.0),
+            intensity_range="dtype",
         )
     if spatial_dims == 3:
         return volume_3d_transforms(

@@ -29,6 +29,11 @@ from .io import (
     LabelToRegionsD,
     LabelToRegionsd,
     LabelToRegionsDict,
+    ScaleIntensityByDtype,
+    ScaleIntensityByDtypeD,
+    ScaleIntensityByDtyped,
+    ScaleIntensityByDtypeDict,
+    intensity_range_of,
 )
 
 __all__ = [
@@ -45,4 +50,9 @@ __all__ = [
     "RandGenerativeTTAd",
     "RandGenerativeTTAD",
     "RandGenerativeTTADict",
+    "ScaleIntensityByDtype",
+    "ScaleIntensityByDtyped",
+    "ScaleIntensityByDtypeD",
+    "ScaleIntensityByDtypeDict",
+    "intensity_range_of",
 ]
