@@ -45,7 +45,7 @@ from monai.transforms import (
 )
 
 from monai_genaug.bundle.transforms import ValidateImaged, ValidateLabeld
-from monai_genaug.data.folders import IMAGE_EXTENSIONS, split_datalist, split_name
+from monai_genaug.data.folders import IMAGE_EXTENSIONS, limit_items, split_datalist, split_name
 from monai_genaug.data.pipelines import PILConvert
 from monai_genaug.engines.gms import gms_data_dir, gms_datalist
 from monai_genaug.transforms.io import BinarizeLabeld, ScaleIntensityByDtyped
@@ -209,7 +209,7 @@ def bundle_datalist(
     for item in items:
         if "id" not in item:
             item["id"] = item.get("case_id") or Path(str(item.get("image", item.get("label", "")))).name.split(".")[0]
-    items = items[: int(max_items)] if max_items else items
+    items = limit_items(items, max_items)
     items = [{k: v for k, v in item.items() if k not in set(drop_keys)} for item in items]
     return add_constant_keys(items, extra_keys)
 

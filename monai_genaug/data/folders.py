@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 from monai.utils import optional_import
 
+from monai_genaug.utils.outputs import check_file_destination
+
 nib, _has_nib = optional_import("nibabel")
 PILImage, _has_pil = optional_import("PIL.Image")
 sitk, _has_sitk = optional_import("SimpleITK")
@@ -67,6 +69,7 @@ __all__ = [
     "nifti_case_datalist",
     "class_folder_datalist",
     "split_datalist",
+    "limit_items",
     "write_datalist",
     "load_datalist",
 ]
@@ -613,6 +616,37 @@ def _canonical(item: Any) -> str:
     return json.dumps(item, sort_keys=True, default=str)
 
 
+def limit_items(items: Sequence[Any], max_items: int | None, name: str = "max_items") -> list:
+    """The first ``max_items`` entries of a datalist (quick runs); None keeps all.
+
+    ``0`` is refused rather than read as "no cap": a run that was asked for no items must not process the whole split.
+
+    Args:
+        items: the datalist.
+        max_items: a positive number of entries, or None (also ``""`` / ``"None"`` / ``"null"``) for all of them.
+        name: the option named in error messages.
+
+    Raises:
+        ValueError: ``max_items`` is 0, negative or not a whole number.
+    """
+    if max_items is None or (isinstance(max_items, str) and max_items.strip() in ("", "None", "none", "null")):
+        return list(items)
+    if isinstance(max_items, bool) or not isinstance(max_items, (int, np.integer)):
+        try:
+            value = float(max_items)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value == int(value)):
+            raise ValueError(f"{name} must be a positive whole number or null (all items), got {max_items!r}.")
+        max_items = int(value)
+    if max_items < 1:
+        raise ValueError(
+            f"{name}={max_items} selects no items; give a positive number (e.g. {name} 4), or null to process "
+            "every item of the split."
+        )
+    return list(items)[: int(max_items)]
+
+
 def split_datalist(
     datalist: Sequence[Mapping],
     val_fraction: float = 0.1,
@@ -744,7 +778,7 @@ def write_datalist(
         splits = {"training": splits}
     if not isinstance(splits, Mapping):
         raise TypeError(f"splits must be a dict {{split name: list of dicts}}, got {type(splits).__name__}.")
-    path = Path(path).expanduser()
+    path = check_file_destination(path, "write_datalist path")
     base = os.path.abspath(os.fspath(Path(base_dir).expanduser())) if base_dir is not None else None
 
     def convert(v: Any) -> Any:

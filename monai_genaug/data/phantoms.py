@@ -914,12 +914,27 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
                 "overwrite=True (--overwrite) to replace a phantom data set written there before."
             )
         manifest = out_dir / MANIFEST_NAME
-        if manifest.is_file():  # remove only the files an earlier call of this writer listed
+        files: list[str] = []
+        if manifest.is_file():
             try:
-                old = json.loads(manifest.read_text())
-                files = old.get("files", [])
-            except (OSError, ValueError):
+                files = list(json.loads(manifest.read_text()).get("files", []))
+            except (OSError, ValueError, AttributeError):
                 files = []
+        listed = {Path(f).as_posix() for f in files}
+        foreign = sorted(  # visible files an earlier call of this writer did not list: the user's data
+            p.relative_to(out_dir).as_posix()
+            for p in out_dir.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out_dir).parts)
+            and p.relative_to(out_dir).as_posix() not in listed
+        )
+        if foreign:
+            raise FileExistsError(
+                f"out_dir '{out_dir}' holds {len(foreign)} file(s) this phantom writer did not write (e.g. "
+                f"'{foreign[0]}'); "
+                "overwrite only replaces a phantom data set written there before, never other data. Choose an empty "
+                "or new folder."
+            )
+        if files:  # remove only the files an earlier call of this writer listed
             root = out_dir.resolve()
             parents = set()
             for rel in files:
@@ -968,8 +983,9 @@ def write_phantom_dataset(
         out_dir: destination folder; created when missing; must be empty unless ``overwrite``.
         num: number of samples (>= 1).
         seed: non-negative seed.
-        overwrite: allow a non-empty ``out_dir``; the files listed by an earlier manifest there are removed
-            first, other files are left alone and same-named files are replaced.
+        overwrite: allow an ``out_dir`` holding a phantom data set written there before (its manifest lists every
+            file); those files are removed first. A folder holding any other visible file (e.g. a user's images) is
+            refused whatever ``overwrite`` says.
         class_names: folder names of the classes for ``"sequence"`` and ``"classes"``, in class-index order
             (default ``class_0``, ``class_1``, ..., zero-padded beyond ten classes); the manifest records them
             in this order, since sorting custom names may not give the class order.
@@ -1069,7 +1085,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--modalities", nargs="+", default=None, help=f"mri: any of {sorted(MRI_MODALITIES)}")
     parser.add_argument("--channels", type=int, default=None, help="classes: 1 (grey) or 3 (RGB)")
     parser.add_argument("--class-names", nargs="+", default=None, help="sequence, classes: class folder names")
-    parser.add_argument("--overwrite", action="store_true", help="replace a phantom data set already in --out")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a phantom data set written in --out before (a folder holding other files is always refused)",
+    )
     args = parser.parse_args(argv)
     kwargs: dict[str, Any] = {}
     for key, value in (

@@ -62,6 +62,7 @@ from monai.transforms import (
 from torch import nn
 
 from monai_genaug.data.folders import (
+    limit_items,
     nifti_case_datalist,
     paired_image_mask_datalist,
     split_datalist,
@@ -812,7 +813,7 @@ def gms_datalist(
             f"the {split!r} split of {root} is empty ({len(items)} items, val_fraction={val_fraction}, "
             f"test_fraction={test_fraction}); add data or change the fractions."
         )
-    return out[:max_items] if max_items else out
+    return limit_items(out, max_items)
 
 
 class _CheckLabelsd(MapTransform):

@@ -78,6 +78,7 @@ from torch import nn
 
 from monai_genaug.data.folders import (
     IMAGE_EXTENSIONS,
+    limit_items,
     paired_image_mask_datalist,
     split_datalist,
     split_name,
@@ -1525,7 +1526,7 @@ def adaptdiff_split(
         it["group"] = _group_of(it["id"])
     if role == "target_all":
         out = [{k: v for k, v in it.items() if k != "label"} for it in target]
-        return out[:max_items] if max_items else out
+        return limit_items(out, max_items)
     t_groups = sorted({it["group"] for it in target})
     s_groups = sorted({it["group"] for it in source})
     shared = bool(set(t_groups) & set(s_groups))
@@ -1563,7 +1564,7 @@ def adaptdiff_split(
     if not out:
         hint = " (target/masks is missing: no test split)" if role == "target_test" and not has_target_masks else ""
         raise ValueError(f"the {role!r} role of {root} is empty{hint}; add data or change the fractions.")
-    return out[:max_items] if max_items else out
+    return limit_items(out, max_items)
 
 
 def adaptdiff_transforms(
