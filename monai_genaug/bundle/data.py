@@ -46,7 +46,7 @@ from monai.transforms import (
 
 from monai_genaug.bundle.transforms import ValidateImaged, ValidateLabeld
 from monai_genaug.data.folders import IMAGE_EXTENSIONS, limit_items, split_datalist, split_name
-from monai_genaug.data.pipelines import PILConvert
+from monai_genaug.data.pipelines import PILConvert, check_spatial_multiple
 from monai_genaug.engines.gms import gms_data_dir, gms_datalist
 from monai_genaug.transforms.io import BinarizeLabeld, ScaleIntensityByDtyped
 
@@ -230,6 +230,7 @@ def bundle_transforms(
     augment: bool = False,
     intensity_augment: bool = False,
     min_size: int = 1,
+    spatial_multiple: int = 1,
     image_mode: str | None = None,
     image_key: str = "image",
     label_key: str = "label",
@@ -261,6 +262,8 @@ def bundle_transforms(
         intensity_augment: random Gaussian smoothing, noise and contrast changes of the image (segmenter training:
             makes the segmenter robust to the slight blur of autoencoder reconstructions, i.e. of generated views).
         min_size: smallest accepted spatial size of an image file (e.g. the generator's autoencoder factor).
+        spatial_multiple: ``spatial_size`` must be a multiple of it (e.g. the product of the segmenter UNet's
+            strides); checked before any image is read, with a valid size in the message.
         image_mode: ``Resized`` mode of the image (default ``"area"`` in 2D, ``"trilinear"`` in 3D).
         image_key: image key.
         label_key: label key.
@@ -271,6 +274,7 @@ def bundle_transforms(
     size = [int(s) for s in spatial_size]
     if len(size) != spatial_dims:
         raise ValueError(f"spatial_size {tuple(size)} must have {spatial_dims} values for a {spatial_dims}D bundle.")
+    check_spatial_multiple(size, spatial_multiple, f"{config_name}'s segmenter down-sampling factor")
     validate_image = ValidateImaged(
         keys=image_key, spatial_dims=spatial_dims, num_channels=image_channels, min_size=min_size,
         config_name=config_name,

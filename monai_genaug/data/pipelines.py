@@ -58,6 +58,7 @@ from monai_genaug.transforms.io import (
 )
 
 __all__ = [
+    "check_spatial_multiple",
     "PILConvert",
     "segmentation_2d_transforms",
     "classification_2d_transforms",
@@ -107,6 +108,30 @@ def _check_size(spatial_size: Sequence[int] | int | None, dims: int, name: str =
         return
     if len(spatial_size) != dims:
         raise ValueError(f"{name} must have {dims} values for {dims}D data, got {tuple(spatial_size)}.")
+
+
+def check_spatial_multiple(
+    spatial_size: Sequence[int], multiple: int, reason: str = "the network's down-sampling factor"
+) -> None:
+    """Refuse a ``spatial_size`` that is not a multiple of ``multiple``, naming the rule and a valid size.
+
+    Args:
+        spatial_size: the network input size.
+        multiple: every entry must be a multiple of it (e.g. the product of a UNet's strides).
+        reason: the factor's name in the message (e.g. "the segmenter's down-sampling factor").
+
+    Raises:
+        ValueError: ``spatial_size (97, 101) is not a multiple of the ... factor 8 ...; Use e.g. --spatial_size
+            "[96, 104]"``.
+    """
+    size = [int(s) for s in spatial_size]
+    multiple = int(multiple)
+    if multiple > 1 and any(s % multiple for s in size):
+        good = [max(multiple, round(s / multiple) * multiple) for s in size]
+        raise ValueError(
+            f"spatial_size {tuple(size)} is not a multiple of {reason} {multiple}; the network cannot take it. "
+            f"Use e.g. --spatial_size \"{good}\"."
+        )
 
 
 def _intensity_2d(image_key: str, intensity_range: tuple[float, float] | str | None, channels: int) -> list:

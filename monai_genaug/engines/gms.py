@@ -68,7 +68,7 @@ from monai_genaug.data.folders import (
     split_datalist,
 )
 from monai_genaug.data.phantoms import MANIFEST_NAME, write_phantom_dataset
-from monai_genaug.data.pipelines import segmentation_2d_transforms, volume_3d_transforms
+from monai_genaug.data.pipelines import check_spatial_multiple, segmentation_2d_transforms, volume_3d_transforms
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
 from monai_genaug.engines.validation import (
     BestModelSaver,
@@ -885,13 +885,7 @@ def gms_transforms(
     size = [int(s) for s in spatial_size]
     if len(size) != spatial_dims:
         raise ValueError(f"spatial_size {tuple(size)} must have {spatial_dims} values for spatial_dims={spatial_dims}.")
-    multiple = int(spatial_multiple)
-    if multiple > 1 and any(s % multiple for s in size):
-        good = [max(multiple, round(s / multiple) * multiple) for s in size]
-        raise ValueError(
-            f"spatial_size {tuple(size)} is not a multiple of the model's autoencoder down-sampling factor {multiple}; "
-            f"the autoencoder cannot take it. Use e.g. --spatial_size \"{good}\"."
-        )
+    check_spatial_multiple(size, spatial_multiple, "the model's autoencoder down-sampling factor")
     if spatial_dims == 2:
         if image_channels not in (1, 3):
             raise ValueError(f"2D GMS images are RGB (image_channels=3) or grey (1), got {image_channels}.")
