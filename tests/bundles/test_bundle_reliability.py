@@ -61,6 +61,7 @@ def test_failing_bundle_run_ends_with_the_project_message(case, tmp_path, bundle
     assert (tmp_path / "file").read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_rerun_into_the_same_output_dir_is_refused_unless_overwrite(tmp_path, bundle_tools):
     out = tmp_path / "inference"
     args = ["--config_file", "bundles/gms/configs/inference.json", "--output_dir", str(out), "--max_items", "1"]
@@ -94,3 +95,62 @@ def test_output_dir_guard_api(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError, match="is an existing file"):
         check_output_dir(tmp_path / "f" / "sub", config="configs/x.json")
+
+
+TRAINING_OUTPUTS = [
+    ("ttga", ["train_segmenter.json"], "model_path", "model.pt"),
+    ("ttga", ["train_segmenter.json", "train_3d.json"], "model_path", "model_3d.pt"),
+    ("ttga", ["train_generator.json"], "generator_path", "generator.pt"),
+    ("ttga", ["train_generator.json", "train_3d.json"], "generator_path", "generator_3d.pt"),
+    ("gms", ["train.json"], "model_path", "model.pt"),
+    ("gms", ["train.json", "train_3d.json"], "model_path", "model_3d.pt"),
+    ("adaptdiff", ["train_source_segmenter.json"], "source_segmenter_path", "source_segmenter.pt"),
+    ("adaptdiff", ["train_diffusion.json"], "generator_path", "diffusion.pt"),
+    ("adaptdiff", ["finetune.json"], "model_path", "model.pt"),
+]
+
+
+@pytest.mark.parametrize("bundle, configs, key, name", TRAINING_OUTPUTS)
+def test_training_writes_to_outputs_not_the_shipped_models(bundle, configs, key, name, bundle_tools):
+    """Issue #21: training configs no longer overwrite the shipped weights in models/ by default."""
+    root = bundle_tools.root / "bundles" / bundle
+    parser = bundle_tools.parser(bundle, *configs)
+    written = parser.get_parsed_content(key)
+    assert written == str(root / "outputs" / "models" / name)
+    assert parser.get_parsed_content("ckpt_dir") == str(root / "models")  # the shipped weights are still read there
+    chosen = bundle_tools.parser(bundle, *configs, save_dir=str(root / "models"))  # an explicit choice
+    assert chosen.get_parsed_content(key) == str(root / "models" / name)
+
+
+def test_ttga_lora_still_adapts_the_shipped_generator(bundle_tools):
+    root = bundle_tools.root / "bundles" / "ttga"
+    assert bundle_tools.parser("ttga", "train_lora.json").get_parsed_content("generator_path") == str(
+        root / "models" / "generator.pt")
+    assert bundle_tools.parser("ttga", "train_lora.json", "train_3d.json").get_parsed_content(
+        "generator_path") == str(root / "models" / "generator_3d.pt")
+
+
+@pytest.mark.slow
+def test_train_segmenter_resumes_exactly(tmp_path, bundle_tools):
+    """Issue #21: configs/train_segmenter.json resumes (1 epoch, then resumed to 2) like an uninterrupted 2-epoch run."""
+    import torch
+
+    common = ["--config_file", "bundles/ttga/configs/train_segmenter.json", "--phantom_dir", str(tmp_path / "ph"),
+              "--num_phantoms", "10", "--spatial_size", "[16,16]", "--batch_size", "4", "--val_interval", "5",
+              "--num_workers", "1", "--intensity_augment", "False", *bundle_tools.ttga_segmenter]
+    straight = _bundle(bundle_tools.root, *common, "--output_dir", str(tmp_path / "a"), "--model_path",
+                       str(tmp_path / "a.pt"), "--epochs", "2")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    first = _bundle(bundle_tools.root, *common, "--output_dir", str(tmp_path / "b"), "--model_path",
+                    str(tmp_path / "b.pt"), "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    one_epoch = torch.load(tmp_path / "b.pt", weights_only=True)
+    (tmp_path / "b" / ".checkpoint_last.pt.x1y2.tmp").write_bytes(b"left by a killed save")
+    resumed = _bundle(bundle_tools.root, *common, "--output_dir", str(tmp_path / "b"), "--model_path",
+                      str(tmp_path / "b.pt"), "--epochs", "2")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed training from" in resumed.stdout + resumed.stderr
+    assert not (tmp_path / "b" / ".checkpoint_last.pt.x1y2.tmp").exists()
+    a, b = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], one_epoch[k]) for k in a)  # the second epoch did train
