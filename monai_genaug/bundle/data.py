@@ -285,7 +285,7 @@ def bundle_transforms(
         if image_channels not in (1, 3):
             raise ValueError(f"2D images are RGB (image_channels=3) or grey (1), got {image_channels}.")
         xforms: list = [
-            LoadImaged(keys=image_key, image_only=True, dtype=None,
+            LoadImaged(keys=image_key, image_only=True,
                        reader=PILReader(converter=PILConvert("RGB" if image_channels == 3 else "L"),
                                         reverse_indexing=False)),
             LoadImaged(keys=label_key, image_only=True, allow_missing_keys=True,

@@ -191,7 +191,6 @@ def segmentation_2d_transforms(
             keys=image_key,
             reader=PILReader(converter=PILConvert("RGB" if rgb else "L"), reverse_indexing=reverse_indexing),
             image_only=True,
-            dtype=None,
         )
     ]
     keys = [image_key]
@@ -245,7 +244,6 @@ def classification_2d_transforms(
             keys=image_key,
             reader=PILReader(converter=PILConvert("RGB" if rgb else "L"), reverse_indexing=reverse_indexing),
             image_only=True,
-            dtype=None,
         ),
         EnsureChannelFirstd(keys=image_key),
         *_intensity_2d(image_key, intensity_range, 3 if rgb else 1),

@@ -117,7 +117,8 @@ class ScaleIntensityByDtype(Transform):
     scaling was used (once per kind of scaling).
 
     An 8-bit PNG is divided by 255 as before; a 16-bit PNG or TIFF is divided by 65535 instead of being clipped to
-    white by a fixed 0..255 window. Use it right after ``LoadImage(dtype=None)`` + ``EnsureChannelFirst``.
+    white by a fixed 0..255 window. Use it right after ``LoadImage`` + ``EnsureChannelFirst``: the PIL mode that
+    ``PILReader`` records survives the float conversion of ``LoadImage``.
 
     Args:
         channels: when given and the image has one channel, repeat it to this many channels (a grey 16-bit image
