@@ -13,7 +13,7 @@
 MONAI wraps every error raised while a config component is built in ``RuntimeError("Failed to instantiate
 component ...")`` (twice, with the component's whole keyword dump), so the message that names the bad option or file
 ends up 10-60 lines above the end of the traceback. :func:`install_bundle_excepthook` keeps Python's full traceback
-and then repeats the innermost error of the chain as the last line::
+and then repeats the error below MONAI's wrappers (:func:`bundle_cause`) as the last line::
 
     monai_genaug: the bundle run failed: FileNotFoundError: dataset_dir '/data/x' does not exist; pass ...
 
@@ -27,27 +27,39 @@ import sys
 import traceback
 from types import TracebackType
 
-__all__ = ["innermost_error", "install_bundle_excepthook", "is_bundle_command"]
+__all__ = ["bundle_cause", "install_bundle_excepthook", "is_bundle_command", "is_config_wrapper"]
 
 _PREFIX = "monai_genaug: the bundle run failed:"
 
 
-def innermost_error(exc: BaseException) -> BaseException:
-    """The root of an exception chain (following ``__cause__``, then ``__context__``)."""
-    seen = {id(exc)}
-    while True:
+#: the messages of MONAI's config wrappers (``monai.utils.module.instantiate``, ``ConfigExpression.evaluate``)
+_WRAPPERS = ("Failed to instantiate component", "Failed to instantiate", "Failed to evaluate")
+
+
+def is_config_wrapper(exc: BaseException) -> bool:
+    """True for the ``RuntimeError`` MONAI's config parser raises around the real error of a component."""
+    return type(exc) is RuntimeError and str(exc).startswith(_WRAPPERS)
+
+
+def bundle_cause(exc: BaseException) -> BaseException:
+    """The error that names the problem: the first one of the chain (from the outermost, following ``__cause__``
+    then ``__context__``) that is not a MONAI config wrapper. The project's own message wins over a library error
+    it wraps (``raise ValueError(...) from e``)."""
+    seen = set()
+    while is_config_wrapper(exc) and id(exc) not in seen:
+        seen.add(id(exc))
         nxt = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-        if nxt is None or id(nxt) in seen:
+        if nxt is None:
             return exc
-        seen.add(id(nxt))
         exc = nxt
+    return exc
 
 
 def _bundle_excepthook(previous):
     def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         previous(exc_type, exc, tb)
         try:
-            root = innermost_error(exc)
+            root = bundle_cause(exc)
             if root is not exc and not isinstance(root, KeyboardInterrupt):
                 message = " ".join(str(root).split()) or "(no message)"
                 sys.stderr.write(f"\n{_PREFIX} {type(root).__name__}: {message}\n")
