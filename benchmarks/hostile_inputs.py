@@ -445,7 +445,8 @@ def run_cases(faces: tuple[str, ...] = ("api", "bundle", "cli"), only: list[str]
                 try:
                     outcome, message = case.fn(Path(tmp))
                 except Exception as e:  # noqa: BLE001 - a broken case is reported, never hidden
-                    outcome, message = "crash_without_message", _short(f"case error: {traceback.format_exc(limit=2)} {e}")
+                    trace = traceback.format_exc(limit=2)
+                    outcome, message = "crash_without_message", _short(f"case error: {trace} {e}")
             records.append({"case": case.name, "face": case.face, "item": case.item, "outcome": outcome,
                             "message": message, "seconds": round(time.perf_counter() - start, 2)})
             print(f"{outcome:>22}  {case.face:<6} {case.name}: {message[:120]}", flush=True)
@@ -458,7 +459,8 @@ def table(result: dict) -> str:
     lines = ["| outcome | cases |", "|---|---|"] + [f"| {k} | {counts.get(k, 0)} |" for k in OUTCOMES]
     lines += ["", "| case | face | item | outcome | message |", "|---|---|---|---|---|"]
     for r in result["cases"]:
-        lines.append(f"| {r['case']} | {r['face']} | {r['item']} | {r['outcome']} | {r['message'][:140].replace('|', '/')} |")
+        message = r["message"][:140].replace("|", "/")
+        lines.append(f"| {r['case']} | {r['face']} | {r['item']} | {r['outcome']} | {message} |")
     return "\n".join(lines)
 
 

@@ -54,7 +54,6 @@ import inspect
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from PIL import Image
+
+from monai_genaug.utils.outputs import atomic_write_bytes as _atomic_write_bytes
 
 __all__ = [
     "PHANTOM_KINDS",
@@ -853,21 +854,6 @@ def make_class_phantoms(
 # --------------------------------------------------------------------------------------------------
 # writers
 # --------------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to a temporary hidden file next to path and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _png_bytes(array: np.ndarray) -> bytes:
     """PNG of a channel-first (1 or 3, H, W) array in [0, 1] (float) or an integer array (uint8 values)."""
     a = np.asarray(array)

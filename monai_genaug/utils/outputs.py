@@ -27,7 +27,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["as_bool", "check_file_destination", "check_output_dir", "mark_output_dir", "run_record_path"]
+__all__ = [
+    "as_bool",
+    "atomic_write_bytes",
+    "check_file_destination",
+    "check_output_dir",
+    "mark_output_dir",
+    "run_record_path",
+]
 
 _TRUE = ("true", "1", "yes", "y", "on")
 _FALSE = ("false", "0", "no", "n", "off", "none", "null", "")
@@ -106,22 +113,38 @@ def mark_output_dir(output_dir: str | os.PathLike, config: str = "this config") 
         the path of the record.
     """
     record = run_record_path(output_dir, config)
-    record.parent.mkdir(parents=True, exist_ok=True)
     info = {
         "config": str(config),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f"{record.name}.", suffix=".tmp", dir=record.parent)
+    atomic_write_bytes(record, json.dumps(info, indent=1).encode())
+    return record
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a hidden temporary file next to ``path`` and rename it into place (no half-written file).
+
+    Args:
+        path: the destination; its folder is created when missing.
+        data: the bytes to write.
+
+    Returns:
+        the destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f, indent=1)
-        os.replace(tmp, record)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
+        os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            os.remove(tmp)
         raise
-    return record
+    return path
 
 
 def check_file_destination(path: str | os.PathLike, what: str = "path") -> Path:

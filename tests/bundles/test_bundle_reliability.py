@@ -132,7 +132,7 @@ def test_ttga_lora_still_adapts_the_shipped_generator(bundle_tools):
 
 @pytest.mark.slow
 def test_train_segmenter_resumes_exactly(tmp_path, bundle_tools):
-    """Issue #21: configs/train_segmenter.json resumes (1 epoch, then resumed to 2) like an uninterrupted 2-epoch run."""
+    """Issue #21: configs/train_segmenter.json resumed (1 epoch, then 2) ends like an uninterrupted 2-epoch run."""
     import torch
 
     common = ["--config_file", "bundles/ttga/configs/train_segmenter.json", "--phantom_dir", str(tmp_path / "ph"),

@@ -66,7 +66,8 @@ def test_8bit_images_keep_the_division_by_255(tmp_path):
     arr = (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8)
     rgb = np.stack([arr, 255 - arr, arr // 2], -1)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    out = np.asarray(segmentation_2d_transforms(label_key=None, spatial_size=None)({"image": str(tmp_path / "rgb.png")})["image"])
+    load = segmentation_2d_transforms(label_key=None, spatial_size=None)
+    out = np.asarray(load({"image": str(tmp_path / "rgb.png")})["image"])
     np.testing.assert_allclose(out, np.moveaxis(rgb, -1, 0) / 255.0, atol=1e-6)
 
 
