@@ -31,6 +31,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -42,6 +43,45 @@ from monai_genaug.engines.gms import GMSPrepareBatch
 from monai_genaug.methods.gms import GMSLoss, GMSSegmenter, LatentCache, gms_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def gms_training_step(
+    seg: GMSSegmenter,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    cache: LatentCache | None,
+    dice_levels: Sequence[str] | None,
+    autocast_dtype: torch.dtype | None = None,
+) -> Callable[[int], None]:
+    """One GMS training iteration as a function of the step index (cycling through ``batches``).
+
+    Prepare-batch (frozen encoder or cache lookup, latent noise) + mapping network forward/backward + decoding of the
+    supervised heads + AdamW, on the device of ``seg`` and of the batches. A cache is warmed with every batch first
+    (the steady state of epochs >= 2 on un-augmented data).
+
+    Args:
+        seg: the segmenter (trainable mapping network, frozen autoencoder).
+        batches: dicts with ``image`` (B, C, *spatial) and ``label`` (B, 1, *spatial).
+        cache: a :class:`LatentCache`, or ``None`` to re-encode images and masks at every step (the original code).
+        dice_levels: heads decoded for the Dice loss (``None``: all).
+        autocast_dtype: run the forward pass and the loss under autocast with this dtype (``None``: full precision).
+    """
+    loss_fn = GMSLoss(dice_levels=dice_levels)
+    prepare = GMSPrepareBatch(seg, noise_prob=0.5, cache=cache, decode_levels=loss_fn.decode_levels)
+    opt = torch.optim.AdamW(seg.trainable_parameters(), lr=1e-4)
+    device = seg.scale_factor.device
+    if cache is not None:
+        for b in batches:
+            prepare(b)
+
+    def step(i: int) -> None:
+        z, target, a, kw = prepare(batches[i % len(batches)])
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = loss_fn(seg(z, *a, **kw), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
 
 
 def main(argv=None) -> dict:
@@ -71,21 +111,7 @@ def main(argv=None) -> dict:
     unet = UNet(2, 3, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
 
     def gms_runner(cache: LatentCache | None, dice_levels):
-        loss_fn = GMSLoss(dice_levels=dice_levels)
-        prepare = GMSPrepareBatch(seg, noise_prob=0.5, cache=cache, decode_levels=loss_fn.decode_levels)
-        opt = torch.optim.AdamW(seg.trainable_parameters(), lr=1e-4)
-        if cache is not None:
-            for b in batches:  # warm the cache: steady state of epochs >= 2 on un-augmented data
-                prepare(b)
-
-        def step(i: int) -> None:
-            z, target, a, kw = prepare(batches[i % len(batches)])
-            loss = loss_fn(seg(z, *a, **kw), target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        return step
+        return gms_training_step(seg, batches, cache, dice_levels)
 
     unet_opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)

@@ -37,30 +37,35 @@ from monai_genaug.generative.sampler import DiffusionSampler
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--size", type=int, default=64, help="image size (latents are size / autoencoder factor)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--out", default=str(RESULTS / "sampler_overhead.json"))
-    args = parser.parse_args()
+def measure(
+    gen: LatentGenerator,
+    size: int = 64,
+    steps: int = 20,
+    batch: int = 4,
+    repeats: int = 5,
+    guidance_scale: float = 3.0,
+) -> dict:
+    """Median wall times of a full guided sampling run and of the same raw UNet calls, on the generator's device.
 
-    torch.manual_seed(0)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gen = LatentGenerator.from_preset(args.preset, spatial_dims=2, image_channels=3, num_prompts=2).to(device).eval()
-    shape = (args.batch, *gen.latent_shape((args.size, args.size)))
-    condition = {"prompt": torch.zeros(args.batch, dtype=torch.long, device=device)}
-    guidance = ClassifierFreeGuidance(args.guidance_scale)
-    sampler = DiffusionSampler(num_inference_steps=args.steps, eta=1.0, progress=False)
+    Args:
+        gen: a generator with learned prompts (``num_prompts``), in eval mode, on the device to measure.
+        size: image size (latents are ``size`` / the autoencoder factor).
+        steps: sampling steps.
+        batch: samples per run (the UNet sees ``2 * batch``: both classifier-free guidance branches).
+        repeats: timed repeats of each side, interleaved, after one warm-up each.
+        guidance_scale: classifier-free guidance scale.
+    """
+    device = gen.scale_factor.device
+    shape = (batch, *gen.latent_shape((size, size)))
+    condition = {"prompt": torch.zeros(batch, dtype=torch.long, device=device)}
+    guidance = ClassifierFreeGuidance(guidance_scale)
+    sampler = DiffusionSampler(num_inference_steps=steps, eta=1.0, progress=False)
     path = sampler.timesteps(gen)
 
     # the raw side: the same UNet, the same stacked batch (null + conditional branches), the same timesteps
     with torch.no_grad():
-        branches = guidance.prepare(gen, condition, args.batch)
-        x_raw = torch.randn(2 * args.batch, *shape[1:], device=device)
+        branches = guidance.prepare(gen, condition, batch)
+        x_raw = torch.randn(2 * batch, *shape[1:], device=device)
         context = branches["condition"]["context"]
 
     def raw() -> None:
@@ -82,11 +87,10 @@ def main() -> dict:
 
     raw(), full()  # warm-up
     raw_times, full_times = [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         raw_times.append(timed(raw))
         full_times.append(timed(full))
-    result = {
-        "benchmark": "sampler_overhead",
+    return {
         "ratio_full_over_raw": statistics.median(full_times) / statistics.median(raw_times),
         "target": 1.10,
         "full_sampling_s_median": statistics.median(full_times),
@@ -94,13 +98,34 @@ def main() -> dict:
         "full_sampling_s": full_times,
         "raw_unet_calls_s": raw_times,
         "config": {
-            "preset": args.preset,
-            "image_size": args.size,
+            "image_size": size,
             "latent_shape": list(shape),
-            "steps": args.steps,
-            "guidance": f"classifier-free, scale {args.guidance_scale} (2 branches per UNet call)",
+            "steps": steps,
+            "guidance": f"classifier-free, scale {guidance_scale} (2 branches per UNet call)",
             "eta": 1.0,
         },
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--size", type=int, default=64, help="image size (latents are size / autoencoder factor)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--out", default=str(RESULTS / "sampler_overhead.json"))
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gen = LatentGenerator.from_preset(args.preset, spatial_dims=2, image_channels=3, num_prompts=2).to(device).eval()
+    measured = measure(gen, args.size, args.steps, args.batch, args.repeats, args.guidance_scale)
+    result = {
+        "benchmark": "sampler_overhead",
+        **measured,
+        "config": {"preset": args.preset, **measured["config"]},
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(0),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

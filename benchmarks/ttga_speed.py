@@ -72,8 +72,8 @@ def loop_generate(aug: TTGAAugmenter, image: torch.Tensor, n: int, seed: int) ->
     u1, u2 = aug._bernoulli_fields(n, latent_spatial, rng) if use_flips else (None, None)
     path = aug.timesteps()
     alphas = [alpha_bar(gen.scheduler, t) for t in path]
-    noises = [torch.randn((n, *state.x_tau.shape[1:]), generator=rng) if aug.eta > 0 and a < 1.0 else None
-              for a in alphas[1:]]
+    noises = [torch.randn((n, *state.x_tau.shape[1:]), generator=rng).to(state.x_tau)  # the sampler's draws
+              if aug.eta > 0 and a < 1.0 else None for a in alphas[1:]]
     recorder = _AttentionRecorder(gen.unet, aug._query_length(latent_spatial))
     views = []
     with recorder:
@@ -84,7 +84,8 @@ def loop_generate(aug: TTGAAugmenter, image: torch.Tensor, n: int, seed: int) ->
                 eps, maps = 0.0, 0.0
                 for cond, w in zip(guidance.conditions, guidance.weights):
                     w_v = float(w[v]) if isinstance(w, torch.Tensor) else float(w)
-                    eps = eps + w_v * gen(x, t, cond)
+                    with aug.sampler.autocast(x.device):  # the batched path's precision
+                        eps = eps + w_v * gen(x, t, cond).to(x.dtype)
                     layers = recorder.take()
                     nq = min(m.shape[1] for m in layers)
                     att = torch.stack([m for m in layers if m.shape[1] == nq]).mean(0).amax(-1)

@@ -55,10 +55,12 @@ def predict_epsilon(
     condition: Mapping[str, torch.Tensor] | None = None,
     guidance: Guidance | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noise estimate, clean estimate) at ``timestep`` through ``guidance`` (gradients flow when enabled)."""
+    """(noise estimate, clean estimate) at ``timestep`` through ``guidance`` (gradients flow when enabled), in the
+    dtype of ``x_t`` also when the UNet runs under autocast."""
     guidance = guidance if guidance is not None else NoGuidance()
     prepared = guidance.prepare(generator, condition, x_t.shape[0])
     out, _ = guidance.predict(generator, x_t, timestep, prepared)
+    out = out.to(x_t.dtype)  # a UNet run under autocast answers in 16 bits; the DDIM arithmetic stays in x_t's dtype
     a_t = alpha_bar(generator.scheduler, timestep)
     prediction_type = getattr(generator.scheduler, "prediction_type", "epsilon")
     return to_epsilon_and_x0(out, x_t, a_t, getattr(prediction_type, "value", prediction_type))

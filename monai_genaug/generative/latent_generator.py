@@ -453,8 +453,9 @@ class LatentGenerator(nn.Module):
             return images
         z_mu, z_sigma = self.autoencoder.encode(images)
         if sample:
-            eps = torch.randn(z_mu.shape, generator=generator, device=z_mu.device, dtype=z_mu.dtype)
-            z_mu = z_mu + z_sigma * eps
+            # drawn where the generator lives (a CPU generator with CUDA latents is fine), then moved
+            eps = torch.randn(z_mu.shape, generator=generator, device=generator.device if generator else z_mu.device)
+            z_mu = z_mu + z_sigma * eps.to(z_mu.device, z_mu.dtype)
         return z_mu * self.scale_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -550,7 +551,7 @@ class LatentGenerator(nn.Module):
         batch = next(iter(resolved.values())).shape[0]
         null = self.null_condition(condition, batch)
         dev = next(iter(resolved.values())).device
-        drop = (torch.rand(batch, generator=generator) < p).to(dev)
+        drop = (torch.rand(batch, generator=generator, device=generator.device if generator else "cpu") < p).to(dev)
         out = dict(resolved)
         for key in ("context", "class_labels"):
             if key in resolved:

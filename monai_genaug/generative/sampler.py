@@ -116,7 +116,9 @@ class DiffusionSampler:
         """The descending timestep path of a run (see :func:`~monai_genaug.generative.ddim.timestep_path`)."""
         return timestep_path(generator.scheduler.num_train_timesteps, self.num_inference_steps, start_timestep)
 
-    def _autocast(self, device: torch.device):
+    def autocast(self, device: torch.device):
+        """The autocast context of ``autocast_dtype`` on ``device``'s type (a no-op context when it is ``None``); UNet
+        calls made outside the sampler with the same precision (e.g. TTGA's inversion) use it too."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
@@ -169,7 +171,7 @@ class DiffusionSampler:
         steps = range(len(path) - 1)
         for i in tqdm(steps, desc="sampling", disable=not self.progress, leave=False):
             t, t_next, a_t, a_next = path[i], path[i + 1], alphas[i], alphas[i + 1]
-            with self._autocast(x.device):
+            with self.autocast(x.device):
                 out, branch_outputs = guidance.predict(generator, x, t, prepared)
             eps, x0 = to_epsilon_and_x0(out.to(x.dtype), x, a_t, prediction_type)
             corrected = guidance.correct(eps, x, t, a_t, generator)

@@ -303,7 +303,8 @@ class TTGAAugmenter:
             back to replicate when the image is too small to reflect).
         cache_size: images whose state is cached (least recently used dropped first); 0 disables the cache.
         seed: seed of the default ``torch.Generator`` (used when a call passes no ``rng``).
-        autocast_dtype: run the sampling UNet calls under autocast with this dtype (e.g. ``torch.bfloat16``).
+        autocast_dtype: run the UNet calls (inversion, identity optimisation, view sampling) under autocast with this
+            dtype (e.g. ``torch.bfloat16`` on CUDA); latents, the identity embedding and the losses stay float32.
         progress: show progress bars.
 
     Example::
@@ -594,10 +595,11 @@ class TTGAAugmenter:
     # ------------------------------------------------------------------ stage 1 and 2
     def invert(self, latents: torch.Tensor, prompt_context: torch.Tensor) -> torch.Tensor:
         """DDIM-invert clean latents to ``tau`` conditioned on the prompt (no guidance), stride ``inversion_stride``."""
-        return ddim_invert(
-            self._view, latents, self.tau, condition={"context": prompt_context}, stride=self.inversion_stride,
-            progress=self.progress,
-        )
+        with self.sampler.autocast(latents.device):
+            return ddim_invert(
+                self._view, latents, self.tau, condition={"context": prompt_context}, stride=self.inversion_stride,
+                progress=self.progress,
+            )
 
     def optimize_identity(
         self,
@@ -621,13 +623,14 @@ class TTGAAugmenter:
         with torch.inference_mode(False), torch.enable_grad():
             x_tau = x_tau.detach().clone()
             z0 = z0.detach().clone()
-            with torch.no_grad():
+            with torch.no_grad(), self.sampler.autocast(x_tau.device):
                 eps_c, _ = predict_epsilon(gen, x_tau, tau, {"context": prompt_context.detach().clone()})
             emb = null_context.detach().clone().requires_grad_(True)
             optimizer = torch.optim.Adam([emb], lr=self.lr)
 
             def jump_loss(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                eps_i, _ = predict_epsilon(gen, x_tau, tau, {"context": e})
+                with self.sampler.autocast(x_tau.device):  # the embedding and the loss stay float32
+                    eps_i, _ = predict_epsilon(gen, x_tau, tau, {"context": e})
                 eps = eps_i + g * (eps_c - eps_i)
                 return F.mse_loss(ddim_jump(gen, x_tau, tau, eps, 0).float(), z0.float()), eps
 

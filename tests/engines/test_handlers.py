@@ -22,15 +22,15 @@ from monai_genaug.engines.sample_grid import SampleGridHandler
 from monai_genaug.utils.checkpoint import CheckpointMismatchError, load_checkpoint
 
 
-def _toy(max_epochs=2, handlers=(), loss_function=None, n=8, batch_size=2, seed=0):
+def _toy(max_epochs=2, handlers=(), loss_function=None, n=8, batch_size=2, seed=0, device="cpu"):
     torch.manual_seed(seed)
-    net = nn.Linear(4, 1)
+    net = nn.Linear(4, 1).to(device)
     x = torch.randn(n, 4)
     data = [{"image": x[i], "label": x[i].sum(0, keepdim=True)} for i in range(n)]
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     trainer = SupervisedTrainer(
-        device="cpu",
+        device=torch.device(device),
         max_epochs=max_epochs,
         train_data_loader=loader,
         network=net,
@@ -59,8 +59,8 @@ def _flat(module):
 
 
 # ----------------------------------------------------------------------------------------------- EMA
-def test_ema_follows_formula_and_lags():
-    trainer, net, _ = _toy(max_epochs=1)
+def test_ema_follows_formula_and_lags(device):
+    trainer, net, _ = _toy(max_epochs=1, device=device)
     ema = EMAHandler(net, decay=0.5)
     init = _flat(net).clone()
     expected = init.clone()
@@ -75,6 +75,7 @@ def test_ema_follows_formula_and_lags():
     assert not torch.allclose(ema_w, live_w)
     assert (ema_w - init).norm() < (live_w - init).norm()  # the average lags behind the live weights
     assert all(not p.requires_grad for p in ema.ema_model.parameters())
+    assert all(p.device.type == device for p in ema.ema_model.parameters())
 
 
 def test_ema_swap_state_dict_and_warmup():

@@ -35,18 +35,18 @@ def test_inversion_path():
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_invert_then_denoise_reconstructs(spatial_dims):
+def test_invert_then_denoise_reconstructs(spatial_dims, device):
     torch.manual_seed(0)
     g = LatentGenerator.from_preset("tiny", spatial_dims=spatial_dims, num_classes=2)
     with torch.no_grad():
         for p in g.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    g.eval()
-    images = torch.rand(2, 1, *(16,) * spatial_dims)
+    g = g.to(device).eval()
+    images = torch.rand(2, 1, *(16,) * spatial_dims).to(device)
     g.estimate_scale_factor(images)
     with torch.no_grad():
         z0 = g.encode(images)
-    cond = {"class_labels": torch.tensor([0, 1])}
+    cond = {"class_labels": torch.tensor([0, 1], device=device)}
     x_tau = ddim_invert(g, z0, 300, condition=cond, stride=10)
     assert (x_tau - z0).abs().mean() > 0.05  # inversion moved the latent
     rec = DiffusionSampler(progress=False)(g, x=x_tau, condition=cond, timesteps=list(range(300, -1, -10)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -218,6 +220,24 @@ def test_raw_context_generator_and_flash_attention_maps(image):
     out_flash = TTGAAugmenter(flash, prompt=prompt, num_views=2, lambda_i=lam, drop_first_token=True,
                               **FAST).generate(image, rng=torch.Generator().manual_seed(0))
     assert torch.allclose(out.identity_fraction_per_step, out_flash.identity_fraction_per_step)
+
+
+def test_views_on_device_with_bf16_autocast(gen2d, image, device):
+    """Inversion, identity optimisation and views under bf16 autocast on ``device``; draws from a CPU or device
+    generator; the cached state stays float32 and the views close to the full-precision ones."""
+    gen = copy.deepcopy(gen2d).to(device)
+    kw = dict(num_views=2, mask_scheme="hybrid", drop_p=0.5, **{**FAST, "max_iterations": 6})
+    aug = TTGAAugmenter(gen, autocast_dtype=torch.bfloat16, **kw)
+    out = aug.generate(image.to(device), rng=torch.Generator(device=device).manual_seed(0))
+    assert out.views.shape == (2, 3, 16, 16) and out.views.device.type == device
+    assert torch.isfinite(out.views).all() and out.views.min() >= 0 and out.views.max() <= 1
+    state = out.state
+    assert state.x_tau.device.type == device and state.final_loss < state.initial_loss
+    assert state.eps_id.dtype == state.identity_context.dtype == state.x_tau.dtype == torch.float32
+    full = TTGAAugmenter(gen, **kw).generate(image.to(device), rng=torch.Generator(device=device).manual_seed(0))
+    assert 0 < (out.views - full.views).abs().mean() < 0.05
+    cpu_rng = aug.generate(image.to(device), rng=torch.Generator().manual_seed(0))  # a CPU generator works too
+    assert cpu_rng.views.device.type == device and torch.isfinite(cpu_rng.views).all()
 
 
 def test_3d_volume():

@@ -17,6 +17,7 @@ See ``docs/sd_weights.md``. Nothing here downloads anything; ``diffusers`` is ne
 from __future__ import annotations
 
 from .configs import (
+    SD_REFERENCE_CONFIGS,
     SD_SCALE_FACTOR,
     SDImportError,
     UnsupportedModelError,
@@ -24,6 +25,7 @@ from .configs import (
     diffusers_unet_config_from_ldm,
     diffusers_vae_config_from_state_dict,
     read_original_config,
+    reference_diffusers_configs,
     scheduler_config_from_diffusers,
     unet_config_from_diffusers,
 )
@@ -37,6 +39,7 @@ from .loading import (
     load_converted_network,
     load_stable_diffusion,
     load_weights,
+    reference_generator_config,
     save_converted,
 )
 from .mapping import (
@@ -60,6 +63,7 @@ from .text import (
 )
 
 __all__ = [
+    "SD_REFERENCE_CONFIGS",
     "SD_SCALE_FACTOR",
     "SDImportError",
     "UnsupportedModelError",
@@ -69,6 +73,7 @@ __all__ = [
     "diffusers_vae_config_from_state_dict",
     "diffusers_unet_config_from_ldm",
     "read_original_config",
+    "reference_diffusers_configs",
     "AUTOENCODER_FORMAT",
     "UNET_FORMAT",
     "SDModels",
@@ -79,6 +84,7 @@ __all__ = [
     "save_converted",
     "convert_stable_diffusion",
     "load_converted_network",
+    "reference_generator_config",
     "ldm_vae_to_diffusers",
     "ldm_unet_to_diffusers",
     "vae_state_dict_to_monai",

@@ -34,6 +34,8 @@ __all__ = [
     "SDImportError",
     "UnsupportedModelError",
     "SD_SCALE_FACTOR",
+    "SD_REFERENCE_CONFIGS",
+    "reference_diffusers_configs",
     "autoencoder_config_from_diffusers",
     "unet_config_from_diffusers",
     "scheduler_config_from_diffusers",
@@ -45,6 +47,65 @@ __all__ = [
 
 #: latent scale factor of the SD 1.x / 2.x VAE (``scaling_factor`` in diffusers, ``scale_factor`` in ldm)
 SD_SCALE_FACTOR = 0.18215
+
+
+_SD_VAE = {
+    "_class_name": "AutoencoderKL",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+}
+_SD_UNET = {
+    "_class_name": "UNet2DConditionModel",
+    "block_out_channels": [320, 640, 1280, 1280],
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+}
+
+#: diffusers configs (``vae/config.json``, ``unet/config.json``) of the public Stable Diffusion architectures, without
+#: weights: random-weight stand-ins of the real sizes (speed and memory checks) are built from them
+SD_REFERENCE_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
+    "sd-1.5": {"vae": _SD_VAE, "unet": {**_SD_UNET, "cross_attention_dim": 768, "attention_head_dim": 8}},
+    "sd-2": {
+        "vae": _SD_VAE,
+        "unet": {
+            **_SD_UNET,
+            "cross_attention_dim": 1024,
+            "attention_head_dim": [5, 10, 20, 20],
+            "use_linear_projection": True,
+        },
+    },
+}
+
+
+def reference_diffusers_configs(
+    name: str, vae: Mapping[str, Any] | None = None, unet: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Copies of the diffusers configs ``{"vae": ..., "unet": ...}`` of a reference architecture, with overrides.
+
+    Args:
+        name: a key of :data:`SD_REFERENCE_CONFIGS` (``"sd-1.5"``, ``"sd-2"``).
+        vae: keys replacing those of the VAE config (e.g. smaller ``block_out_channels`` for a CPU smoke run).
+        unet: keys replacing those of the UNet config.
+
+    Raises:
+        ValueError: unknown ``name``.
+    """
+    if name not in SD_REFERENCE_CONFIGS:
+        raise ValueError(f"unknown reference architecture '{name}'; choose one of {sorted(SD_REFERENCE_CONFIGS)}.")
+    ref = SD_REFERENCE_CONFIGS[name]
+    return {"vae": {**ref["vae"], **dict(vae or {})}, "unet": {**ref["unet"], **dict(unet or {})}}
 
 
 class SDImportError(ValueError):

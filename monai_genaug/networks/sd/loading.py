@@ -54,6 +54,7 @@ from monai_genaug.networks.sd.configs import (
     diffusers_unet_config_from_ldm,
     diffusers_vae_config_from_state_dict,
     read_original_config,
+    reference_diffusers_configs,
     scheduler_config_from_diffusers,
     sd_variant,
     unet_config_from_diffusers,
@@ -90,6 +91,7 @@ __all__ = [
     "save_converted",
     "convert_stable_diffusion",
     "load_converted_network",
+    "reference_generator_config",
 ]
 
 AUTOENCODER_FORMAT = "monai_genaug.AutoencoderKL"
@@ -627,6 +629,40 @@ def _generator_config(models: SDModels) -> tuple[dict[str, Any] | None, str]:
         "scale_factor": models.scale_factor,
     }
     return to_json_config(config), ""
+
+
+def reference_generator_config(
+    name: str = "sd-1.5",
+    vae: Mapping[str, Any] | None = None,
+    unet: Mapping[str, Any] | None = None,
+    use_flash_attention: bool = False,
+) -> dict[str, Any]:
+    """The :class:`~monai_genaug.generative.latent_generator.LatentGenerator` config of a reference Stable Diffusion
+    architecture (SD 1.5: 0.86 B-parameter UNet, 768-d context, x8 VAE), built through the same config conversion as
+    imported weights; ``LatentGenerator.from_config`` gives it random weights (nothing is downloaded).
+
+    Args:
+        name: ``"sd-1.5"`` or ``"sd-2"`` (see :data:`~monai_genaug.networks.sd.configs.SD_REFERENCE_CONFIGS`).
+        vae: diffusers VAE config keys to override (e.g. ``{"block_out_channels": [32, 32, 64, 64]}``).
+        unet: diffusers UNet config keys to override.
+        use_flash_attention: PyTorch scaled-dot-product attention in the UNet and the VAE.
+
+    Example::
+
+        gen = LatentGenerator.from_config(reference_generator_config("sd-1.5")).to("cuda")
+    """
+    ref = reference_diffusers_configs(name, vae, unet)
+    models = SDModels(
+        source=f"reference:{name}",
+        source_format="diffusers",
+        autoencoder_config=autoencoder_config_from_diffusers(ref["vae"], use_flash_attention),
+        unet_config=unet_config_from_diffusers(ref["unet"], use_flash_attention),
+        scheduler_config=scheduler_config_from_diffusers(None),
+    )
+    config, why = _generator_config(models)
+    if config is None:
+        raise SDImportError(f"reference architecture '{name}' with these overrides: {why}")
+    return config
 
 
 def save_converted(
