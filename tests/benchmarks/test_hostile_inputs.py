@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "hostile_inputs.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "hostile_inputs.py"
 
 
 @pytest.fixture(scope="module")
