@@ -890,7 +890,9 @@ def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[st
     return names
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def _prepare_out_dir(out_dir: Path, overwrite: bool, planned: set[str] | frozenset[str] = frozenset()) -> None:
+    """Check and prepare the destination; ``planned``: the files this call writes (a crashed or concurrent call of
+    the same writer may have left some of them, without a manifest: they are not someone else's data)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"out_dir '{out_dir}' exists and is not a folder; choose another path.")
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -906,12 +908,12 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
                 files = list(json.loads(manifest.read_text()).get("files", []))
             except (OSError, ValueError, AttributeError):
                 files = []
-        listed = {Path(f).as_posix() for f in files}
+        known = {Path(f).as_posix() for f in files} | set(planned)
         foreign = sorted(  # visible files an earlier call of this writer did not list: the user's data
             p.relative_to(out_dir).as_posix()
             for p in out_dir.rglob("*")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out_dir).parts)
-            and p.relative_to(out_dir).as_posix() not in listed
+            and p.relative_to(out_dir).as_posix() not in known
         )
         if foreign:
             raise FileExistsError(
@@ -1004,14 +1006,11 @@ def write_phantom_dataset(
                 "Ask for at least one sample per class (classes cycle i % num_classes)."
             )
     out = Path(out_dir).expanduser()
-    _prepare_out_dir(out, overwrite)
-
     width = max(4, len(str(len(samples) - 1)))
-    files: list[Path] = []
+    encoded: list[tuple[str, bytes]] = []  # encoded first, so the folder check knows every file this call writes
 
     def put(rel: str, data: bytes) -> None:
-        _atomic_write_bytes(out / rel, data)
-        files.append(Path(rel))
+        encoded.append((rel, data))
 
     for i, s in enumerate(samples):
         stem = f"phantom_{i:0{width}d}"
@@ -1038,6 +1037,11 @@ def write_phantom_dataset(
                     put(f"{side}/masks/{stem}{ext}", _nifti_bytes(s["label"][0], s["affine"]))
         else:  # classes
             put(f"{names[s['label']]}/{stem}.png", _png_bytes(s["image"]))
+
+    _prepare_out_dir(out, overwrite, planned={rel for rel, _ in encoded})
+    files = [Path(rel) for rel, _ in encoded]
+    for rel, data in encoded:
+        _atomic_write_bytes(out / rel, data)
 
     manifest = {
         "generator": "monai_genaug.data.phantoms",

@@ -379,3 +379,17 @@ def test_cli_overwrite_refuses_a_folder_of_user_data(tmp_path, layout, capsys):
     err_text = capsys.readouterr().err
     assert "did not write" in err_text and files[0] in err_text
     assert sorted(p.relative_to(user).as_posix() for p in user.rglob("*")) == before  # nothing added or removed
+
+
+def test_overwrite_finishes_a_data_set_an_interrupted_or_concurrent_call_left(tmp_path):
+    """Files of the same call without a manifest (a crash, or a second DDP rank writing at the same time) are not a
+    user's data: the writer completes the set; another file in the folder is still refused."""
+    out = write_phantom_dataset("grey", tmp_path / "d", 3, spatial_size=(16, 16))
+    (out / MANIFEST_NAME).unlink()
+    (out / "images" / "phantom_0002.png").unlink()  # as if killed before the last files and the manifest
+    write_phantom_dataset("grey", out, 3, spatial_size=(16, 16), overwrite=True)
+    assert (out / MANIFEST_NAME).is_file() and len(list((out / "images").iterdir())) == 3
+    (out / MANIFEST_NAME).unlink()
+    (out / "images" / "mine.png").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="'images/mine.png'"):
+        write_phantom_dataset("grey", out, 3, spatial_size=(16, 16), overwrite=True)
