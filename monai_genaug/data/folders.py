@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ from typing import Any
 import numpy as np
 from monai.utils import optional_import
 
-from monai_genaug.utils.outputs import check_file_destination
+from monai_genaug.utils.outputs import atomic_write_bytes, check_file_destination
 
 nib, _has_nib = optional_import("nibabel")
 PILImage, _has_pil = optional_import("PIL.Image")
@@ -816,19 +815,7 @@ def write_datalist(
     except TypeError as e:
         raise TypeError(f"the datalist holds a value that is not JSON-serialisable: {e}") from e
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, (text + "\n").encode())
 
 
 def load_datalist(

@@ -18,15 +18,17 @@ atomically (temporary file + rename), so a crash never leaves a truncated PNG be
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.utils import optional_import
+
+from monai_genaug.utils.outputs import atomic_write_bytes
 
 Image, _ = optional_import("PIL.Image")
 
@@ -168,16 +170,6 @@ def save_image_grid(
     if path.suffix.lower() != ".png":
         raise ValueError(f"save_image_grid writes PNG files; '{path}' should end with '.png'.")
     grid = make_image_grid(tensor_batch, nrow, normalise, padding, pad_value, sequence_dim, slice_axis)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(grid).save(f, format="PNG")  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
+    return atomic_write_bytes(path, buffer.getvalue())
