@@ -630,7 +630,9 @@ def limit_items(items: Sequence[Any], max_items: int | None, name: str = "max_it
     """
     if max_items is None or (isinstance(max_items, str) and max_items.strip() in ("", "None", "none", "null")):
         return list(items)
-    if isinstance(max_items, bool) or not isinstance(max_items, (int, np.integer)):
+    if isinstance(max_items, bool):
+        raise ValueError(f"{name} must be a positive whole number or null (all items), got {max_items!r}.")
+    if not isinstance(max_items, (int, np.integer)):
         try:
             value = float(max_items)
         except (TypeError, ValueError):
