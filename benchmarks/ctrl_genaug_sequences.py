@@ -22,27 +22,39 @@ Two data sets, each the same protocol:
 Generator: trained by the package's Ignite trainer in two stages (frames, then clips) on the training clips only;
 two synthetic clips per real training clip (conditions of training clips only; BRATS: a seeded subset of them).
 Filter: semantic (real-data classifier loss <= group mean) >> temporal consistency (k-means midpoints) >>
-near-duplicates. Downstream: the small frame-CNN sequence classifier with global pooling, same steps for every
-variant, several seeds. Writes ``benchmarks/results/ctrl_genaug.json`` and ``.md``.
+near-duplicates. Downstream: the protocol of :mod:`monai_genaug.evaluation` with its frame-wise global-pooling CNN:
+real only / real + all generated clips / real + filtered clips / real + a random subset of the filtered count, the
+same steps for every variant, five seeds, per-clip rows, bootstrap intervals and paired differences; the learner's
+label curve (a quarter, half and all of the real clips); an independent oracle (the same learner trained on all
+real clips with its own seed) scoring the class agreement of the generated, kept and rejected clips. Writes
+``benchmarks/results/ctrl_genaug_<data>.json`` (then ``python -m monai_genaug.evaluation.report
+benchmarks/results`` writes the Markdown).
 
     nice -n 5 python benchmarks/ctrl_genaug_sequences.py            # phantoms + BRATS when present
     nice -n 5 python benchmarks/ctrl_genaug_sequences.py --data phantoms
+    python benchmarks/ctrl_genaug_sequences.py --quick --out_dir /tmp/quick   # a smoke run, about a minute
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from monai_genaug.evaluation import (
+    BenchmarkTimer,
+    Oracle,
+    classification_learner,
+    evaluate_downstream,
+    label_curve,
+    write_results,
+)
 from monai_genaug.filters.temporal import temporal_consistency
 from monai_genaug.methods.ctrl_genaug import (
     CtrlGenAug,
     brats_slice_clips,
-    evaluate_sequence_augmentation,
     filter_generated,
     prepare_sequence_data,
     train_sequence_classifier,
@@ -53,10 +65,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BRATS_TEST = ("brats_2013_pat0001_1", "brats_2013_pat0002_1")
 SETTINGS = {
     "phantoms": {"frame_steps": 1500, "clip_steps": 600, "sample_steps": 20, "num_source": None,
-                 "classifier_steps": 600, "downstream_steps": 600, "seeds": 5},
+                 "classifier_steps": 600, "downstream_steps": 600, "oracle_steps": 600, "seeds": 5, "num_clips": 64},
     "brats": {"frame_steps": 800, "clip_steps": 300, "sample_steps": 20, "num_source": 48,
-              "classifier_steps": 300, "downstream_steps": 300, "seeds": 3},
+              "classifier_steps": 300, "downstream_steps": 300, "oracle_steps": 300, "seeds": 5},
 }
+QUICK = {"frame_steps": 10, "clip_steps": 5, "sample_steps": 2, "num_source": 8, "classifier_steps": 5,
+         "downstream_steps": 5, "oracle_steps": 5, "seeds": 2, "num_clips": 24}
+TITLES = {"phantoms": "Ctrl-GenAug: phantom sequences (disk vs elongated moving object)",
+          "brats": "Ctrl-GenAug: BRATS 2013 FLAIR slice stacks (tumour vs no tumour), split by patient"}
 
 
 def phantom_data(num: int = 64) -> dict:
@@ -73,126 +89,110 @@ def brats_data(path: Path) -> dict:
             "test_cases": list(BRATS_TEST)}
 
 
-def run(name: str, data: dict, cfg: dict) -> dict:
+def run(name: str, data: dict, cfg: dict, out: Path, quick: bool = False) -> Path:
+    """Train the generator, generate, filter, run the downstream protocol; write the results envelope to ``out``."""
     torch.set_num_threads(1)
+    timer = BenchmarkTimer()
     t0 = time.time()
+    stages: dict[str, float] = {}
     train, test = data["train"], data["test"]
     nf, size = int(train["clips"].shape[2]), tuple(int(s) for s in train["clips"].shape[3:])
     torch.manual_seed(0)
     pipe = CtrlGenAug.from_preset("tiny", num_frames=nf, num_classes=2, prior_channels=2)
     loss_f = pipe.fit(train["clips"], train["labels"], stage="frames", num_steps=cfg["frame_steps"], batch_size=16)
     loss_c = pipe.fit(train["clips"], train["labels"], stage="clips", num_steps=cfg["clip_steps"], batch_size=8)
-    t_train = time.time() - t0
+    stages["generator_training"] = time.time() - t0
     src = torch.arange(train["clips"].shape[0])
     if cfg["num_source"] is not None and cfg["num_source"] < len(src):
         src = torch.randperm(len(src), generator=torch.Generator().manual_seed(0))[: cfg["num_source"]].sort().values
     gen = pipe.generate(train["clips"][src], train["labels"][src], num_per_clip=2, guidance_scale=2.0,
                         num_inference_steps=cfg["sample_steps"])
-    t_gen = time.time() - t0 - t_train
+    stages["generation"] = time.time() - t0 - sum(stages.values())
     clf = train_sequence_classifier(train["clips"], train["labels"], 2, num_steps=cfg["classifier_steps"])
-    filt = filter_generated(gen, clf)
-    keep = filt["keep"]
+    keep = filter_generated(gen, clf)["keep"]
     labels = torch.tensor(gen["labels"])
-    results = evaluate_sequence_augmentation(
-        train["clips"], train["labels"], test["clips"], test["labels"],
-        {"real_only": None, "real+synthetic": (gen["clips"], labels), "real+filtered": (gen["clips"][keep], labels[keep])},
-        2, num_steps=cfg["downstream_steps"], seeds=tuple(range(cfg["seeds"])),
-    )
+    stages["filter"] = time.time() - t0 - sum(stages.values())
+    seeds = tuple(range(cfg["seeds"]))
+    real, tst = (train["clips"].float(), train["labels"].long()), (test["clips"].float(), test["labels"].long())
+
+    def learner() -> torch.nn.Module:
+        return classification_learner(2, int(train["clips"].shape[1]), 2, frames=True)
+
+    common = {"learner_fn": learner, "iterations": cfg["downstream_steps"], "seeds": seeds}
+    table, counts = evaluate_downstream("classification", real, tst, 2, synthetic=(gen["clips"], labels), keep=keep,
+                                        **common)
+    stages["downstream"] = time.time() - t0 - sum(stages.values())
+    n = real[0].shape[0]
+    sizes = sorted({max(2, n // 4), max(3, n // 2), n})
+    curve = label_curve("classification", real, tst, 2, sizes=sizes, **common)
+    stages["label_curve"] = time.time() - t0 - sum(stages.values())
+    oracle = Oracle("classification", 2, learner_fn=learner, iterations=cfg["oracle_steps"], seed=100).fit(*real)
+    sets = {"generated (all)": (gen["clips"], labels), "kept by the filter": (gen["clips"][keep], labels[keep]),
+            "rejected by the filter": (gen["clips"][~keep], labels[~keep])}
+    oracle_table = oracle.table({k: v for k, v in sets.items() if len(v[0])})
+    stages["oracle"] = time.time() - t0 - sum(stages.values())
     tc_real, tc_test, tc_gen = (temporal_consistency(c) for c in (train["clips"], test["clips"], gen["clips"]))
-    n = max(len(loss_f) // 10, 1)
-    return {
-        "data": name,
-        "frame_size": list(size),
-        "num_frames": nf,
-        "num_train": int(train["clips"].shape[0]),
-        "num_test": int(test["clips"].shape[0]),
-        "train_positive_fraction": float(train["labels"].float().mean()),
-        "test_positive_fraction": float(test["labels"].float().mean()),
-        **({"train_cases": data["train_cases"], "test_cases": data["test_cases"]} if "train_cases" in data else {}),
-        "settings": cfg,
-        "diffusion_loss": {"frames_first": sum(loss_f[:n]) / n, "frames_last": sum(loss_f[-n:]) / n,
-                           "clips_first": sum(loss_c[:n]) / n, "clips_last": sum(loss_c[-n:]) / n},
-        "num_synthetic": int(gen["clips"].shape[0]),
-        "num_kept": int(keep.sum()),
-        "temporal_consistency": {"real_mean": float(tc_real.mean()), "real_std": float(tc_real.std()),
-                                 "real_test_mean": float(tc_test.mean()),
-                                 "generated_mean": float(tc_gen.mean()), "generated_std": float(tc_gen.std()),
-                                 "kept_mean": float(tc_gen[keep].mean()) if keep.any() else None},
-        "downstream": {k: {kk: v[kk] for kk in ("accuracy", "accuracy_std", "balanced_accuracy", "num_train",
-                                                "num_synthetic")} for k, v in results.items()},
-        "seconds": {"train": t_train, "generate": t_gen, "total": time.time() - t0},
-        "device": "CPU, 1 thread (shared machine)",
+    m = max(len(loss_f) // 10, 1)
+    diagnostics = {
+        "clips (frames x size)": f"{nf} x {size[0]} x {size[1]}",
+        "training / test clips": f"{n} / {tst[0].shape[0]}",
+        "class-1 fraction training / test": f"{float(train['labels'].float().mean()):.2f} / "
+                                            f"{float(test['labels'].float().mean()):.2f}",
+        "generated / kept clips": f"{int(gen['clips'].shape[0])} / {int(keep.sum())}",
+        "diffusion loss frames first -> last": f"{sum(loss_f[:m]) / m:.3f} -> {sum(loss_f[-m:]) / m:.3f}",
+        "diffusion loss clips first -> last": f"{sum(loss_c[:m]) / m:.3f} -> {sum(loss_c[-m:]) / m:.3f}",
+        "temporal consistency real training / test": f"{float(tc_real.mean()):.2f} / {float(tc_test.mean()):.2f}",
+        "temporal consistency generated / kept": f"{float(tc_gen.mean()):.2f} / "
+                                                 + (f"{float(tc_gen[keep].mean()):.2f}" if keep.any() else "n/a"),
+        **{f"stage seconds: {k}": round(v, 1) for k, v in stages.items()},
     }
+    if "train_cases" in data:
+        diagnostics["patients training / test"] = f"{data['train_cases']} / {data['test_cases']}"
+    extra = {
+        "title": TITLES[name],
+        "description": "Downstream sequence classification with the evaluation protocol: the frame-wise "
+                       "global-pooling CNN, the same steps for every training set, per-clip scores (1 = right class) "
+                       "over the test clips and seeds. Temporal consistency = 100 x mean cosine of consecutive "
+                       "frames (pixels).",
+        "script": "ctrl_genaug_sequences.py",
+        "measured": f"{name}: sequence classification accuracy, real only / + all / + filtered / + random subset of "
+                    "the filtered count",
+        "bundle": "ctrl_genaug",
+        "counts": counts,
+        "label_curve": {"metric": "accuracy", "rows": curve.to_rows()},
+        "oracle": {"rows": oracle_table.to_rows(), "test_score": oracle.test_score(*tst)},
+        "diagnostics": diagnostics,
+    }
+    return write_results(out, f"ctrl_genaug_{name}", {**cfg, "data": name}, seeds, table, timer.stop(),
+                         primary_metric="accuracy", baseline="real_only", extra=extra, quick=quick)
 
 
-def _section(r: dict) -> list[str]:
-    title = {"phantoms": "Phantom sequences (disk vs elongated moving object)",
-             "brats": "BRATS 2013 FLAIR slice stacks (tumour vs no tumour), split by patient"}[r["data"]]
-    lines = [
-        f"## {title}",
-        "",
-        f"{r['num_frames']} frames of {r['frame_size'][0]} x {r['frame_size'][1]}; {r['num_train']} training clips "
-        f"({r['train_positive_fraction']:.2f} class 1), {r['num_test']} test clips ({r['test_positive_fraction']:.2f} "
-        f"class 1); {r['num_synthetic']} generated clips, {r['num_kept']} kept by the three filters. Diffusion loss "
-        f"frames {r['diffusion_loss']['frames_first']:.3f} -> {r['diffusion_loss']['frames_last']:.3f}, clips "
-        f"{r['diffusion_loss']['clips_first']:.3f} -> {r['diffusion_loss']['clips_last']:.3f}. "
-        f"{r['seconds']['total']:.0f} s.",
-        "",
-        f"| training set | accuracy (mean ± std over {r['settings']['seeds']} seeds) | balanced accuracy | clips |",
-        "|---|---|---|---|",
-    ]
-    for k, v in r["downstream"].items():
-        lines.append(f"| {k} | {v['accuracy']:.3f} ± {v['accuracy_std']:.3f} | {v['balanced_accuracy']:.3f} | "
-                     f"{v['num_train']} ({v['num_synthetic']} synthetic) |")
-    tc = r["temporal_consistency"]
-    kept = "n/a" if tc["kept_mean"] is None else f"{tc['kept_mean']:.2f}"
-    lines += [
-        "",
-        "Temporal consistency (100 x mean cosine of consecutive frames, pixels): real training "
-        f"{tc['real_mean']:.2f} ± {tc['real_std']:.2f} (test {tc['real_test_mean']:.2f}), generated "
-        f"{tc['generated_mean']:.2f} ± {tc['generated_std']:.2f}, kept {kept}.",
-        "",
-    ]
-    return lines
-
-
-def write_table(results: dict) -> Path:
-    lines = [
-        "# Ctrl-GenAug benchmark",
-        "",
-        "Written by `benchmarks/ctrl_genaug_sequences.py` (settings in `ctrl_genaug.json`). CPU, one thread, on a "
-        "machine shared with other jobs (times are indicative).",
-        "",
-    ]
-    for r in results.values():
-        lines += _section(r)
-    if "brats" not in results:
-        lines.append("BRATS: not run (data folder absent or `--data phantoms`).")
-    path = RESULTS / "ctrl_genaug.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
-    return path
-
-
-def main() -> dict:
-    p = argparse.ArgumentParser(description=__doc__)
+def main(argv=None) -> list[Path]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=["phantoms", "brats", "both"], default="both")
     p.add_argument("--brats_dir", default=None, help="default: shared_data_dir()/brats2013_deepmedic")
-    args = p.parse_args()
-    out = RESULTS / "ctrl_genaug.json"
-    previous = json.loads(out.read_text()) if out.is_file() and args.data != "both" else {}
-    results = {k: v for k, v in previous.items() if k in SETTINGS and k != args.data}
+    p.add_argument("--quick", action="store_true", help="a smoke run with tiny step counts (phantoms only)")
+    p.add_argument("--out_dir", default=str(RESULTS), help="folder of ctrl_genaug_<data>.json")
+    args = p.parse_args(argv)
+    out_dir = Path(args.out_dir)
+    written = []
+    if args.quick:
+        data = phantom_data(QUICK["num_clips"])
+        written.append(run("phantoms", data, QUICK, out_dir / "ctrl_genaug_phantoms.json", quick=True))
+        print(f"wrote {written[-1]}")
+        return written
     if args.data in ("phantoms", "both"):
-        results["phantoms"] = run("phantoms", phantom_data(), SETTINGS["phantoms"])
-        print(json.dumps(results["phantoms"]["downstream"], indent=1), flush=True)
+        data = phantom_data(SETTINGS["phantoms"]["num_clips"])
+        written.append(run("phantoms", data, SETTINGS["phantoms"], out_dir / "ctrl_genaug_phantoms.json"))
     brats = Path(args.brats_dir) if args.brats_dir else shared_data_dir() / "brats2013_deepmedic"
-    if args.data in ("brats", "both") and brats.is_dir():
-        results["brats"] = run("brats", brats_data(brats), SETTINGS["brats"])
-        print(json.dumps(results["brats"]["downstream"], indent=1), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    results = {k: results[k] for k in SETTINGS if k in results}
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    write_table(results)
-    return results
+    if args.data in ("brats", "both"):
+        if brats.is_dir():
+            written.append(run("brats", brats_data(brats), SETTINGS["brats"], out_dir / "ctrl_genaug_brats.json"))
+        else:
+            print(f"BRATS skipped: {brats} does not exist (set $MONAI_GENAUG_DATA).")
+    for path in written:
+        print(f"wrote {path}")
+    return written
 
 
 if __name__ == "__main__":

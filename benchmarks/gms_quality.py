@@ -61,6 +61,7 @@ from monai_genaug.engines import (
     gms_transforms,
 )
 from monai_genaug.engines.tracking import loss_from_output
+from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
 from monai_genaug.methods.gms import GMSSegmenter, MaskReconstructor, gms_config
 from monai_genaug.utils.paths import shared_data_dir
 
@@ -135,6 +136,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "gms_quality.json"))
     args = p.parse_args(argv)
+    timer = BenchmarkTimer()
     torch.set_num_threads(args.threads)
     set_determinism(seed=args.seed)
     work = Path(tempfile.mkdtemp(prefix="gms_quality_"))
@@ -224,7 +226,7 @@ def main(argv=None) -> dict:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic({**result, "timing": timer.stop(), "environment": environment()}, out)
     print(json.dumps(result, indent=2))
     return result
 

@@ -39,6 +39,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from monai_genaug.data.phantoms import make_endoscopy_phantoms
+from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
 from monai_genaug.engines.gms import GMSPrepareBatch
 from monai_genaug.methods.gms import GMSLoss, GMSSegmenter, LatentCache, gms_config
 
@@ -96,6 +97,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS / "gms_speed.json"))
     args = p.parse_args(argv)
+    timer = BenchmarkTimer()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -181,7 +183,7 @@ def main(argv=None) -> dict:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic({**result, "timing": timer.stop(), "environment": environment()}, out)
     print(json.dumps(result, indent=2))
     return result
 

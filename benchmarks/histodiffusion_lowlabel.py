@@ -8,15 +8,18 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""HistoDiffusion low-label benchmark: downstream accuracy with real data only vs real + unfiltered synthetic vs
-real + centroid-filtered synthetic, plus guided vs unguided sampling time per sample.
+"""HistoDiffusion low-label benchmark: downstream accuracy with real data only vs real + synthetic vs real +
+centroid-filtered synthetic, plus guided vs unguided sampling time per sample.
 
 Per data set: an autoencoder and an unconditional latent diffusion model are trained on the whole (unlabelled)
 training split; a noisy-latent classifier on a small labelled fraction of it; ``--generate`` samples per class are
 synthesised with classifier guidance; the centroid filter (autoencoder-latent features, centroids of the labelled
-images) keeps the ``--keep`` closest per class whose nearest centroid is their class; the unfiltered variant is a
-random subset of the same size per class. A small MONAI ``Classifier`` is then trained for the same number of
-iterations on each variant (several seeds) and tested on held-out data.
+images) keeps the ``--keep`` closest per class whose nearest centroid is their class. The downstream comparison is the protocol of :mod:`monai_genaug.evaluation`: its
+global-pooling CNN, the same iterations for every variant (real only / + all generated / + centroid-filtered /
++ a random subset of the filtered count / + filtered on the guidance classifier's features / upper bound = every
+training image with its label), five seeds, per-image rows, bootstrap intervals and paired differences; the
+learner's label curve on the training pool; an independent oracle (the same learner trained on all training labels,
+never the guidance classifier) scoring the class agreement of the guided samples.
 
 Data sets:
 
@@ -29,16 +32,14 @@ Data sets:
 
     python benchmarks/histodiffusion_lowlabel.py [--datasets phantoms brats] [--quick]
 
-Writes ``benchmarks/results/histodiffusion_lowlabel.json`` and ``benchmarks/results/histodiffusion.md``. Runs on one
-CPU thread by default (``--threads``): on a shared, busy 2-core machine more threads slow PyTorch down.
+Writes ``benchmarks/results/histodiffusion_lowlabel_<data set>.json`` (``python -m monai_genaug.evaluation.report
+benchmarks/results`` writes the Markdown). Runs on one CPU thread by default (``--threads``): on a shared, busy 2-core
+machine more threads slow PyTorch down.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -51,14 +52,9 @@ from monai.data import DataLoader, Dataset
 
 from monai_genaug.data.folders import nifti_case_datalist
 from monai_genaug.data.pipelines import classification_2d_transforms
-from monai_genaug.data.synthetic import match_class_counts
 from monai_genaug.engines.classifier import noisy_latent_accuracy
-from monai_genaug.methods.histodiffusion import (
-    HistoDiffusion,
-    evaluate_synthetic_augmentation,
-    materialize,
-    prepare_histodiffusion_data,
-)
+from monai_genaug.evaluation import BenchmarkTimer, Oracle, evaluate_downstream, label_curve, write_results
+from monai_genaug.methods.histodiffusion import HistoDiffusion, materialize, prepare_histodiffusion_data
 from monai_genaug.utils.images import save_image_grid
 from monai_genaug.utils.paths import shared_data_dir
 
@@ -238,8 +234,6 @@ def run_dataset(name: str, data: dict[str, Any], args: argparse.Namespace, work:
     flt = hd.centroid_filter("latent", max_per_class=args.keep).fit(data["labelled"])
     result = flt(synthetic)
     timings["filter_s"] = time.perf_counter() - t
-    filtered = result.select(synthetic)
-    unfiltered = match_class_counts(synthetic, filtered, seed=args.seed)
     kept = {data["class_names"][c]: int((result.keep & (synth.labels == c)).sum()) for c in range(num_classes)}
     nearest_ok = float((result.details["nearest"] == synth.labels).float().mean())
     # the same filter on the guidance classifier's pooled features (t = 0) instead of the autoencoder latents
@@ -247,123 +241,71 @@ def run_dataset(name: str, data: dict[str, Any], args: argparse.Namespace, work:
     filtered_clf = result_clf.select(synthetic)
     kept_clf = {data["class_names"][c]: int((result_clf.keep & (synth.labels == c)).sum()) for c in range(num_classes)}
 
+    def stack(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([torch.as_tensor(i["image"]) for i in items]).float(), torch.tensor(
+            [int(i["label"]) for i in items])
+
     t = time.perf_counter()
-    downstream = evaluate_synthetic_augmentation(
-        data["labelled"],
-        data["test"],
-        {
-            "real_only": None,
-            "real+synthetic": unfiltered,
-            "real+filtered": filtered,
-            "real+filtered_clf": filtered_clf,
-        },
-        num_classes,
-        num_iterations=args.downstream_iterations,
-        batch_size=16,
-        lr=2e-3,
-        seeds=tuple(range(args.seeds)),
+    real, test, pool = stack(data["labelled"]), stack(data["test"]), stack(data["unlabelled"])
+    labelled_ids = {id(i) for i in data["labelled"]}
+    rest = [i for i in data["unlabelled"] if id(i) not in labelled_ids and "label" in i]
+    common = {"iterations": args.downstream_iterations, "batch_size": 16, "lr": 2e-3, "seeds": tuple(range(args.seeds))}
+    table, counts = evaluate_downstream(
+        "classification", real, test, num_classes, synthetic=(synth.images, synth.labels), keep=result.keep,
+        extra={"real+filtered_clf": stack(filtered_clf) if filtered_clf else None},
+        upper_bound=stack(rest) if rest else None, **common,
     )
     timings["downstream_s"] = time.perf_counter() - t
-    for v in downstream.values():
-        v.pop("runs", None)
+    t = time.perf_counter()
+    n = real[0].shape[0]
+    sizes = sorted({n, min(4 * n, pool[0].shape[0]), pool[0].shape[0]})
+    curve = label_curve("classification", pool, test, num_classes, sizes=sizes, **common) if len(sizes) > 1 else None
+    timings["label_curve_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    oracle = Oracle("classification", num_classes, iterations=2 * args.downstream_iterations, seed=100).fit(*pool)
+    oracle_table = oracle.table({
+        "guided samples (all)": (synth.images, synth.labels),
+        "kept by the centroid filter": (synth.images[result.keep], synth.labels[result.keep]),
+    })
+    timings["oracle_s"] = time.perf_counter() - t
+    s_acc = " / ".join(f"{v:.2f}" for v in clf_acc.values())
+    diagnostics = {
+        "data": data["description"],
+        "training pool / labelled / test": f"{pool[0].shape[0]} / {n} / {test[0].shape[0]}",
+        "guided / unguided s per sample (ratio)": f"{guided:.3f} / {unguided:.3f} ({guided / unguided:.2f})",
+        "noisy classifier test accuracy at t = " + " / ".join(map(str, clf_acc)): s_acc,
+        "p(target) of guided samples by the guiding classifier (circular)": round(guided_target, 3),
+        "nearest centroid = target": round(nearest_ok, 3),
+        "kept per class (latent / classifier features)": f"{list(kept.values())} / {list(kept_clf.values())}",
+        **{f"stage seconds: {k}": round(v, 1) for k, v in timings.items()},
+    }
     return {
-        "description": data["description"],
-        "num_unlabelled": len(data["unlabelled"]),
-        "num_labelled": len(data["labelled"]),
-        "num_test": len(data["test"]),
-        "class_names": data["class_names"],
-        "noisy_classifier_test_accuracy": {str(k): v for k, v in clf_acc.items()},
-        "synthetic": {
-            "generated_per_class": args.generate,
-            "guidance_scale": args.scale,
-            "steps": args.steps,
-            "eta": 1.0,
-            "mean_target_probability": guided_target,
-            "nearest_centroid_is_target": nearest_ok,
-            "kept_per_class": kept,
-            "kept_per_class_classifier_features": kept_clf,
+        "table": table,
+        "extra": {
+            "title": f"HistoDiffusion low-label benchmark: {name}",
+            "description": "Downstream classification with the evaluation protocol: the global-pooling CNN, the "
+                           "same iterations for every training set, per-image scores (1 = right class) over the test "
+                           "images and seeds. real+all: every guided sample; real+filtered: the centroid filter on "
+                           "autoencoder latents; real+random: a random subset of the filtered count; "
+                           "real+filtered_clf: the centroid filter on the guidance classifier's features; "
+                           "upper_bound: every training image with its true label.",
+            "script": "histodiffusion_lowlabel.py",
+            "measured": f"{name}: accuracy with {100 * args.labelled_fraction:.0f} % labels",
+            "bundle": "histodiffusion",
+            "counts": counts,
+            **({"label_curve": {"metric": "accuracy", "rows": curve.to_rows()}} if curve is not None else {}),
+            "oracle": {"rows": oracle_table.to_rows(), "test_score": oracle.test_score(*test)},
+            "diagnostics": diagnostics,
         },
-        "seconds_per_sample": {"unguided": unguided, "guided": guided, "ratio": guided / unguided},
-        "downstream": downstream,
-        "timings_s": timings,
     }
 
 
-# ------------------------------------------------------------------------------------------------ report
-def markdown(results: dict[str, Any]) -> str:
-    lines = [
-        "# HistoDiffusion low-label benchmark",
-        "",
-        (f"`python benchmarks/histodiffusion_lowlabel.py{' --quick' if results['settings']['quick'] else ''}` on "
-        f"{results['machine']}, {results['settings']['threads']} thread(s): "
-        f"{results['total_s'] / 60:.1f} min wall clock, "
-        f"{results['cpu_s'] / 60:.1f} min CPU (the machine was shared; load average {results['load_average']}). "
-        "Downstream: MONAI `Classifier` (16-32-64), the same number of iterations for every variant, mean +- std over "
-        f"{results['settings']['seeds']} seeds. Unfiltered = a random subset of the generated samples with the same "
-        "per-class size as the filtered set."),
-        "",
-        (
-            "| data | labelled / test | real only | real + synthetic | real + filtered (latent features) | "
-            "real + filtered (classifier features) | balanced acc. (real / +syn / +filt / +filt clf) |"
-        ),
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results["datasets"].items():
-        d = r["downstream"]
-
-        def acc(k: str, d: dict = d) -> str:
-            return f"{d[k]['accuracy']:.3f} +- {d[k]['accuracy_std']:.3f}"
-
-        variants = ("real_only", "real+synthetic", "real+filtered", "real+filtered_clf")
-        bal = " / ".join(f"{d[k]['balanced_accuracy']:.3f}" for k in variants)
-        cells = [acc("real_only")] + [f"{acc(k)} (+{d[k]['num_synthetic']})" for k in variants[1:]]
-        lines.append(f"| {name} | {r['num_labelled']} / {r['num_test']} | {' | '.join(cells)} | {bal} |")
-    lines += [
-        "",
-        (
-            "| data | guided s / sample | unguided s / sample | ratio | classifier acc. t = 0 / 250 / 500 / 750 | "
-            "p(target) of guided samples | nearest centroid = target | kept per class (latent / classifier features) |"
-        ),
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results["datasets"].items():
-        s = r["seconds_per_sample"]
-        a = " / ".join(f"{v:.2f}" for v in r["noisy_classifier_test_accuracy"].values())
-        lines.append(
-            f"| {name} | {s['guided']:.3f} | {s['unguided']:.3f} | {s['ratio']:.2f} | {a} | "
-            f"{r['synthetic']['mean_target_probability']:.2f} | {r['synthetic']['nearest_centroid_is_target']:.2f} | "
-            f"{list(r['synthetic']['kept_per_class'].values())} / "
-            f"{list(r['synthetic']['kept_per_class_classifier_features'].values())} |"
-        )
-    lines += ["", "Data:", ""] + [f"- **{n}**: {r['description']}" for n, r in results["datasets"].items()]
-    lines += [
-        "",
-        "Notes:",
-        "",
-        (
-            "- The paper reports +6.4 % accuracy (ViT-S/16, a small labelled part of NCT-CRC-HE, large "
-            "pre-training). Here every network is tiny and trained for minutes on a CPU, the test sets are small "
-            "(80 phantoms, 241 slices of 2 patients) and the spread over seeds is a few points, so differences under "
-            "~5 points are not conclusive; rerunning with other seeds moves every cell by a few points."
-        ),
-        (
-            "- The guided s / sample include the classifier's forward and backward pass at every step (the ratio is "
-            "the cost of guidance); unguided sampling uses the same sampler, steps and batch size."
-        ),
-        (
-            "- 'classifier acc.' is the noisy-latent classifier on the test images, noised to t; p(target) is its "
-            "mean probability of the intended class on the guided samples (clean latents, t = 0)."
-        ),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def main() -> dict:
+def main(argv=None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["phantoms", "brats"], choices=["phantoms", "brats"])
     parser.add_argument("--quick", action="store_true", help="a smoke run (few iterations), ~1 minute per data set")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=3, help="downstream runs per variant")
+    parser.add_argument("--seeds", type=int, default=5, help="downstream training seeds per variant (>= 5)")
     parser.add_argument("--labelled-fraction", type=float, default=0.05)
     parser.add_argument("--num-phantoms", type=int, default=400)
     parser.add_argument("--tumour-min", type=int, default=200, help="tumour pixels (at 240x240) for a tumour slice")
@@ -378,41 +320,34 @@ def main() -> dict:
     parser.add_argument("--downstream-iterations", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work-dir", default=None, help="keep intermediate files (samples.png) here")
-    parser.add_argument("--out", default=str(RESULTS / "histodiffusion_lowlabel.json"))
-    parser.add_argument("--markdown", default=str(RESULTS / "histodiffusion.md"))
-    args = parser.parse_args()
+    parser.add_argument("--out_dir", default=str(RESULTS), help="folder of histodiffusion_lowlabel_<data set>.json")
+    args = parser.parse_args(argv)
     if args.quick:
         args.ae_iterations, args.ldm_iterations, args.clf_iterations = 20, 40, 40
-        args.generate, args.keep, args.steps, args.downstream_iterations, args.seeds = 8, 4, 5, 30, 1
+        args.generate, args.keep, args.steps, args.downstream_iterations, args.seeds = 8, 4, 5, 10, 2
+        args.num_phantoms = min(args.num_phantoms, 80)
     torch.set_num_threads(args.threads)
-    start, cpu_start = time.perf_counter(), time.process_time()
     tmp = tempfile.TemporaryDirectory() if args.work_dir is None else None
     work = Path(args.work_dir or tmp.name)
-    results: dict[str, Any] = {
-        "machine": f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} torch threads)",
-        "torch": torch.__version__,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "markdown", "work_dir")},
-        "datasets": {},
-    }
+    settings = {k: v for k, v in vars(args).items() if k not in ("out_dir", "work_dir", "datasets")}
     loaders = {"phantoms": phantom_data, "brats": brats_data}
+    written = []
     for name in args.datasets:
-        t = time.perf_counter()
+        timer = BenchmarkTimer()
         data = loaders[name](args, work)
         if data is None:
             continue
-        results["datasets"][name] = run_dataset(name, data, args, work)
-        results["datasets"][name]["total_s"] = time.perf_counter() - t
-        print(name, json.dumps(results["datasets"][name]["downstream"], indent=1)[:2000])
-    results["total_s"] = time.perf_counter() - start
-    results["cpu_s"] = time.process_time() - cpu_start
-    results["load_average"] = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    Path(args.markdown).write_text(markdown(results))
-    print(markdown(results))
+        res = run_dataset(name, data, args, work)
+        path = write_results(
+            Path(args.out_dir) / f"histodiffusion_lowlabel_{name}.json", f"histodiffusion_lowlabel_{name}",
+            {**settings, "data": name}, range(args.seeds), res["table"], timer.stop(), primary_metric="accuracy",
+            baseline="real_only", extra=res["extra"], quick=args.quick,
+        )
+        print(f"wrote {path}")
+        written.append(path)
     if tmp is not None:
         tmp.cleanup()
-    return results
+    return written
 
 
 if __name__ == "__main__":

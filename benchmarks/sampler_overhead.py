@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
 from monai_genaug.generative.guidance import ClassifierFreeGuidance
 from monai_genaug.generative.latent_generator import LatentGenerator
 from monai_genaug.generative.sampler import DiffusionSampler
@@ -117,6 +118,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--out", default=str(RESULTS / "sampler_overhead.json"))
     args = parser.parse_args(argv)
+    timer = BenchmarkTimer()
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -132,8 +134,7 @@ def main(argv=None) -> dict:
         "machine": platform.machine(),
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic({**result, "timing": timer.stop(), "environment": environment()}, out)
     print(json.dumps({k: result[k] for k in ("ratio_full_over_raw", "full_sampling_s_median", "raw_unet_calls_s_median")}))
     return result
 

@@ -29,8 +29,8 @@ Stages (each is skipped when its output exists in ``--work_dir``, so a rerun onl
    plain views (``--detail_weight 0``, the paper's views), all scored at the image's native resolution: Dice and
    HD95 of the label map, and the ROC AUC with which each method's predictive entropy finds the wrong pixels
    (error estimation);
-4. ``benchmarks/results/ttga_quality.json`` and the table ``benchmarks/results/ttga.md`` (with the speed results of
-   ``ttga_speed.py`` when present).
+4. ``benchmarks/results/ttga_quality.json`` (``python -m monai_genaug.evaluation.report benchmarks/results`` writes
+   the table ``benchmarks/results/ttga.md``, with the speed results of ``ttga_speed.py``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout: use its monai_genaug
 
 import numpy as np
 
+from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
 from monai_genaug.utils.paths import shared_data_dir
 
 CONFIGS = "bundles/ttga/configs"
@@ -111,56 +112,6 @@ def summarise(metrics_csv: Path, plain_csv: Path | None = None) -> dict:
     return out
 
 
-def _fmt(s: dict, digits: int = 3) -> str:
-    return "n/a" if s["mean"] is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-
-
-def write_markdown(quality: dict | None, speed: dict | None, path: Path) -> None:
-    lines = ["# TTGA benchmarks", ""]
-    if quality is not None:
-        q = quality["results"]
-        s = quality["settings"]
-        lines += [
-            (f"## Quality on Kvasir-SEG ({q['num_images']} test images of the fixed split, {s['size']} px network "
-             "input, metrics at native resolution)"),
-            "",
-            "| method | Dice | HD95 (px) | error-estimation AUC |", "|---|---|---|---|",
-        ]
-        for key in METHODS:
-            m = q["methods"][key]
-            if m["dice"]["mean"] is None:
-                continue
-            lines.append(f"| {m['label']} | {_fmt(m['dice'])} | {_fmt(m['hd95'], 1)} | {_fmt(m['error_auc'])} |")
-        for other in ("baseline", "flip", "ttga_plain"):
-            d = q[f"ttga_minus_{other}_dice"]
-            if not d["n"]:
-                continue
-            lines.append("")
-            lines.append(f"TTGA - {METHODS[other]}: mean Dice difference {d['mean']:+.4f} "
-                         f"(TTGA better on {d['wins']}, worse on {d['losses']} of {d['n']} images).")
-        lines += ["", f"Settings: {json.dumps(s)}", ""]
-    if speed is not None:
-        lines += [f"## Speed and memory (CPU, {speed['threads']} thread(s))", "",
-                  ("| image | views | inversion + identity opt. (s) | views + segmentation, batched (s) | "
-                   "same, per-view per-branch loop (s) | speed-up (generation) | speed-up (per image) |"),
-                  "|---|---|---|---|---|---|---|"]
-        for r in speed["batched_vs_loop"]:
-            lines.append(f"| {r['image_size']} px | {r['num_views']} | {r['prepare_seconds']:.2f} | "
-                         f"{r['batched_seconds']:.2f} | {r['loop_seconds']:.2f} | {r['speedup_generation']:.2f}x | "
-                         f"{r['speedup_per_image']:.2f}x |")
-        lines += ["", "| image | identity-optimisation iterations / s |", "|---|---|"]
-        for r in speed["identity_optimisation"]:
-            lines.append(f"| {r['image_size']} px | {r['iterations_per_second']:.2f} |")
-        m = speed.get("memory_3d")
-        if m:
-            lines += ["", (f"3D: TTGA on a {'x'.join(map(str, m['volume']))} volume ({m['num_views']} views, "
-                           f"{m['identity_iterations']} identity iterations): peak RSS {m['peak_rss_mb']:.0f} MB "
-                           f"({m['ttga_peak_increment_mb']:+.0f} MB over loading the generator), "
-                           f"{m['seconds']:.0f} s."), ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data_dir", default=str(shared_data_dir() / "kvasir_seg"))
@@ -177,6 +128,7 @@ def main(argv=None) -> dict:
     p.add_argument("--reuse", type=int, default=0, help="reuse existing evaluation CSVs (only re-summarise)")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
+    timer = BenchmarkTimer()
     data = Path(args.data_dir)
     if not (data / "images").is_dir():
         raise FileNotFoundError(f"Kvasir-SEG not found at '{data}' (images/ + masks/); pass --data_dir.")
@@ -215,9 +167,7 @@ def main(argv=None) -> dict:
     quality = {"dataset": "Kvasir-SEG", "settings": settings, "results": results, "stage_seconds": times}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ttga_quality.json").write_text(json.dumps(quality, indent=2))
-    speed_file = out / "ttga_speed.json"
-    write_markdown(quality, json.loads(speed_file.read_text()) if speed_file.is_file() else None, out / "ttga.md")
+    write_json_atomic({**quality, "timing": timer.stop(), "environment": environment()}, out / "ttga_quality.json")
     print(json.dumps(results, indent=2))
     return quality
 

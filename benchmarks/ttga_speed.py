@@ -47,6 +47,7 @@ from monai.networks.nets import UNet
 
 from monai_genaug.bundle.weights import load_generator, load_network_weights
 from monai_genaug.data.phantoms import make_endoscopy_phantoms
+from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
 from monai_genaug.generative.ddim import alpha_bar, ddim_transition, to_epsilon_and_x0
 from monai_genaug.generative.guidance import MultiConditionGuidance
 from monai_genaug.generative.inversion import ddim_jump
@@ -214,6 +215,7 @@ def main(argv=None) -> dict:
     p.add_argument("--volume", type=int, default=96)
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "ttga_speed.json"))
     args = p.parse_args(argv)
+    timer = BenchmarkTimer()
     torch.set_num_threads(args.threads)
     result = {"device": "cpu", "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
               "batched_vs_loop": [], "identity_optimisation": [], "memory_3d": None}
@@ -229,11 +231,7 @@ def main(argv=None) -> dict:
     result["self_maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    from ttga_quality import write_markdown  # the table of both benchmarks
-
-    quality = out.with_name("ttga_quality.json")
-    write_markdown(json.loads(quality.read_text()) if quality.is_file() else None, result, out.with_name("ttga.md"))
+    write_json_atomic({**result, "timing": timer.stop(), "environment": environment()}, out)
     return result
 
 

@@ -52,11 +52,13 @@ from monai_genaug.engines.workflow import (
     create_supervised_trainer,
     standard_training_handlers,
 )
+from monai_genaug.evaluation.statistics import confusion_metrics
 
 __all__ = [
     "ClassificationPrepareBatch",
     "FinalClassifierSaver",
     "NoisyLatentPrepareBatch",
+    "confusion_metrics",
     "create_classifier_trainer",
     "create_noisy_classifier_trainer",
     "evaluate_classifier",
@@ -517,27 +519,10 @@ def evaluate_classifier(
             raise ValueError(f"labels {sorted(set(labels.tolist()))} are outside [0, {num_classes - 1}].")
         np.add.at(confusion, (labels.cpu().numpy(), pred.cpu().numpy()), 1)
     network.train(was_training)
-    return _confusion_metrics(confusion)
+    return confusion_metrics(confusion)
 
 
-def _confusion_metrics(confusion: np.ndarray) -> dict[str, Any]:
-    total = int(confusion.sum())
-    if total == 0:
-        raise ValueError("the evaluation loader gave no samples.")
-    tp = np.diag(confusion).astype(float)
-    support = confusion.sum(axis=1).astype(float)
-    predicted = confusion.sum(axis=0).astype(float)
-    present = support > 0
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
-    return {
-        "accuracy": float(tp.sum() / total),
-        "balanced_accuracy": float(recall[present].mean()),
-        "macro_f1": float(f1[present].mean()),
-        "num_samples": total,
-        "confusion": confusion.tolist(),
-    }
+_confusion_metrics = confusion_metrics  # the name the tests and older callers use (moved to evaluation.statistics)
 
 
 @torch.no_grad()

@@ -49,7 +49,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Events
-from monai.networks.blocks import Convolution
 from monai.networks.schedulers import DDPMScheduler
 from monai.utils import optional_import
 from torch import nn
@@ -61,6 +60,8 @@ from monai_genaug.engines.sequence_diffusion import (
     drop_conditions,
 )
 from monai_genaug.engines.tracking import loss_from_output
+from monai_genaug.evaluation.downstream import evaluate_training_sets, variant_summaries
+from monai_genaug.evaluation.learners import GlobalPoolCNN, train_learner
 from monai_genaug.filters.base import FilterChain
 from monai_genaug.filters.semantic import SemanticLossFilter
 from monai_genaug.filters.temporal import (
@@ -946,9 +947,10 @@ def brats_slice_clips(
 
 
 # ------------------------------------------------------------------------------------------------ downstream
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(GlobalPoolCNN):
     """A small sequence classifier: a 2D CNN (MONAI ``Convolution`` blocks, group norm, SiLU, max-pooling) applied to
-    every frame, global mean + max pooling over space, mean over frames, a linear head.
+    every frame, global mean + max pooling over space, mean over frames, a linear head: the evaluation protocol's
+    :class:`~monai_genaug.evaluation.GlobalPoolCNN` in its frame-wise form.
 
     Global pooling makes it translation-invariant, which a downstream task on small clips needs (a flatten + linear
     head over a 3D feature map, as in MONAI's ``Classifier``, stays at chance on the phantom sequences with 32
@@ -964,25 +966,12 @@ class SequenceClassifier(nn.Module):
     def __init__(
         self, in_channels: int, num_classes: int, channels: Sequence[int] = (16, 32, 32), norm_num_groups: int = 4
     ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c = int(in_channels)
-        for i, out in enumerate(channels):
-            norm = ("GROUP", {"num_groups": norm_num_groups})
-            layers.append(Convolution(2, c, int(out), kernel_size=3, act="SWISH", norm=norm))
-            if i < len(channels) - 1:
-                layers.append(nn.MaxPool2d(2))
-            c = int(out)
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(2 * c, int(num_classes))
+        super().__init__(2, in_channels, num_classes, channels, norm_num_groups, frames=True)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         if clips.ndim != 5:
             raise ValueError(f"clips must be (B, C, F, H, W), got shape {tuple(clips.shape)}.")
-        b, c, nf, h, w = clips.shape
-        y = self.features(clips.transpose(1, 2).reshape(b * nf, c, h, w))
-        y = torch.cat([y.mean((2, 3)), y.amax((2, 3))], dim=1).reshape(b, nf, -1).mean(1)
-        return self.head(y)
+        return super().forward(clips)
 
 
 def sequence_classifier(
@@ -990,12 +979,6 @@ def sequence_classifier(
 ) -> nn.Module:
     """The downstream / semantic-filter classifier for ``(C, F, H, W)`` clips: a :class:`SequenceClassifier`."""
     return SequenceClassifier(int(clip_shape[0]), num_classes, channels)
-
-
-def _augment_clips(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """In-plane rot90 and flips per batch (the label of a sequence does not depend on the orientation)."""
-    x = torch.rot90(x, int(torch.randint(0, 4, (1,), generator=rng)), dims=(3, 4))
-    return x.flip(4) if bool(torch.rand(1, generator=rng) < 0.5) else x
 
 
 def train_sequence_classifier(
@@ -1025,21 +1008,7 @@ def train_sequence_classifier(
     torch.manual_seed(seed)
     net = network if network is not None else sequence_classifier(num_classes, clips.shape[1:])
     labels = torch.as_tensor(labels).long().reshape(-1)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(num_steps, 1))
-    rng = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(int(num_steps)):
-        idx = torch.randint(0, clips.shape[0], (min(batch_size, clips.shape[0]),), generator=rng)
-        x = clips[idx].float()
-        if augment:
-            x = _augment_clips(x, rng)
-        loss = F.cross_entropy(net(x), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return net.eval()
+    return train_learner(net, clips, labels, "classification", num_steps, batch_size, lr, seed=seed, augment=augment)
 
 
 def evaluate_sequence_augmentation(
@@ -1057,7 +1026,10 @@ def evaluate_sequence_augmentation(
 ) -> dict[str, dict[str, Any]]:
     """Train the downstream sequence classifier on real clips alone and on real + each synthetic set; test each.
 
-    Every variant trains for the same number of steps from the same initialisation per seed.
+    A thin wrapper of :func:`monai_genaug.evaluation.evaluate_training_sets` (the package's one downstream
+    protocol): every variant trains for the same number of steps from the same initialisation per seed. For the full
+    protocol (random subset of the filtered count, intervals, label curve) use
+    :func:`monai_genaug.evaluation.evaluate_downstream`.
 
     Args:
         train_clips: real training clips ``(N, C, F, H, W)``.
@@ -1073,36 +1045,23 @@ def evaluate_sequence_augmentation(
         output_path: also write the results as JSON.
 
     Returns:
-        ``{variant: {"accuracy", "accuracy_std", "balanced_accuracy", "num_train", "num_synthetic", "runs"}}``.
+        ``{variant: {"accuracy", "accuracy_std", "accuracy_low", "accuracy_high", "balanced_accuracy", "num_train",
+        "num_synthetic", "runs"}}`` (:func:`monai_genaug.evaluation.variant_summaries`); ``"rows"`` holds the
+        variant's per-case scores.
     """
-    test_labels = torch.as_tensor(test_labels).long().reshape(-1)
-    results: dict[str, dict[str, Any]] = {}
-    for name, syn in synthetic.items():
-        x, y = train_clips.float(), torch.as_tensor(train_labels).long().reshape(-1)
-        n_syn = 0
-        if syn is not None and len(syn[0]):
-            x = torch.cat([x, syn[0].float()])
-            y = torch.cat([y, torch.as_tensor(syn[1]).long().reshape(-1)])
-            n_syn = int(syn[0].shape[0])
-        runs = []
-        for seed in seeds:
-            net = train_sequence_classifier(x, y, num_classes, num_steps, batch_size, lr, seed)
-            with torch.no_grad():
-                pred = net(test_clips.float()).argmax(1)
-            recalls = [float((pred[test_labels == k] == k).float().mean()) for k in range(num_classes)
-                       if (test_labels == k).any()]
-            runs.append({"seed": int(seed), "accuracy": float((pred == test_labels).float().mean()),
-                         "balanced_accuracy": float(np.mean(recalls))})
-        acc = np.array([r["accuracy"] for r in runs])
-        results[name] = {
-            "accuracy": float(acc.mean()),
-            "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-            "balanced_accuracy": float(np.mean([r["balanced_accuracy"] for r in runs])),
-            "num_train": int(x.shape[0]),
-            "num_synthetic": n_syn,
-            "runs": runs,
-        }
-        logger.info(f"downstream '{name}': accuracy {results[name]['accuracy']:.3f}")
+    variants = {
+        name: None if syn is None or not len(syn[0]) else (syn[0].float(), torch.as_tensor(syn[1]).long().reshape(-1))
+        for name, syn in synthetic.items()
+    }
+    table, counts = evaluate_training_sets(
+        "classification", (train_clips.float(), torch.as_tensor(train_labels).long().reshape(-1)),
+        (test_clips.float(), torch.as_tensor(test_labels).long().reshape(-1)), num_classes, variants,
+        learner_fn=lambda: sequence_classifier(num_classes, train_clips.shape[1:]), iterations=num_steps,
+        batch_size=batch_size, lr=lr, seeds=seeds,
+    )
+    results = variant_summaries(table, counts, num_classes)
+    for name, r in results.items():
+        logger.info(f"downstream '{name}': accuracy {r['accuracy']:.3f}")
     if output_path is not None:
         _write_json(results, output_path)
     return results

@@ -49,9 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data import DataLoader, Dataset
 from monai.networks.nets import Classifier
-from monai.transforms import Compose, RandFlipd, RandRotate90d
 from torch import nn
 
 from monai_genaug.data.folders import (
@@ -67,12 +65,9 @@ from monai_genaug.data.synthetic import (
     write_synthetic_images,
 )
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
-from monai_genaug.engines.classifier import (
-    create_classifier_trainer,
-    create_noisy_classifier_trainer,
-    evaluate_classifier,
-)
+from monai_genaug.engines.classifier import create_noisy_classifier_trainer
 from monai_genaug.engines.diffusion import create_diffusion_trainer
+from monai_genaug.evaluation.downstream import evaluate_training_sets, variant_summaries
 from monai_genaug.filters.base import iterate_sample_batches
 from monai_genaug.filters.centroid import CentroidFilter
 from monai_genaug.generative.guidance import ClassifierGuidance, NoGuidance
@@ -811,15 +806,6 @@ def default_downstream_network(
     )
 
 
-def _summary(values: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"runs": values}
-    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
-        v = np.array([r[key] for r in values], dtype=float)
-        out[key] = float(v.mean())
-        out[f"{key}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-    return out
-
-
 def evaluate_synthetic_augmentation(
     real_train: Sequence[Mapping[str, Any]],
     test: Sequence[Mapping[str, Any]],
@@ -840,8 +826,11 @@ def evaluate_synthetic_augmentation(
 ) -> dict[str, dict[str, Any]]:
     """Train a downstream classifier on real data alone and on real + each synthetic set; test each (stage 6).
 
-    Every variant trains for the same number of iterations (``num_iterations``, batches of ``batch_size``), from the
-    same initialisation per seed, with random flips / 90-degree rotations when ``augment``.
+    A thin wrapper of :func:`monai_genaug.evaluation.evaluate_training_sets` (the package's one downstream protocol):
+    every variant trains the same learner for the same number of iterations (``num_iterations``, batches of
+    ``batch_size``), from the same initialisation per seed, with random flips / 90-degree rotations when ``augment``.
+    For the full protocol (random subset of the filtered count, upper bound, intervals, label curve) use
+    :func:`monai_genaug.evaluation.evaluate_downstream`.
 
     Args:
         real_train: the real (labelled) training datalist.
@@ -852,19 +841,22 @@ def evaluate_synthetic_augmentation(
             image tensors already.
         ratio: synthetic items per real item (None: all of each synthetic set).
         per_class: apply ``ratio`` per class.
-        network_fn: builds a fresh network (default: :func:`default_downstream_network` for the data's shape).
+        network_fn: builds a fresh network (default: the protocol's learner,
+            :class:`monai_genaug.evaluation.GlobalPoolCNN`; :func:`default_downstream_network` is MONAI's
+            ``Classifier``, which stays near chance with few labels).
         num_iterations: training iterations per variant and seed.
         batch_size: batch size.
         lr: AdamW learning rate (cosine decay).
-        weight_decay: AdamW weight decay.
-        seeds: one run per seed (mixing, initialisation, shuffling).
+        weight_decay: unused (the protocol's AdamW weight decay); kept for existing callers.
+        seeds: one run per seed (initialisation, batches, augmentation); the ``ratio`` subset is drawn with the first.
         augment: random flips and 90-degree rotations during training.
         device: device.
         output_path: also write the results as JSON here.
 
     Returns:
-        ``{variant: {"accuracy", "accuracy_std", "balanced_accuracy", "macro_f1", ..., "num_train", "num_synthetic",
-        "runs": [...]}}``.
+        ``{variant: {"accuracy", "accuracy_std", "accuracy_low", "accuracy_high", "balanced_accuracy", "macro_f1",
+        ..., "num_train", "num_synthetic", "runs": [...]}}`` (:func:`monai_genaug.evaluation.variant_summaries`); 
+        ``"rows"`` holds the variant's per-case scores.
     """
     if not real_train:
         raise ValueError("real_train is empty.")
@@ -872,67 +864,26 @@ def evaluate_synthetic_augmentation(
         raise ValueError("test is empty.")
     real = materialize(real_train, transform)
     test_items = materialize(test, transform)
-    shape = tuple(real[0]["image"].shape)
-    spatial_dims = len(shape) - 1
-    if network_fn is None:
 
-        def network_fn() -> nn.Module:
-            return default_downstream_network(spatial_dims, shape[0], num_classes, shape[1:])
+    def stack(items: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([torch.as_tensor(i["image"]) for i in items]).float(), torch.tensor(
+            [int(i["label"]) for i in items])
 
-    synth = {name: materialize(items, transform) if items else [] for name, items in synthetic.items()}
-    train_tf = (
-        Compose(
-            [
-                RandFlipd(keys="image", prob=0.5, spatial_axis=0),
-                RandFlipd(keys="image", prob=0.5, spatial_axis=1),
-                RandRotate90d(keys="image", prob=0.5, max_k=3, spatial_axes=(0, 1)),
-            ]
-        )
-        if augment
-        else None
+    variants: dict[str, Any] = {}
+    for name, items in synthetic.items():
+        items = materialize(items, transform) if items else []
+        if items and ratio is not None:  # the seeded subset of ``ratio`` synthetic items per real item
+            mixed = mix_synthetic_datalist(real, items, ratio, seed=seeds[0], per_class=per_class,
+                                           keys=("image", "label"), replace=False)
+            items = [i for i in mixed if int(i.get(SYNTHETIC_KEY, 0))]
+        variants[name] = stack(items) if items else None
+    table, counts = evaluate_training_sets(
+        "classification", stack(real), stack(test_items), num_classes, variants, learner_fn=network_fn,
+        iterations=num_iterations, batch_size=batch_size, lr=lr, seeds=seeds, augment=augment, device=device,
     )
-    test_loader = DataLoader(Dataset(test_items), batch_size=64, shuffle=False)
-    results: dict[str, dict[str, Any]] = {}
-    for name, items in synth.items():
-        runs = []
-        for seed in seeds:
-            train_items = (
-                mix_synthetic_datalist(
-                    real, items, ratio, seed=seed, per_class=per_class, keys=("image", "label"), replace=False
-                )
-                if items
-                else [dict(r) for r in real]
-            )
-            ds = Dataset(train_items, transform=train_tf)
-            if train_tf is not None:
-                train_tf.set_random_state(seed=seed)
-            loader = DataLoader(
-                ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), drop_last=False
-            )
-            torch.manual_seed(seed)
-            net = network_fn()
-            trainer = create_classifier_trainer(
-                net,
-                loader,
-                max_epochs=1,
-                epoch_length=int(num_iterations),
-                lr=lr,
-                weight_decay=weight_decay,
-                device=device,
-                seed=None,
-            )
-            trainer.run()
-            metrics = evaluate_classifier(net, test_loader, num_classes, device=device)
-            metrics.update(
-                seed=int(seed),
-                num_train=len(train_items),
-                num_synthetic=sum(int(i.get(SYNTHETIC_KEY, 0)) for i in train_items),
-            )
-            runs.append(metrics)
-        results[name] = _summary(runs)
-        results[name]["num_train"] = runs[0]["num_train"]
-        results[name]["num_synthetic"] = runs[0]["num_synthetic"]
-        logger.info(f"downstream '{name}': accuracy {results[name]['accuracy']:.3f}")
+    results = variant_summaries(table, counts, num_classes)
+    for name, r in results.items():
+        logger.info(f"downstream '{name}': accuracy {r['accuracy']:.3f}")
     if output_path is not None:
         _write_json(results, output_path)
     return results

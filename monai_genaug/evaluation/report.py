@@ -1,0 +1,736 @@
+# Copyright (c) monai_genaug contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Regenerate every benchmark report from the JSON results alone.
+
+    python -m monai_genaug.evaluation.report benchmarks/results            # write *.md, README table, plots
+    python -m monai_genaug.evaluation.report benchmarks/results --check    # exit 1 if any of them is stale
+
+Writes, from the ``*.json`` files of the results folder: one Markdown file per benchmark (``*.md``), the README
+benchmark table (between ``<!-- benchmark-table:start -->`` and ``<!-- benchmark-table:end -->``), the
+"Performance" section of each bundle's ``docs/README.md`` (between ``<!-- performance:start -->`` and
+``<!-- performance:end -->``) and PNG plots (``plots/``: bars with interval whiskers, label curves). Files in the
+envelope of :func:`monai_genaug.evaluation.results.write_results` (per-case rows) are rendered with bootstrap
+intervals and paired differences; files of the older shapes are rendered as they are: a single run is shown as
+"1 seed, no interval", several seeds without stored per-seed values as mean ± std without interval, and per-case
+values, where stored, give a bootstrap interval over the cases. Every number in the outputs comes from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monai.utils import optional_import
+
+from monai_genaug.evaluation.downstream import label_curve_rises
+from monai_genaug.evaluation.results import SCHEMA, read_results
+from monai_genaug.evaluation.statistics import ResultsTable, summarize
+
+__all__ = ["Report", "main", "render_results", "update_block"]
+
+README_MARKERS = ("<!-- benchmark-table:start -->", "<!-- benchmark-table:end -->")
+BUNDLE_MARKERS = ("<!-- performance:start -->", "<!-- performance:end -->")
+NO_INTERVAL_1 = "1 seed, no interval"
+BOOT = {"confidence": 0.95, "num_resamples": 2000, "seed": 0}
+
+
+@dataclass
+class Plot:
+    """A plot spec: ``kind`` "bars" (``labels``, ``means``, optional ``lows`` / ``highs``) or "curve" (``x``,
+    ``means``, ``lows``, ``highs``)."""
+
+    name: str
+    title: str
+    kind: str
+    ylabel: str
+    labels: list[str] = field(default_factory=list)
+    means: list[float] = field(default_factory=list)
+    lows: list[float] | None = None
+    highs: list[float] | None = None
+
+
+@dataclass
+class Report:
+    """What one renderer produces from its JSON files."""
+
+    markdown: dict[str, str] = field(default_factory=dict)  # file name -> text
+    readme_rows: list[tuple[str, str, str]] = field(default_factory=list)  # (script, measured, result)
+    bundle: dict[str, list[str]] = field(default_factory=dict)  # bundle name -> Markdown lines
+    plots: list[Plot] = field(default_factory=list)
+
+    def merge(self, other: Report) -> None:
+        self.markdown.update(other.markdown)
+        self.readme_rows.extend(other.readme_rows)
+        for k, v in other.bundle.items():
+            self.bundle.setdefault(k, []).extend(v)
+        self.plots.extend(other.plots)
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+def f3(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{float(v):.{digits}f}"
+
+
+def interval(s: Mapping[str, Any], digits: int = 3) -> str:
+    return f"[{float(s['low']):.{digits}f}, {float(s['high']):.{digits}f}]"
+
+
+def mean_std(mean: Any, std: Any, digits: int = 3) -> str:
+    return f"{f3(mean, digits)} ± {f3(std, digits)}"
+
+
+def minutes(seconds: Any) -> str:
+    return "n/a" if seconds is None else f"{float(seconds) / 60:.1f} min"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in r) + " |" for r in rows
+    ]
+
+
+def _plot_name(stem: str) -> str:
+    return f"plots/{stem}.png"
+
+
+# ------------------------------------------------------------------------------------------------ envelope
+def _summaries(tab: ResultsTable, metric: str) -> dict[str, dict[str, Any]]:
+    return {m: tab.summary(m, metric, **BOOT) for m in tab.methods(metric)}
+
+
+def _describe_interval(s: Mapping[str, Any]) -> str:
+    seeds = "" if s["num_seeds"] == 1 else f" and {s['num_seeds']} seeds"
+    return f"95 % bootstrap interval over {s['num_cases']} cases{seeds}"
+
+
+def render_envelope(stem: str, obj: Mapping[str, Any]) -> Report:
+    """Render a results file written by :func:`~monai_genaug.evaluation.results.write_results`."""
+    rep = Report()
+    extra = obj.get("extra", {})
+    metric = obj.get("primary_metric", "score")
+    tab = ResultsTable.from_rows(obj["rows"])
+    sums = _summaries(tab, metric)
+    baseline = obj.get("baseline")
+    title = extra.get("title", obj["benchmark"])
+    env, timing = obj.get("environment", {}), obj.get("timing", {})
+    counts = extra.get("counts", {})
+    quick = " (quick smoke run: sizes and steps far below a real run; do not read the numbers as results)" if obj.get(
+        "quick") else ""
+    lines = [f"# {title}", ""]
+    if extra.get("description"):
+        lines += [str(extra["description"]), ""]
+    versions = env.get("versions", {})
+    lines += [
+        f"Written by `{env.get('command') or obj['benchmark']}`{quick}: {minutes(timing.get('wall_s'))} wall clock, "
+        f"{minutes(timing.get('cpu_s'))} CPU on {env.get('device', 'n/a')} ({env.get('torch_threads')} torch threads, "
+        f"{env.get('cpu_count')} cores; load average at start {timing.get('load_average_start')}, at end "
+        f"{timing.get('load_average_end')}); torch {versions.get('torch')}, MONAI {versions.get('monai')}, "
+        f"numpy {versions.get('numpy')}, Python {versions.get('python')}. Seeds: {obj.get('seeds')}.",
+        "",
+    ]
+    any_s = next(iter(sums.values()))
+    lines += [f"## {metric} (mean, {_describe_interval(any_s)})", ""]
+    rows = []
+    for m, s in sums.items():
+        c = counts.get(m, {})
+        n = f"{c['num_train']} ({c['num_synthetic']} synthetic)" if c else "n/a"
+        rows.append([m, f3(s["mean"]), interval(s), f3(s["std_seeds"]), f3(s["std_cases"]), s["num_seeds"],
+                     s["num_cases"], n])
+    lines += table(["method", "mean", "95 % interval", "std over seeds", "std over cases", "seeds", "cases",
+                    "training items"], rows)
+    if baseline and baseline in sums:
+        wanted = [(m, baseline) for m in sums if m != baseline]
+        # the filter's own effect: the kept samples against as many drawn at random
+        wanted += [tuple(p) for p in extra.get("pairs", [("real+filtered", "real+random")]) if set(p) <= set(sums)]
+        lines += ["", f"## Paired differences (against `{baseline}`, and any pair named in the JSON or the filter "
+                      "against a random subset of its size; same cases and seeds)", ""]
+        pairs = [(a, b, tab.paired(a, b, metric, **BOOT)) for a, b in wanted]
+        lines += table(
+            ["difference", "mean", "95 % interval", "wins / losses / ties (cases)", "verdict"],
+            [[f"{a} - {b}", f"{d['mean']:+.3f}", interval(d), f"{d['wins']} / {d['losses']} / {d['ties']}",
+              _verdict(d)] for a, b, d in pairs],
+        )
+    rep.plots.append(Plot(stem, title, "bars", metric, list(sums), [s["mean"] for s in sums.values()],
+                          [s["low"] for s in sums.values()], [s["high"] for s in sums.values()]))
+    curve_line = ""
+    lc = extra.get("label_curve")
+    if lc:
+        ltab = ResultsTable.from_rows(lc["rows"])
+        lm = lc.get("metric", metric)
+        lsums = _summaries(ltab, lm)
+        sizes = [int(m.split()[0]) for m in lsums]
+        first, last = list(lsums)[0], list(lsums)[-1]
+        check = label_curve_rises(ltab, lm, **BOOT)
+        d, rises = check["largest_minus_smallest"], check["rises"]
+        lines += ["", "## Label curve of the learner (more real labels, same protocol)", ""]
+        lines += table(["real labels", "mean", "95 % interval"], [[n, f3(s["mean"]), interval(s)]
+                                                                   for n, s in zip(sizes, lsums.values())])
+        lines += ["", f"{last} - {first}: {d['mean']:+.3f} {interval(d)}; the learner "
+                      f"{'is' if rises else 'is NOT'} shown to gain from more labels on this task."]
+        curve_line = (f"; label curve {' / '.join(f3(s['mean']) for s in lsums.values())} at "
+                      f"{' / '.join(map(str, sizes))} labels")
+        rep.plots.append(Plot(f"{stem}_label_curve", f"{title}: label curve", "curve", lm, [str(s) for s in sizes],
+                              [s["mean"] for s in lsums.values()], [s["low"] for s in lsums.values()],
+                              [s["high"] for s in lsums.values()]))
+    oracle = extra.get("oracle")
+    if oracle:
+        otab = ResultsTable.from_rows(oracle["rows"])
+        om = otab.metrics()[0]
+        lines += ["", "## Independent oracle (trained on all real labels; never the generator or its guide)", "",
+                  f"Oracle on real test data: {f3(oracle.get('test_score'))}.", ""]
+        lines += table(["synthetic set", f"mean {om}", "95 % interval", "samples"],
+                       [[m, f3(s["mean"]), interval(s), s["num_cases"]] for m, s in _summaries(otab, om).items()])
+    diag = extra.get("diagnostics")
+    if diag:
+        lines += ["", "## Diagnostics", ""]
+        lines += table(["quantity", "value"], [[k, _value(v)] for k, v in diag.items()])
+    lines += ["", f"Plot: `{_plot_name(stem)}`. Settings: `{json.dumps(obj.get('settings', {}), sort_keys=True)}`", ""]
+    rep.markdown[f"{stem}.md"] = "\n".join(lines)
+    result = "; ".join(f"{m} {f3(s['mean'])} {interval(s)}" for m, s in sums.items())
+    rep.readme_rows.append((f"`{extra.get('script', obj['benchmark'])}`{' (quick)' if obj.get('quick') else ''}",
+                            f"{extra.get('measured', title)}; {_describe_interval(any_s)}",
+                            result + curve_line))
+    if extra.get("bundle"):
+        rep.bundle[extra["bundle"]] = [f"**{title}** ([details](../../../benchmarks/results/{stem}.md)): {result}"
+                                       f"{curve_line}.", ""]
+    return rep
+
+
+def _verdict(d: Mapping[str, Any]) -> str:
+    if d["low"] > 0:
+        return "better"
+    if d["high"] < 0:
+        return "worse"
+    return "no difference shown"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 100 else f3(v)
+    if isinstance(v, (dict, list)):
+        return f"`{json.dumps(v)}`"
+    return str(v)
+
+
+# ------------------------------------------------------------------------------------------------ older shapes
+def _case_interval(per_case: Mapping[str, float] | None) -> str:
+    if not per_case:
+        return f"({NO_INTERVAL_1})"
+    s = summarize(list(per_case.values()), **BOOT)
+    return f"{interval(s)} (bootstrap over {s['num_cases']} cases, 1 seed)"
+
+
+def render_adaptdiff(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    rep = Report()
+    rows, readme, plots_l, plots_m, plots_lo, plots_hi = [], [], [], [], [], []
+    notes = []
+    for name, r in sorted(files.items()):
+        d, s = r["dice"], r["settings"]
+        if r["data"] == "brats":
+            title = f"BRATS 2013 FLAIR -> T1c, {s.get('structure', 'whole_tumour').replace('_', ' ')}, " \
+                    f"{s.get('split', 'disjoint')} patients"
+        else:
+            title = "two-modality vessel phantoms"
+        title += f", source inversion p={s['invert_prob']}"
+        pc = r.get("per_case_dice") or {}
+        sanity = d.get("source_on_source_modality")
+        cells = []
+        for key in ("source_only", "adaptdiff", "upper_bound"):
+            cells.append(f"{f3(d[key])} {_case_interval(pc.get(key))}")
+        rows.append([title, f"{s['size']} px", f3(sanity), *cells, f3(r["pseudo_label_dice_vs_hidden_truth"]),
+                     f"{r['mask_contrast']['target_real']:+.3f} / {r['mask_contrast']['target_synthetic']:+.3f}",
+                     minutes(r.get("total_s")), f"`{name}`"])
+        short = f"{'BRATS ' + s.get('split', '') if r['data'] == 'brats' else 'phantoms'}"
+        readme.append(f"{short}: {f3(d['source_only'])} / {f3(d['adaptdiff'])} / {f3(d['upper_bound'])}")
+        notes.append(
+            f"- `{name}`: pseudo-labels cover {100 * r['pseudo_label_foreground']:.1f} % of the target pixels where "
+            f"the true structure covers {100 * r['true_target_foreground']:.1f} % (Dice "
+            f"{f3(r['pseudo_label_dice_vs_hidden_truth'])} against the hidden labels); AdaptDiff - source-only "
+            f"{d['adaptdiff'] - d['source_only']:+.3f}; stage times "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in r.get("timings_s", {}).items()) + "."
+        )
+        for key in ("source_only", "adaptdiff", "upper_bound"):
+            plots_l.append(f"{short}: {key}")
+            plots_m.append(d[key])
+            if pc.get(key):
+                ss = summarize(list(pc[key].values()), **BOOT)
+                plots_lo.append(ss["low"])
+                plots_hi.append(ss["high"])
+            else:
+                plots_lo.append(d[key])
+                plots_hi.append(d[key])
+    lines = [
+        "# AdaptDiff benchmark (CPU)",
+        "",
+        "Written by `benchmarks/adaptdiff_brats.py` (data, split and settings in its docstring and in the JSON files "
+        "next to this table). Dice of the target-modality test set: **source-only** segmenter, **AdaptDiff** (the "
+        "same segmenter fine-tuned on synthetic target-style images drawn for the source masks by a SPADE diffusion "
+        "model trained on target pseudo-labels), and the **upper bound** trained with the target labels. BRATS: mean "
+        "over the test patients of the Dice over all their axial slices; the interval is a bootstrap over those "
+        "patients (two patients: the interval only shows how far apart they are). Every run is one training seed. "
+        "Pseudo-label Dice is measured against the hidden target labels (diagnostic only). Contrast = mean intensity "
+        "inside minus outside the mask (real target / synthetic target).",
+        "",
+        *table(["setting", "size", "source-only on the source modality", "source-only", "AdaptDiff", "upper bound",
+                "pseudo-label Dice", "contrast real / synthetic", "run time", "file"], rows),
+        "",
+        "## Per run",
+        "",
+        *notes,
+        "",
+        "With one seed and two test patients, no difference in this table is shown to be real; the protocol of "
+        "`monai_genaug.evaluation` (five seeds, per-case rows, paired intervals) is what a rerun should use.",
+        "",
+        f"Plot: `{_plot_name('adaptdiff')}`.",
+        "",
+    ]
+    rep.markdown["adaptdiff.md"] = "\n".join(lines)
+    rep.readme_rows.append(("`adaptdiff_brats.py`", "target-modality Dice: source-only / AdaptDiff / upper bound "
+                            f"(trained with target labels); {NO_INTERVAL_1} (BRATS: 2 test patients)",
+                            "; ".join(readme)))
+    rep.bundle["adaptdiff"] = [f"Target-modality Dice, source-only / AdaptDiff / upper bound ({NO_INTERVAL_1}; "
+                               "[details](../../../benchmarks/results/adaptdiff.md)): " + "; ".join(readme) + ".", ""]
+    rep.plots.append(Plot("adaptdiff", "AdaptDiff: target-modality Dice", "bars", "Dice", plots_l, plots_m,
+                          plots_lo, plots_hi))
+    return rep
+
+
+def render_ctrl_genaug(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    rep = Report()
+    res = files["ctrl_genaug.json"]
+    titles = {"phantoms": "Phantom sequences (disk vs elongated moving object)",
+              "brats": "BRATS 2013 FLAIR slice stacks (tumour vs no tumour), split by patient"}
+    lines = ["# Ctrl-GenAug benchmark", "",
+             "Written by `benchmarks/ctrl_genaug_sequences.py` (settings in `ctrl_genaug.json`), before the "
+             "evaluation protocol existed: mean ± std over the seeds, no interval (the per-seed values were not "
+             "stored); the real+filtered row is not compared with a random subset of the same size.", ""]
+    readme, labels, means = [], [], []
+    for key, r in res.items():
+        n_seeds = r["settings"]["seeds"]
+        dl = r["diffusion_loss"]
+        lines += [f"## {titles.get(key, key)}", "",
+                  f"{r['num_frames']} frames of {r['frame_size'][0]} x {r['frame_size'][1]}; {r['num_train']} training "
+                  f"clips ({r['train_positive_fraction']:.2f} class 1), {r['num_test']} test clips "
+                  f"({r['test_positive_fraction']:.2f} class 1); {r['num_synthetic']} generated clips, "
+                  f"{r['num_kept']} kept by the three filters. Diffusion loss frames {f3(dl['frames_first'])} -> "
+                  f"{f3(dl['frames_last'])}, clips {f3(dl['clips_first'])} -> {f3(dl['clips_last'])}. "
+                  f"{minutes(r['seconds']['total'])} on {r.get('device', 'n/a')}.", ""]
+        rows = []
+        for k, v in r["downstream"].items():
+            rows.append([k, mean_std(v["accuracy"], v["accuracy_std"]), f"{n_seeds} seeds, no interval",
+                         f3(v["balanced_accuracy"]), f"{v['num_train']} ({v['num_synthetic']} synthetic)"])
+            labels.append(f"{key}: {k}")
+            means.append(v["accuracy"])
+        lines += table(["training set", "accuracy (mean ± std over seeds)", "interval", "balanced accuracy",
+                        "clips"], rows)
+        tc = r["temporal_consistency"]
+        lines += ["", "Temporal consistency (100 x mean cosine of consecutive frames, pixels): real training "
+                      f"{tc['real_mean']:.2f} ± {tc['real_std']:.2f} (test {tc['real_test_mean']:.2f}), generated "
+                      f"{tc['generated_mean']:.2f} ± {tc['generated_std']:.2f}, kept {f3(tc.get('kept_mean'), 2)}.", ""]
+        acc = " / ".join(f3(v["accuracy"]) for v in r["downstream"].values())
+        readme.append(f"{key} {acc} ({n_seeds} seeds, no interval); consistency {tc['real_mean']:.1f} vs "
+                      f"{tc['generated_mean']:.1f}")
+    lines += [f"Plot: `{_plot_name('ctrl_genaug')}`.", ""]
+    rep.markdown["ctrl_genaug.md"] = "\n".join(lines)
+    rep.readme_rows.append(("`ctrl_genaug_sequences.py`", "sequence classification accuracy: real only / + all "
+                            "synthetic clips / + filtered clips; temporal consistency real vs generated",
+                            "; ".join(readme)))
+    rep.bundle["ctrl_genaug"] = ["Sequence classification accuracy, real only / + all synthetic / + filtered "
+                                 "([details](../../../benchmarks/results/ctrl_genaug.md)): " + "; ".join(readme) + ".",
+                                 ""]
+    rep.plots.append(Plot("ctrl_genaug", "Ctrl-GenAug: downstream accuracy (no interval)", "bars", "accuracy",
+                          labels, means))
+    return rep
+
+
+def render_histodiffusion(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    rep = Report()
+    res = files["histodiffusion_lowlabel.json"]
+    st = res["settings"]
+    n_seeds = st["seeds"]
+    variants = ("real_only", "real+synthetic", "real+filtered", "real+filtered_clf")
+    lines = [
+        "# HistoDiffusion low-label benchmark", "",
+        f"`python benchmarks/histodiffusion_lowlabel.py{' --quick' if st.get('quick') else ''}` on {res['machine']}, "
+        f"{st['threads']} thread(s): {minutes(res['total_s'])} wall clock, {minutes(res['cpu_s'])} CPU (load average "
+        f"{res['load_average']}). Written before the evaluation protocol existed: downstream learner MONAI "
+        f"`Classifier` (16-32-64), the same number of iterations for every variant, mean ± std over {n_seeds} seeds, "
+        "no interval (the per-seed values were not stored). Unfiltered = a random subset of the generated samples "
+        "with the same per-class size as the filtered set.", "",
+    ]
+    rows, readme, labels, means = [], [], [], []
+    for name, r in res["datasets"].items():
+        d = r["downstream"]
+        cells = [mean_std(d["real_only"]["accuracy"], d["real_only"]["accuracy_std"])] + [
+            f"{mean_std(d[k]['accuracy'], d[k]['accuracy_std'])} (+{d[k]['num_synthetic']})" for k in variants[1:]]
+        bal = " / ".join(f3(d[k]["balanced_accuracy"]) for k in variants)
+        rows.append([name, f"{r['num_labelled']} / {r['num_test']}", *cells, bal])
+        readme.append(f"{name} " + " / ".join(f3(d[k]["accuracy"]) for k in variants[:3]))
+        for k in variants:
+            labels.append(f"{name}: {k}")
+            means.append(d[k]["accuracy"])
+    lines += table(["data", "labelled / test", "real only", "real + synthetic", "real + filtered (latent features)",
+                    "real + filtered (classifier features)", "balanced acc. (real / +syn / +filt / +filt clf)"], rows)
+    rows2 = []
+    for name, r in res["datasets"].items():
+        s = r["seconds_per_sample"]
+        a = " / ".join(f"{v:.2f}" for v in r["noisy_classifier_test_accuracy"].values())
+        t = " / ".join(r["noisy_classifier_test_accuracy"])
+        rows2.append([name, f"{s['guided']:.3f}", f"{s['unguided']:.3f}", f"{s['ratio']:.2f}", f"{a} (t = {t})",
+                      f3(r["synthetic"]["mean_target_probability"], 2),
+                      f3(r["synthetic"]["nearest_centroid_is_target"], 2),
+                      f"{list(r['synthetic']['kept_per_class'].values())} / "
+                      f"{list(r['synthetic']['kept_per_class_classifier_features'].values())}"])
+    lines += [""] + table(["data", "guided s / sample", "unguided s / sample", "ratio", "classifier accuracy",
+                           "p(target) of guided samples (guiding classifier: circular)", "nearest centroid = target",
+                           "kept per class (latent / classifier features)"], rows2)
+    lines += ["", "Data:", ""] + [f"- **{n}**: {r['description']}" for n, r in res["datasets"].items()]
+    lines += [
+        "", "Notes:", "",
+        "- p(target) is the guiding classifier's own probability of the intended class on its guided samples, a "
+        "circular score; `monai_genaug.evaluation.Oracle` (a model trained on all real labels) is the independent "
+        "check a rerun should report instead.",
+        "- The guided s / sample include the classifier's forward and backward pass at every step (the ratio is the "
+        "cost of guidance); unguided sampling uses the same sampler, steps and batch size.",
+        f"- Stored spread over seeds: the largest accuracy std in the table is "
+        f"{max(d2['accuracy_std'] for r in res['datasets'].values() for d2 in r['downstream'].values()):.3f}.",
+        "", f"Plot: `{_plot_name('histodiffusion')}`.", "",
+    ]
+    rep.markdown["histodiffusion.md"] = "\n".join(lines)
+    summary = "; ".join(readme) + f" ({n_seeds} seeds, no interval)"
+    rep.readme_rows.append(("`histodiffusion_lowlabel.py`", f"accuracy with {100 * st['labelled_fraction']:.0f} % "
+                            "labels: real only / + unfiltered synthetic / + centroid-filtered synthetic", summary))
+    rep.bundle["histodiffusion"] = ["Downstream accuracy, real only / + unfiltered / + filtered synthetic "
+                                    "([details](../../../benchmarks/results/histodiffusion.md)): " + summary + ".", ""]
+    rep.plots.append(Plot("histodiffusion", "HistoDiffusion: downstream accuracy (no interval)", "bars", "accuracy",
+                          labels, means))
+    return rep
+
+
+_TTGA_METHODS = ("baseline", "flip", "ttga_plain", "ttga")
+
+
+def render_ttga(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    rep = Report()
+    lines = ["# TTGA benchmarks", ""]
+    readme = []
+    q = files.get("ttga_quality.json")
+    if q is not None:
+        res, s = q["results"], q["settings"]
+        lines += [f"## Quality on {q['dataset']} ({res['num_images']} test images of the fixed split, {s['size']} px "
+                  "network input, metrics at native resolution)", "",
+                  f"One trained segmenter and generator ({NO_INTERVAL_1}); mean ± std over the images (the per-image "
+                  "values were not stored, so no bootstrap interval).", ""]
+        rows = []
+        for key in _TTGA_METHODS:
+            m = res["methods"].get(key)
+            if not m or m["dice"]["mean"] is None:
+                continue
+            rows.append([m["label"], mean_std(m["dice"]["mean"], m["dice"]["std"]),
+                         mean_std(m["hd95"]["mean"], m["hd95"]["std"], 1),
+                         mean_std(m["error_auc"]["mean"], m["error_auc"]["std"])])
+        lines += table(["method", "Dice", "HD95 (px)", "error-estimation AUC"], rows)
+        for other in ("baseline", "flip", "ttga_plain"):
+            d = res.get(f"ttga_minus_{other}_dice")
+            if d and d["n"]:
+                lines += ["", f"TTGA - {res['methods'][other]['label']}: mean Dice difference {d['mean']:+.4f} (TTGA "
+                              f"better on {d['wins']}, worse on {d['losses']} of {d['n']} images)."]
+        lines += ["", f"Settings: `{json.dumps(s, sort_keys=True)}`", ""]
+        m = res["methods"]
+        readme.append("Kvasir-SEG Dice / AUC: " + "; ".join(
+            f"{m[k]['label']} {f3(m[k]['dice']['mean'])} / {f3(m[k]['error_auc']['mean'])}" for k in _TTGA_METHODS
+            if k in m and m[k]["dice"]["mean"] is not None) + f" ({NO_INTERVAL_1})")
+        shown = [k for k in _TTGA_METHODS if k in m and m[k]["dice"]["mean"] is not None]
+        rep.plots.append(Plot("ttga_quality", "TTGA on Kvasir-SEG: Dice (no interval)", "bars", "Dice",
+                              [m[k]["label"] for k in shown], [m[k]["dice"]["mean"] for k in shown]))
+        lines += [f"Plot: `{_plot_name('ttga_quality')}`.", ""]
+    sp = files.get("ttga_speed.json")
+    if sp is not None:
+        lines += [f"## Speed and memory ({sp['device']}, {sp['threads']} thread(s))", ""]
+        lines += table(["image", "views", "inversion + identity opt. (s)", "views + segmentation, batched (s)",
+                        "same, per-view per-branch loop (s)", "speed-up (generation)", "speed-up (per image)"],
+                       [[f"{r['image_size']} px", r["num_views"], f"{r['prepare_seconds']:.2f}",
+                         f"{r['batched_seconds']:.2f}", f"{r['loop_seconds']:.2f}", f"{r['speedup_generation']:.2f}x",
+                         f"{r['speedup_per_image']:.2f}x"] for r in sp["batched_vs_loop"]])
+        lines += [""] + table(["image", "identity-optimisation iterations / s"],
+                              [[f"{r['image_size']} px", f"{r['iterations_per_second']:.2f}"]
+                               for r in sp["identity_optimisation"]])
+        mm = sp.get("memory_3d")
+        if mm:
+            lines += ["", f"3D: TTGA on a {'x'.join(map(str, mm['volume']))} volume ({mm['num_views']} views, "
+                          f"{mm['identity_iterations']} identity iterations): peak RSS {mm['peak_rss_mb']:.0f} MB "
+                          f"({mm['ttga_peak_increment_mb']:+.0f} MB over loading the generator), {mm['seconds']:.0f} s."]
+        lines += ["", "Speed-ups are ratios measured in the same run (one run each, no interval).", ""]
+        readme.append("speed-up batched / loop " + ", ".join(
+            f"{r['speedup_generation']:.2f}x at {r['image_size']} px" for r in sp["batched_vs_loop"]))
+    rep.markdown["ttga.md"] = "\n".join(lines)
+    rep.readme_rows.append(("`ttga_quality.py`, `ttga_speed.py`", "segmenter alone / flip TTA / TTGA (plain views, "
+                            "bundle default): Dice and error-estimation AUC; batched vs per-view generation",
+                            "; ".join(readme)))
+    rep.bundle["ttga"] = ["[details](../../../benchmarks/results/ttga.md): " + "; ".join(readme) + ".", ""]
+    return rep
+
+
+def render_gms(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    rep = Report()
+    lines = ["# GMS benchmarks", ""]
+    readme = []
+    q = files.get("gms_quality.json")
+    if q is not None:
+        b = q["budget"]
+        lines += [f"## Quality on {q['dataset']} ({q['split']['test']} test images, "
+                  f"{'x'.join(map(str, q['resolution']))} px, {b['epochs']} epochs each, {b['augmentation']}, "
+                  f"{b['optimizer']}, {b['selection']})", "", f"{NO_INTERVAL_1} (per-image values not stored).", ""]
+        ae = q["autoencoder"]
+        lines += table(["model", "test Dice", "test IoU", "trainable parameters", "training time"], [
+            ["GMS", f3(q["gms"]["test"]["dice"]), f3(q["gms"]["test"]["iou"]), q["gms"]["trainable_parameters"],
+             minutes(q["gms"]["train_seconds"])],
+            ["MONAI UNet", f3(q["unet"]["test"]["dice"]), f3(q["unet"]["test"]["iou"]),
+             q["unet"]["trainable_parameters"], minutes(q["unet"]["train_seconds"])],
+            ["autoencoder mask reconstruction (GMS upper bound)", f3(ae["test_mask_reconstruction"]["dice"]),
+             f3(ae["test_mask_reconstruction"]["iou"]), ae["parameters"], minutes(ae["train_seconds"])],
+        ])
+        lines += ["", f"Machine: `{json.dumps(q['machine'], sort_keys=True)}`; total {minutes(q['total_seconds'])}.",
+                  ""]
+        readme.append(f"Kvasir-SEG Dice GMS {f3(q['gms']['test']['dice'])}, UNet {f3(q['unet']['test']['dice'])}, "
+                      f"autoencoder mask reconstruction {f3(ae['test_mask_reconstruction']['dice'])} ({NO_INTERVAL_1})")
+        rep.plots.append(Plot("gms_quality", "GMS vs UNet on Kvasir-SEG (no interval)", "bars", "Dice",
+                              ["GMS", "UNet", "AE reconstruction"],
+                              [q["gms"]["test"]["dice"], q["unet"]["test"]["dice"],
+                               ae["test_mask_reconstruction"]["dice"]]))
+    sp = files.get("gms_speed.json")
+    if sp is not None:
+        tr = sp["training"]
+        lines += [f"## Speed ({sp['machine']['device']}, {sp['machine']['threads']} threads, "
+                  f"{'x'.join(map(str, sp['image_size']))} px, batch {sp['batch']}; medians of {sp['repeats']} repeats)",
+                  ""]
+        lines += table(["training step", "iterations / s"], [[k, f"{v['iterations_per_second']:.1f}"]
+                                                              for k, v in tr.items() if isinstance(v, dict)])
+        lines += ["", f"Latent cache speed-up: {tr['cache_speedup']:.2f}x. Inference images / s: "
+                      + ", ".join(f"{k} {v['images_per_second']:.0f}" for k, v in sp["inference"].items()) + ".", ""]
+        readme.append(f"latent cache {tr['cache_speedup']:.2f}x training speed")
+    rep.markdown["gms.md"] = "\n".join(lines)
+    rep.readme_rows.append(("`gms_quality.py`, `gms_speed.py`", "Kvasir-SEG test Dice, equal budget; training "
+                            "speed with cached latents", "; ".join(readme)))
+    rep.bundle["gms"] = ["[details](../../../benchmarks/results/gms.md): " + "; ".join(readme) + ".", ""]
+    return rep
+
+
+def render_sampler(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    rep = Report()
+    r = files["sampler_overhead.json"]
+    c = r["config"]
+    lines = ["# Sampler overhead", "",
+             f"Full guided sampling run / the same number of raw UNet calls on the same stacked batch ({c['steps']} "
+             f"steps, {c['guidance']}, `{c['preset']}` preset, {c['image_size']} px), {r['device']}, {r['threads']} "
+             f"threads, medians of {len(r['full_sampling_s'])} repeats (a ratio within one run).", "",
+             *table(["quantity", "value"], [
+                 ["ratio full / raw", f"{r['ratio_full_over_raw']:.3f} (target <= {r['target']:.2f})"],
+                 ["full sampling (s, median)", f"{r['full_sampling_s_median']:.3f}"],
+                 ["raw UNet calls (s, median)", f"{r['raw_unet_calls_s_median']:.3f}"],
+                 ["full sampling repeats (s)", ", ".join(f"{v:.3f}" for v in r["full_sampling_s"])],
+                 ["raw UNet repeats (s)", ", ".join(f"{v:.3f}" for v in r["raw_unet_calls_s"])]]), ""]
+    rep.markdown["sampler_overhead.md"] = "\n".join(lines)
+    rep.readme_rows.append(("`sampler_overhead.py`", f"full guided sampling / raw UNet calls (target <= "
+                            f"{r['target']:.2f})", f"{r['ratio_full_over_raw']:.2f} "
+                            f"({r['full_sampling_s_median']:.3f} s vs {r['raw_unet_calls_s_median']:.3f} s, "
+                            f"medians of {len(r['full_sampling_s'])})"))
+    return rep
+
+
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(obj, Mapping):
+        out: list[tuple[str, Any]] = []
+        for k, v in obj.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [(prefix, obj)]
+
+
+def render_device_check(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    """``benchmarks/device_check.py``'s JSON (its own shape: environment, and per part status, wall time, figures)."""
+    rep = Report()
+    r = files["device_check.json"]
+    env = r.get("environment", {})
+    lines = ["# GPU check", "", f"Written by `benchmarks/device_check.py`{' --quick' if r.get('quick') else ''}: "
+             f"`{json.dumps(env, sort_keys=True)}`. One run per part (no seeds, no interval); units are in the key "
+             "names.", ""]
+    summary = []
+    for name, part in r.get("parts", {}).items():
+        lines += [f"## {name}: {part.get('status')} ({f3(part.get('wall_s'), 1)} s)", ""]
+        if part.get("description"):
+            lines += [str(part["description"]), ""]
+        if part.get("error"):
+            lines += [f"Error: `{part['error']}`", ""]
+        figures = _flatten(part.get("figures") or {})
+        if figures:
+            lines += table(["figure", "value"], [[k, _value(v)] for k, v in figures]) + [""]
+        summary.append(f"{name} {part.get('status')}")
+    rep.markdown["device_check.md"] = "\n".join(lines)
+    rep.readme_rows.append(("`device_check.py`", f"GPU check on {env.get('device_name', env.get('device', 'n/a'))} "
+                            "(one run per part, no interval)", "; ".join(summary) +
+                            f"; total {f3(r.get('total_wall_s'), 1)} s ([details](benchmarks/results/device_check.md))"))
+    return rep
+
+
+#: older result shapes: renderer, JSON files it reads (a file in the envelope shape is rendered on its own instead)
+LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable[[str], bool]]] = [
+    (render_sampler, lambda n: n == "sampler_overhead.json"),
+    (render_ttga, lambda n: n in ("ttga_quality.json", "ttga_speed.json")),
+    (render_gms, lambda n: n in ("gms_quality.json", "gms_speed.json")),
+    (render_histodiffusion, lambda n: n == "histodiffusion_lowlabel.json"),
+    (render_adaptdiff, lambda n: n.startswith("adaptdiff_")),
+    (render_ctrl_genaug, lambda n: n == "ctrl_genaug.json"),
+    (render_device_check, lambda n: n == "device_check.json"),
+]
+
+
+def render_results(results_dir: str | Path) -> Report:
+    """Render every ``*.json`` of ``results_dir``; a JSON no renderer knows raises (so nothing goes unreported)."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results folder {results_dir} does not exist.")
+    objs = {p.name: read_results(p) for p in sorted(results_dir.glob("*.json"))}
+    if not objs:
+        raise ValueError(f"no *.json results in {results_dir}.")
+    report = Report()
+    legacy_seen: set[str] = set()
+    for render, takes in LEGACY:
+        group = {n: o for n, o in objs.items() if takes(n) and o.get("schema") != SCHEMA}
+        legacy_seen.update(group)
+        if group:
+            old = render(group)
+            old.readme_rows = [(a, f"{b} (run before the evaluation protocol)", c) for a, b, c in old.readme_rows]
+            old.bundle = {k: [f"Before the evaluation protocol: {v[0]}", *v[1:]] for k, v in old.bundle.items()}
+            report.merge(old)
+    for name, obj in objs.items():
+        if obj.get("schema") == SCHEMA:
+            report.merge(render_envelope(Path(name).stem, obj))
+        elif name not in legacy_seen:
+            raise ValueError(
+                f"{results_dir / name} has no renderer: write it with monai_genaug.evaluation.write_results "
+                "(or add a renderer for its shape to monai_genaug.evaluation.report)."
+            )
+    return report
+
+
+# ------------------------------------------------------------------------------------------------ blocks and plots
+def update_block(text: str, block: str, markers: tuple[str, str], heading: str | None = None) -> str:
+    """Replace what lies between ``markers`` in ``text`` by ``block``; without markers, append ``heading`` and the
+    marked block at the end (raises when there is no heading to add)."""
+    start, end = markers
+    body = f"{start}\n{block.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: body, text, count=1)
+    if heading is None:
+        raise ValueError(f"markers {start} ... {end} not found.")
+    return text.rstrip() + f"\n\n{heading}\n\n{body}\n"
+
+
+def readme_block(rows: Sequence[tuple[str, str, str]]) -> str:
+    return "\n".join(table(["benchmark", "measured", "result (mean, 95 % interval where stored)"], rows))
+
+
+def bundle_block(lines: Sequence[str]) -> str:
+    return "\n".join(["Generated from `benchmarks/results/*.json` by `python -m monai_genaug.evaluation.report "
+                      "benchmarks/results`; do not edit by hand.", "", *lines]).rstrip()
+
+
+def write_plots(plots: Sequence[Plot], results_dir: Path) -> list[Path]:
+    """Write the PNG plots (skipped with a message when matplotlib is absent)."""
+    matplotlib, has_mpl = optional_import("matplotlib")
+    if not has_mpl:
+        print("matplotlib is not installed: plots skipped.", file=sys.stderr)
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    for p in plots:
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(p.labels) + 2), 3.4))
+        x = list(range(len(p.labels)))
+        yerr = None
+        if p.lows is not None and p.highs is not None:
+            yerr = [[m - lo for m, lo in zip(p.means, p.lows)], [hi - m for m, hi in zip(p.means, p.highs)]]
+        if p.kind == "curve":
+            ax.errorbar(x, p.means, yerr=yerr, marker="o", capsize=4)
+            ax.set_xlabel("real labelled items")
+        else:
+            ax.bar(x, p.means, yerr=yerr, capsize=4, color="#4c72b0")
+        ax.set_xticks(x)
+        ax.set_xticklabels(p.labels, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(p.ylabel)
+        ax.set_title(textwrap.fill(p.title, 70), fontsize=8)
+        fig.tight_layout()
+        path = results_dir / _plot_name(p.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80, metadata={"Software": None})
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+def _outputs(results_dir: Path, readme: Path | None, bundles: Path | None) -> tuple[dict[Path, str], Report]:
+    report = render_results(results_dir)
+    outputs = {results_dir / name: text for name, text in report.markdown.items()}
+    if readme is not None:
+        outputs[readme] = update_block(readme.read_text(), readme_block(report.readme_rows), README_MARKERS)
+    if bundles is not None:
+        for name, lines in report.bundle.items():
+            doc = bundles / name / "docs" / "README.md"
+            if doc.is_file():
+                outputs[doc] = update_block(doc.read_text(), bundle_block(lines), BUNDLE_MARKERS, "## Performance")
+    return outputs, report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", help="folder of the benchmark JSON files (benchmarks/results)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when an output is stale")
+    parser.add_argument("--readme", default=None,
+                        help="README with the benchmark table (default: <repo>/README.md; 'none': no README)")
+    parser.add_argument("--bundles", default=None, help="bundles folder (default: <repo>/bundles; 'none': no bundles)")
+    parser.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
+    args = parser.parse_args(argv)
+    results_dir = Path(args.results_dir)
+    repo = results_dir.resolve().parents[1]
+    readme = Path(args.readme) if args.readme else repo / "README.md"
+    bundles = Path(args.bundles) if args.bundles else repo / "bundles"
+    outputs, report = _outputs(results_dir, readme if args.readme != "none" and readme.is_file() else None,
+                               bundles if args.bundles != "none" and bundles.is_dir() else None)
+    if args.check:
+        stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
+        for p in stale:
+            print(f"stale: {p} differs from what the JSON gives; run python -m monai_genaug.evaluation.report "
+                  f"{args.results_dir}", file=sys.stderr)
+        if not stale:
+            print(f"{len(outputs)} files match the JSON results.")
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if not args.no_plots:
+        for p in write_plots(report.plots, results_dir):
+            print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+# Copyright (c) monai_genaug contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from monai_genaug.evaluation import BenchmarkTimer, ResultsTable, is_complete, read_results, write_results
+from monai_genaug.evaluation.report import main, render_results, update_block
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def test_committed_reports_match_their_json():
+    """Every benchmarks/results/*.md, the README table and the bundles' Performance sections come from the JSON."""
+    assert main([str(RESULTS), "--check"]) == 0
+
+
+def _envelope(path, quick=False):
+    table = ResultsTable()
+    for seed in range(5):
+        for case in range(6):
+            table.add("real_only", case=f"c{case}", seed=seed, value=0.5 + 0.01 * case, metric="dice")
+            table.add("real+filtered", case=f"c{case}", seed=seed, value=0.6 + 0.01 * case, metric="dice")
+    curve = ResultsTable()
+    for seed in range(5):
+        for case in range(6):
+            curve.add("4 labels", case=f"c{case}", seed=seed, value=0.3, metric="dice")
+            curve.add("16 labels", case=f"c{case}", seed=seed, value=0.7, metric="dice")
+    return write_results(
+        path, "toy", {"iterations": 3}, range(5), table, BenchmarkTimer().stop(), primary_metric="dice",
+        baseline="real_only", quick=quick,
+        extra={"title": "Toy benchmark", "label_curve": {"metric": "dice", "rows": curve.to_rows()},
+               "counts": {"real_only": {"num_train": 4, "num_synthetic": 0}}},
+    )
+
+
+def test_envelope_is_complete_and_rendered_with_intervals(tmp_path):
+    path = _envelope(tmp_path / "toy.json")
+    obj = read_results(path)
+    assert obj["environment"]["versions"]["torch"] and obj["timing"]["wall_s"] >= 0
+    assert obj["environment"]["load_average"] is None or len(obj["environment"]["load_average"]) == 3
+    assert is_complete(path) and is_complete(path, quick=False) and not is_complete(path, quick=True)
+    assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temporary
+    md = render_results(tmp_path).markdown["toy.md"]
+    row = next(line for line in md.splitlines() if line.startswith("| real+filtered |"))
+    low, high = (float(v) for v in row.split("|")[3].strip(" []").split(","))
+    assert row.startswith("| real+filtered | 0.625 |") and low < 0.625 < high  # constant over seeds: cases only
+    assert "| real+filtered - real_only | +0.100 | [0.100, 0.100] | 6 / 0 / 0 | better |" in md  # a constant shift
+    assert "is shown to gain from more labels" in md
+    with pytest.raises(ValueError, match="no per-case rows"):
+        write_results(tmp_path / "empty.json", "empty", {}, [0], ResultsTable(), {"wall_s": 1.0})
+
+
+def test_check_flags_stale_markdown_and_blocks(tmp_path):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    _envelope(results / "toy.json")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- benchmark-table:start -->\nold\n<!-- benchmark-table:end -->\ntail\n")
+    doc = tmp_path / "bundles" / "b" / "docs" / "README.md"
+    doc.parent.mkdir(parents=True)
+    doc.write_text("# b\n")
+    args = [str(results), "--readme", str(readme), "--bundles", str(tmp_path / "bundles"), "--no-plots"]
+    assert main(args + ["--check"]) == 1  # nothing generated yet
+    assert main(args) == 0
+    assert main(args + ["--check"]) == 0
+    assert "Toy benchmark" in readme.read_text() and readme.read_text().endswith("tail\n")
+    (results / "toy.md").write_text((results / "toy.md").read_text().replace("0.625", "0.700"))
+    assert main(args + ["--check"]) == 1
+    main(args)
+    readme.write_text(readme.read_text().replace("0.625", "0.999"))
+    assert main(args + ["--check"]) == 1
+
+
+def test_unknown_json_shape_is_refused(tmp_path):
+    (tmp_path / "mystery.json").write_text(json.dumps({"accuracy": 0.9}))
+    with pytest.raises(ValueError, match="no renderer"):
+        render_results(tmp_path)
+
+
+def test_update_block():
+    text = "a\n<!-- s -->\nold\n<!-- e -->\nb\n"
+    assert update_block(text, "new", ("<!-- s -->", "<!-- e -->")) == "a\n<!-- s -->\nnew\n<!-- e -->\nb\n"
+    added = update_block("# doc\n", "x", ("<!-- s -->", "<!-- e -->"), "## Performance")
+    assert added == "# doc\n\n## Performance\n\n<!-- s -->\nx\n<!-- e -->\n"
+    with pytest.raises(ValueError, match="markers"):
+        update_block("plain", "x", ("<!-- s -->", "<!-- e -->"))
+
+
+def test_legacy_single_run_shown_without_interval(tmp_path):
+    shutil.copy(RESULTS / "adaptdiff_brats.json", tmp_path / "adaptdiff_brats.json")
+    single = json.loads((RESULTS / "adaptdiff_brats.json").read_text())  # the old shape, without per-case values
+    single.update(data="phantoms", per_case_dice=None)
+    (tmp_path / "adaptdiff_phantoms.json").write_text(json.dumps(single))
+    md = render_results(tmp_path).markdown["adaptdiff.md"]
+    phantoms = next(line for line in md.splitlines() if line.startswith("| two-modality"))
+    assert "(1 seed, no interval)" in phantoms
+    brats = next(line for line in md.splitlines() if line.startswith("| BRATS"))
+    assert "bootstrap over 2 cases" in brats
+
+
+def test_device_check_json_is_rendered(tmp_path):
+    """benchmarks/device_check.py's JSON, once a GPU run lands in benchmarks/results, is rendered like the others."""
+    result = {"benchmark": "device_check", "quick": False, "environment": {"device_name": "H100"},
+              "parts": {"gms_sd2": {"status": "ok", "wall_s": 12.5, "description": "GMS at 224 px",
+                                    "figures": {"train": {"cached_it_per_s": 41.25}}},
+                        "ttga_sd15": {"status": "error", "wall_s": 1.0, "error": "RuntimeError: out of memory"}},
+              "total_wall_s": 13.5}
+    (tmp_path / "device_check.json").write_text(json.dumps(result))
+    rep = render_results(tmp_path)
+    md = rep.markdown["device_check.md"]
+    assert "| train.cached_it_per_s | 41.250 |" in md and "RuntimeError: out of memory" in md
+    assert rep.readme_rows[0][2].startswith("gms_sd2 ok; ttga_sd15 error; total 13.5 s")
