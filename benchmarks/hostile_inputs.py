@@ -25,7 +25,8 @@ The goal (issue #21) is no ``silent_wrong``, ``data_loss`` or ``crash_without_me
     python benchmarks/hostile_inputs.py --quick         # API cases only (seconds)
     python benchmarks/hostile_inputs.py --table         # print the Markdown table of the last results
 
-Writes ``benchmarks/results/hostile_inputs.json`` (``--out`` to change). Cases owned by other issues (an unwritable
+Writes ``benchmarks/results/hostile_inputs.json`` (``--out`` to change); ``python -m monai_genaug.evaluation.report
+benchmarks/results`` renders it to ``benchmarks/results/hostile_inputs.md``. Cases owned by other issues (an unwritable
 MLflow store, ``--tracking foo``: issue #22) are not in this sweep.
 """
 
@@ -454,14 +455,10 @@ def run_cases(faces: tuple[str, ...] = ("api", "bundle", "cli"), only: list[str]
 
 
 def table(result: dict) -> str:
-    """Markdown table (counts, then one row per case) of a result JSON."""
-    counts = result["counts"]
-    lines = ["| outcome | cases |", "|---|---|"] + [f"| {k} | {counts.get(k, 0)} |" for k in OUTCOMES]
-    lines += ["", "| case | face | item | outcome | message |", "|---|---|---|---|---|"]
-    for r in result["cases"]:
-        message = r["message"][:140].replace("|", "/")
-        lines.append(f"| {r['case']} | {r['face']} | {r['item']} | {r['outcome']} | {message} |")
-    return "\n".join(lines)
+    """Markdown of a result JSON (outcome counts, then one row per case): the report generator's renderer."""
+    from monai_genaug.evaluation.report import render_hostile_inputs
+
+    return render_hostile_inputs({"hostile_inputs.json": result}).markdown["hostile_inputs.md"]
 
 
 def main(argv: list[str] | None = None) -> dict:
