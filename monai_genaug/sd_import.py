@@ -32,6 +32,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from monai_genaug.utils.options import add_runtime_arguments, apply_runtime_arguments
+
 __all__ = ["build_parser", "main"]
 
 
@@ -66,12 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use_ema", action="store_true", help="single file: convert the UNet's EMA weights")
     p.add_argument("--flash_attention", action="store_true", help="use PyTorch SDPA (no attention maps for TTGA)")
     p.add_argument("--device", default="cpu", help="device of the text encoder")
+    add_runtime_arguments(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the conversion; print the written files as JSON. Returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
+    apply_runtime_arguments(args, args.device)
     from monai_genaug.networks.sd.configs import SDImportError
     from monai_genaug.networks.sd.loading import convert_stable_diffusion
 

@@ -57,6 +57,7 @@ from monai_genaug.methods.adaptdiff import (
     write_synthetic_pairs,
 )
 from monai_genaug.utils.images import save_image_grid
+from monai_genaug.utils.options import add_runtime_arguments, apply_runtime_arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,11 +66,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output_dir", default="tutorials/outputs/adaptdiff", help="where files are written")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return add_runtime_arguments(p).parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    apply_runtime_arguments(args)
     quick = args.quick
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from monai_genaug.methods.ctrl_genaug import (
     prepare_sequence_data,
     train_sequence_classifier,
 )
+from monai_genaug.utils.options import add_runtime_arguments, apply_runtime_arguments
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny settings (< 2 min on CPU)")
     p.add_argument("--output_dir", default="ctrl_genaug_tutorial")
     p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+    args = add_runtime_arguments(p).parse_args(argv)
+    apply_runtime_arguments(args)
     torch.set_num_threads(1)
     out = Path(args.output_dir)
     n, steps_f, steps_c, steps_s = (24, 200, 80, 6) if args.quick else (96, 1500, 600, 20)

@@ -55,6 +55,7 @@ from monai_genaug.methods.gms import (
     gms_config,
 )
 from monai_genaug.utils.images import save_image_grid
+from monai_genaug.utils.options import add_runtime_arguments, apply_runtime_arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset_dir", default=None, help="an images/ + masks/ folder (e.g. Kvasir-SEG); default phantoms")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return add_runtime_arguments(p).parse_args(argv)
 
 
 def dice_on(loader, network, num_classes: int, inferer, device) -> float:
@@ -81,6 +82,7 @@ def dice_on(loader, network, num_classes: int, inferer, device) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    apply_runtime_arguments(args)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_determinism(seed=args.seed)

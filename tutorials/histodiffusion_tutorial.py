@@ -55,6 +55,7 @@ from monai_genaug.methods.histodiffusion import (
     materialize,
     prepare_histodiffusion_data,
 )
+from monai_genaug.utils.options import add_runtime_arguments, apply_runtime_arguments
 
 #: the bundle's default architecture (bundles/histodiffusion/configs/train_diffusion.json)
 DEMO_GENERATOR = {
@@ -76,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_size", type=int, default=32, help="images are resized to this size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return add_runtime_arguments(p).parse_args(argv)
 
 
 def loader(items: list[dict], batch_size: int, keys: tuple[str, ...], seed: int, shuffle: bool = True) -> DataLoader:
@@ -88,6 +89,7 @@ def loader(items: list[dict], batch_size: int, keys: tuple[str, ...], seed: int,
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    apply_runtime_arguments(args)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_determinism(seed=args.seed)

@@ -34,6 +34,7 @@ from monai_genaug.data import make_class_phantoms
 from monai_genaug.engines import create_autoencoder_trainer, create_diffusion_trainer
 from monai_genaug.generative import ClassifierFreeGuidance, DiffusionSampler, LatentGenerator, generator_config
 from monai_genaug.utils import save_image_grid
+from monai_genaug.utils.options import add_runtime_arguments, apply_runtime_arguments
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", default="outputs/latent_diffusion_phantoms")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = add_runtime_arguments(parser).parse_args(argv)
+    apply_runtime_arguments(args)
     start = time.time()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,7 @@ from monai_genaug.methods.ttga_adaptation import (
 )
 from monai_genaug.transforms.generative_tta import RandGenerativeTTAd
 from monai_genaug.utils.images import save_image_grid
+from monai_genaug.utils.options import add_runtime_arguments, apply_runtime_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "bundles" / "ttga" / "models"
@@ -79,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output_dir", default="tutorials/outputs/ttga", help="where files are written")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return add_runtime_arguments(p).parse_args(argv)
 
 
 def small_generator(output_dir: Path, device: str, quick: bool, seed: int):
@@ -111,6 +112,7 @@ def denoising_loss(generator, images: torch.Tensor, timesteps=(100, 300, 500), s
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    apply_runtime_arguments(args)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_determinism(args.seed)

@@ -27,10 +27,21 @@ from .evaluation import case_metrics, flip_tta_probabilities
 from .inferers import (
     BUNDLE_OUTPUT_NAMES,
     GenerativeTTAWithBaselineInferer,
+    ProbabilitiesAsLogits,
     bundle_output_sizes,
 )
+from .runtime import bundle_root, progress_bar, resolve_num_threads, set_num_threads, tqdm_disable
 from .schema import META_SCHEMA_PATH, load_meta_schema, verify_bundle_metadata
-from .tracking import loss_tracking_handlers
+from .synthesis import SynthesisEvaluator, synthesis_summary
+from .tracking import (
+    config_settings,
+    executed_config_path,
+    loss_tracking_handlers,
+    skip_tracking,
+    track_config,
+    tracked_handlers,
+    tracking_requested,
+)
 from .transforms import (
     ForegroundProbabilityd,
     SplitChannelsd,
@@ -47,6 +58,7 @@ from .weights import (
 from .writers import (
     CaseMapWriter,
     SegmentationComparisonWriter,
+    TTAUncertaintyWriter,
     TTGAPictureSaver,
     case_id,
     colormap,
@@ -56,13 +68,16 @@ from .writers import (
 
 __all__ = [
     "BUNDLE_OUTPUT_NAMES",
-    "DEFAULT_PHANTOM_KIND",
-    "META_SCHEMA_PATH",
     "CaseMapWriter",
+    "DEFAULT_PHANTOM_KIND",
     "ForegroundProbabilityd",
     "GenerativeTTAWithBaselineInferer",
+    "META_SCHEMA_PATH",
+    "ProbabilitiesAsLogits",
     "SegmentationComparisonWriter",
     "SplitChannelsd",
+    "SynthesisEvaluator",
+    "TTAUncertaintyWriter",
     "TTGAPictureSaver",
     "ValidateImaged",
     "ValidateLabeld",
@@ -70,13 +85,16 @@ __all__ = [
     "bundle_data_dir",
     "bundle_datalist",
     "bundle_output_sizes",
+    "bundle_root",
     "bundle_transforms",
     "case_id",
     "case_metrics",
     "check_layout",
     "colormap",
     "compose_panel",
+    "config_settings",
     "engine_items",
+    "executed_config_path",
     "export_network",
     "flip_tta_probabilities",
     "has_labels",
@@ -85,6 +103,15 @@ __all__ = [
     "load_network_weights",
     "loss_tracking_handlers",
     "missing_weights_message",
+    "progress_bar",
+    "resolve_num_threads",
+    "set_num_threads",
+    "skip_tracking",
     "source_name",
+    "synthesis_summary",
+    "tqdm_disable",
+    "track_config",
+    "tracked_handlers",
+    "tracking_requested",
     "verify_bundle_metadata",
 ]

@@ -49,6 +49,7 @@ from monai_genaug.data.folders import IMAGE_EXTENSIONS, limit_items, split_datal
 from monai_genaug.data.pipelines import PILConvert, check_spatial_multiple
 from monai_genaug.engines.gms import gms_data_dir, gms_datalist
 from monai_genaug.transforms.io import BinarizeLabeld, ScaleIntensityByDtyped
+from monai_genaug.utils.options import optional_count
 
 __all__ = [
     "DEFAULT_PHANTOM_KIND",
@@ -190,6 +191,7 @@ def bundle_datalist(
             reconstructs ``label`` instead of ``image`` when a batch has one).
         bundle: the bundle config named in error messages.
     """
+    max_items = optional_count(max_items)  # --max_items null arrives as the text 'null'
     layout = check_layout(data_dir, spatial_dims, bundle)
     if layout == "images":
         items = _image_only_datalist(Path(data_dir))

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from monai.data import MetaTensor
+from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
 from monai_genaug.inferers.generative_tta import (
@@ -30,7 +31,7 @@ from monai_genaug.inferers.generative_tta import (
     GenerativeTTAInferer,
 )
 
-__all__ = ["BUNDLE_OUTPUT_NAMES", "GenerativeTTAWithBaselineInferer", "bundle_output_sizes"]
+__all__ = ["BUNDLE_OUTPUT_NAMES", "GenerativeTTAWithBaselineInferer", "ProbabilitiesAsLogits", "bundle_output_sizes"]
 
 #: keys of the channel blocks of :class:`GenerativeTTAWithBaselineInferer`'s output, in order
 BUNDLE_OUTPUT_NAMES = ("prob", *CONCAT_UNCERTAINTY, "prob_base")
@@ -66,3 +67,29 @@ class GenerativeTTAWithBaselineInferer(GenerativeTTAInferer):
         fused_t = fused.as_tensor() if isinstance(fused, MetaTensor) else fused
         out = torch.cat([fused_t, base.to(fused_t)], dim=1)
         return convert_to_dst_type(out, inputs, dtype=out.dtype)[0]
+
+
+class ProbabilitiesAsLogits(Inferer):
+    """Wrap an inferer that returns probabilities (e.g. :class:`GenerativeTTAInferer`, whose output is the mean
+    probability of the views) so that it returns logits whose activation gives exactly those probabilities:
+    ``log p`` for softmax, ``log(p / (1 - p))`` for sigmoid. A bundle whose postprocessing applies its own
+    ``Activationsd`` then recovers the fused probability unchanged (TTGA on a foreign bundle, ``overlay.json``).
+
+    Args:
+        inferer: the wrapped inferer.
+        activation: the activation the bundle's postprocessing applies, ``"softmax"`` or ``"sigmoid"``.
+        eps: probabilities are clamped to ``[eps, 1 - eps]`` first (finite logits).
+    """
+
+    def __init__(self, inferer: Inferer, activation: str = "softmax", eps: float = 1e-6) -> None:
+        super().__init__()
+        if activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}.")
+        self.inferer = inferer
+        self.activation = activation
+        self.eps = float(eps)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The wrapped inferer's probabilities on ``inputs`` as logits (same type and meta data)."""
+        p = self.inferer(inputs, network, *args, **kwargs).clamp(self.eps, 1.0 - self.eps)
+        return torch.log(p) if self.activation == "softmax" else torch.log(p) - torch.log1p(-p)

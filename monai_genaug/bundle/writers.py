@@ -53,6 +53,7 @@ from monai_genaug.metrics.uncertainty import uncertainty_maps
 __all__ = [
     "CaseMapWriter",
     "SegmentationComparisonWriter",
+    "TTAUncertaintyWriter",
     "TTGAPictureSaver",
     "case_id",
     "colormap",
@@ -254,6 +255,63 @@ class CaseMapWriter:
             for key in self.uncertainty_keys:
                 if key in item:
                     self.written.append(self._write(_np(item[key])[0], f"{cid}_{key}", "prob", meta))
+
+
+class TTAUncertaintyWriter(CaseMapWriter):
+    """Write the uncertainty maps a :class:`~monai_genaug.inferers.GenerativeTTAInferer` kept for the current batch
+    (``last_output``: entropy, mutual information, variance averaged over classes), on the input file's grid.
+
+    For TTGA on another bundle (``bundles/ttga/configs/overlay.json``): that bundle's postprocessing knows nothing
+    of the maps, so this handler maps them back itself with ``Invertd`` through the bundle's ``preprocessing`` (the
+    applied operations of each case's ``image``) and writes ``<id>_<key>`` (``.png`` in 2D, ``.nii.gz`` in 3D).
+
+    Args:
+        output_dir: destination folder.
+        inferer: the generative TTA inferer (or a wrapper of it with an ``inferer`` attribute).
+        preprocessing: the bundle's preprocessing (None: maps stay on the network's grid).
+        keys: the maps to write.
+        image_key: the key of the image whose applied operations are inverted.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        inferer: Any,
+        preprocessing: Any | None = None,
+        keys: Sequence[str] = ("entropy", "mutual_information", "variance"),
+        image_key: str = "image",
+    ) -> None:
+        super().__init__(output_dir, uncertainty_keys=keys)
+        while not hasattr(inferer, "last_output") and hasattr(inferer, "inferer"):
+            inferer = inferer.inferer
+        if not hasattr(inferer, "last_output"):
+            raise TypeError(f"inferer must be a GenerativeTTAInferer (or wrap one), got {type(inferer).__name__}.")
+        self.inferer = inferer
+        self.image_key = image_key
+        self.invert = (
+            Invertd(list(keys), transform=preprocessing, orig_keys=image_key, nearest_interp=False, to_tensor=True)
+            if preprocessing is not None
+            else None
+        )
+
+    def __call__(self, engine) -> None:
+        maps = self.inferer.last_output or {}
+        for i, item in enumerate(engine_items(engine)):
+            cid = case_id(item, self.count, self.image_key)
+            self.count += 1
+            image = item.get(self.image_key)
+            data: dict[str, Any] = {self.image_key: image}
+            for key in self.uncertainty_keys:
+                m = maps[key][i].detach().cpu().float()
+                m = m.mean(dim=0, keepdim=True) if m.shape[0] > 1 else m
+                data[key] = MetaTensor(m, meta=dict(getattr(image, "meta", {}) or {}),
+                                       applied_operations=list(getattr(image, "applied_operations", []) or []))
+            if self.invert is not None and isinstance(image, MetaTensor):
+                data = self.invert(data)
+            for key in self.uncertainty_keys:
+                self.spatial_dims = data[key].ndim - 1
+                meta = dict(getattr(data[key], "meta", {}) or {})
+                self.written.append(self._write(_np(data[key])[0], f"{cid}_{key}", "prob", meta))
 
 
 class TTGAPictureSaver:

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 from monai.utils import optional_import
 
+from monai_genaug.utils.options import optional_count
 from monai_genaug.utils.outputs import atomic_write_bytes, check_file_destination
 
 nib, _has_nib = optional_import("nibabel")
@@ -615,37 +616,29 @@ def _canonical(item: Any) -> str:
     return json.dumps(item, sort_keys=True, default=str)
 
 
-def limit_items(items: Sequence[Any], max_items: int | None, name: str = "max_items") -> list:
-    """The first ``max_items`` entries of a datalist (quick runs); None keeps all.
+def limit_items(items: Sequence[Any], max_items: Any, name: str = "max_items") -> list:
+    """The first ``max_items`` entries of a datalist (quick runs); None (or the text ``null``) keeps all.
 
     ``0`` is refused rather than read as "no cap": a run that was asked for no items must not process the whole split.
 
     Args:
         items: the datalist.
-        max_items: a positive number of entries, or None (also ``""`` / ``"None"`` / ``"null"``) for all of them.
+        max_items: a positive number of entries, or None / ``"null"`` for all of them (parsed by
+            :func:`~monai_genaug.utils.options.optional_count`).
         name: the option named in error messages.
 
     Raises:
         ValueError: ``max_items`` is 0, negative or not a whole number.
     """
-    if max_items is None or (isinstance(max_items, str) and max_items.strip() in ("", "None", "none", "null")):
+    count = optional_count(max_items, name)
+    if count is None:
         return list(items)
-    if isinstance(max_items, bool):
-        raise ValueError(f"{name} must be a positive whole number or null (all items), got {max_items!r}.")
-    if not isinstance(max_items, (int, np.integer)):
-        try:
-            value = float(max_items)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not (math.isfinite(value) and value == int(value)):
-            raise ValueError(f"{name} must be a positive whole number or null (all items), got {max_items!r}.")
-        max_items = int(value)
-    if max_items < 1:
+    if count < 1:
         raise ValueError(
-            f"{name}={max_items} selects no items; give a positive number (e.g. {name} 4), or null to process "
+            f"{name}={count} selects no items; give a positive number (e.g. --{name} 4), or null to process "
             "every item of the split."
         )
-    return list(items)[: int(max_items)]
+    return list(items)[:count]
 
 
 def split_datalist(

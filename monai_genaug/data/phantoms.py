@@ -62,6 +62,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from monai_genaug.utils.options import add_runtime_arguments, apply_runtime_arguments
 from monai_genaug.utils.outputs import atomic_write_bytes as _atomic_write_bytes
 
 __all__ = [
@@ -1079,7 +1080,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "--overwrite", action="store_true",
         help="replace a phantom data set written in --out before (a folder holding other files is always refused)",
     )
+    add_runtime_arguments(parser)
     args = parser.parse_args(argv)
+    apply_runtime_arguments(args)
     kwargs: dict[str, Any] = {}
     for key, value in (
         ("spatial_size", args.size),

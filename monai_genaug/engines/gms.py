@@ -91,6 +91,7 @@ from monai_genaug.methods.gms import (
 )
 from monai_genaug.utils.images import save_image_grid
 from monai_genaug.utils.labels import check_label_map
+from monai_genaug.utils.options import optional_count
 
 __all__ = [
     "GMSAutoencoderPrepareBatch",
@@ -785,14 +786,16 @@ def gms_datalist(
 
     Args:
         data_dir: the data folder.
-        split: ``"training"``, ``"validation"`` (checkpoint selection) or ``"test"`` (final numbers only).
+        split: ``"training"``, ``"validation"`` (checkpoint selection), ``"test"`` (final numbers only) or
+            ``"all"`` (every item).
         layout: see above.
         val_fraction: validation fraction.
         test_fraction: test fraction.
         seed: split seed (the split depends only on the file set and the seed).
-        max_items: keep the first ``max_items`` entries of the split (quick runs), None for all.
+        max_items: keep the first ``max_items`` entries of the split (quick runs), None (or ``"null"``) for all.
         patterns: NIfTI file patterns for ``"cases"`` (see :func:`~monai_genaug.data.folders.nifti_case_datalist`).
     """
+    max_items = optional_count(max_items)  # --max_items null arrives as the text 'null'
     root = Path(data_dir)
     if layout == "auto":
         layout = "paired" if (root / "images").is_dir() else "cases"
@@ -805,8 +808,10 @@ def gms_datalist(
     else:
         raise ValueError(f"layout must be 'auto', 'paired' or 'cases', got {layout!r}.")
     splits = split_datalist(items, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, group_key=group)
+    if split == "all":  # every item, in split order (as the other bundles' ``--split all``)
+        splits["all"] = [item for part in ("training", "validation", "test") for item in splits.get(part, [])]
     if split not in splits:
-        raise ValueError(f"split must be one of {list(splits)}, got {split!r}.")
+        raise ValueError(f"split must be one of {[*splits, 'all']}, got {split!r}.")
     out = splits[split]
     if not out:
         raise ValueError(

@@ -149,6 +149,14 @@ def loader_generators(loader: Any) -> dict[str, torch.Generator]:
 class ResumableCheckpointHandler:
     """Save and restore a full training state every ``save_interval`` epochs, so a killed run can resume exactly.
 
+    Why not MONAI's ``CheckpointSaver`` / ``CheckpointLoader``: they save and load the ``state_dict`` of the objects
+    in ``save_dict`` (and the engine's counters) and nothing else. An exact resume also needs what they cannot hold:
+    ``torch.Generator`` values (data-loader shuffling, diffusion noise), the global torch / CUDA / numpy / random
+    states, a fresh loader iterator at every epoch start (so the data order is a function of the saved state), the
+    AMP scaler created lazily by the trainer (:class:`AttributeState`), a refusal to overwrite the last good
+    checkpoint with non-finite weights, ``weights_only=True`` loading with a clear mismatch error, and a check that
+    the saved epoch length and epoch count fit the run. Final and best-model files still use MONAI's handlers.
+
     Args:
         save_dir: folder of the checkpoint file.
         save_dict: name -> object to save: anything with ``state_dict()`` / ``load_state_dict()`` (networks,

@@ -96,7 +96,8 @@ def ddim_invert(
     """
     path = inversion_path(end_timestep, num_steps, stride)
     x = latents
-    for t, t_next in tqdm(list(zip(path[:-1], path[1:])), desc="inverting", disable=not progress, leave=False):
+    for t, t_next in tqdm(list(zip(path[:-1], path[1:])), desc="inverting", leave=False,
+                          disable=None if progress else True):
         eps, x0 = predict_epsilon(generator, x, t, condition, guidance)
         x = ddim_transition(x0, eps, alpha_bar(generator.scheduler, t), alpha_bar(generator.scheduler, t_next))
     return x

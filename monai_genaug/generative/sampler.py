@@ -169,7 +169,7 @@ class DiffusionSampler:
         prepared = guidance.prepare(generator, condition, x.shape[0])
         alphas = [alpha_bar(scheduler, t) for t in path]
         steps = range(len(path) - 1)
-        for i in tqdm(steps, desc="sampling", disable=not self.progress, leave=False):
+        for i in tqdm(steps, desc="sampling", disable=None if self.progress else True, leave=False):
             t, t_next, a_t, a_next = path[i], path[i + 1], alphas[i], alphas[i + 1]
             with self.autocast(x.device):
                 out, branch_outputs = guidance.predict(generator, x, t, prepared)

@@ -1161,7 +1161,7 @@ def bundle_train(
 
 
 def bundle_generate(
-    generator_path: str | os.PathLike,
+    generator_path: str | os.PathLike | CtrlGenAug,
     data: Mapping[str, Any],
     output_dir: str | os.PathLike,
     num_clips: int | None = None,
@@ -1170,8 +1170,10 @@ def bundle_generate(
     num_inference_steps: int = 20,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Generate clips from the conditions of the first ``num_clips`` real *training* clips; write them."""
-    pipe = CtrlGenAug.load(generator_path, device=device)
+    """Generate clips from the conditions of the first ``num_clips`` real *training* clips; write them.
+
+    ``generator_path`` is a saved generator or an already loaded :class:`CtrlGenAug` (the bundle's ``inferer``)."""
+    pipe = generator_path if isinstance(generator_path, CtrlGenAug) else CtrlGenAug.load(generator_path, device=device)
     train = data["train"]
     n = len(train["clips"]) if num_clips is None else min(int(num_clips), len(train["clips"]))
     t0 = time.time()

@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import CrossAttentionBlock
 from monai.networks.schedulers import DDPMScheduler
+from tqdm.auto import tqdm
 
 from monai_genaug.generative.ddim import alpha_bar
 from monai_genaug.generative.guidance import MultiConditionGuidance
@@ -635,7 +636,8 @@ class TTGAAugmenter:
                 return F.mse_loss(ddim_jump(gen, x_tau, tau, eps, 0).float(), z0.float()), eps
 
             iterations = 0
-            for iterations in range(1, self.max_iterations + 1):
+            for iterations in tqdm(range(1, self.max_iterations + 1), desc="identity embedding", leave=False,
+                                   disable=None if self.progress else True):  # None: off when stderr is no TTY
                 loss, _ = jump_loss(emb)
                 (grad,) = torch.autograd.grad(loss, emb)
                 optimizer.zero_grad(set_to_none=True)

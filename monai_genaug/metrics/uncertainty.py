@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 
 import torch
+from monai.metrics import compute_roc_auc
 
 __all__ = [
     "mean_probability",
@@ -201,7 +202,8 @@ def uncertainty_maps(
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Area under the ROC curve of ``scores`` for binary ``labels`` (Mann-Whitney U; ties count one half).
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (ties count one half), by MONAI's
+    ``monai.metrics.compute_roc_auc``, with this package's input checks and NaN (no warning) for one-class labels.
 
     Args:
         scores: any shape; higher means "more likely positive".
@@ -221,12 +223,7 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     n_neg = y.numel() - n_pos
     if n_pos == 0 or n_neg == 0:
         return torch.tensor(float("nan"), dtype=torch.float64)
-    # average ranks (1-based) with ties sharing the mean of their positions
-    _, inverse, counts = torch.unique(s, sorted=True, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    avg_rank = ends - (counts.double() - 1.0) / 2.0
-    rank_sum = avg_rank[inverse][y].sum()
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return torch.tensor(compute_roc_auc(s.cpu(), y.long().cpu()), dtype=torch.float64)
 
 
 def error_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

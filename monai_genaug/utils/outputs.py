@@ -27,37 +27,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from monai_genaug.utils.options import as_bool
+
 __all__ = [
-    "as_bool",
     "atomic_write_bytes",
     "check_file_destination",
     "check_output_dir",
     "mark_output_dir",
     "run_record_path",
 ]
-
-_TRUE = ("true", "1", "yes", "y", "on")
-_FALSE = ("false", "0", "no", "n", "off", "none", "null", "")
-
-
-def as_bool(value: bool | str | int | None, name: str = "overwrite") -> bool:
-    """A boolean option given on a command line (``true`` / ``false`` / ``1`` / ``0`` ...); other values raise.
-
-    Args:
-        value: the option's value.
-        name: the option named in the error message.
-    """
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}; e.g. --{name} true.")
-
 
 def _run_name(config: str) -> str:
     return Path(str(config)).name.replace(".json", "").replace(".yaml", "") or "run"
@@ -89,7 +67,7 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool | str = Fals
                 "--output_dir with a folder path (it is created when missing)."
             )
     record = run_record_path(out, config)
-    if record.is_file() and not as_bool(overwrite):
+    if record.is_file() and not as_bool(overwrite, "overwrite"):
         try:
             when = json.loads(record.read_text()).get("finished", "an earlier time")
         except (OSError, ValueError, AttributeError):

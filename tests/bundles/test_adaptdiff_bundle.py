@@ -86,7 +86,7 @@ def test_configs_wire_only_package_and_monai_objects():
 
     for stage in STAGES:
         config = json.loads((CONFIGS / f"{stage}.json").read_text())
-        assert config["bundle_root"] == "bundles/adaptdiff" and config["dataset_dir"] is None, stage
+        assert config["bundle_root"]["default"] == "bundles/adaptdiff" and config["dataset_dir"] is None, stage
         for target in _targets(config, []):
             assert target.startswith("monai_genaug.") or "." not in target, (stage, target)
         parser = ConfigParser()

@@ -38,11 +38,11 @@ def test_layout_metadata_and_weights():
     assert "Apache License" in (BUNDLE / "LICENSE").read_text()
     assert "python -m monai.bundle run" in (BUNDLE / "docs" / "README.md").read_text()
     verify_bundle_metadata(CONFIGS / "metadata.json")
-    weights = BUNDLE / "models" / "generator.pt"
+    weights = BUNDLE / "models" / "model.pt"
     assert weights.is_file() and weights.stat().st_size < 5 * 2**20
     gen = SequenceGenerator.load(weights)
     meta = json.loads((CONFIGS / "metadata.json").read_text())
-    assert [gen.num_frames, 16, 16] == meta["network_data_format"]["inputs"]["clip"]["spatial_shape"]
+    assert [gen.num_frames, 16, 16] == meta["network_data_format"]["inputs"]["image"]["spatial_shape"]
 
 
 def test_documented_commands_on_shipped_weights(tmp_path):

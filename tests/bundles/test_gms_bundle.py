@@ -66,7 +66,7 @@ def test_configs_wire_only_package_and_monai_objects():
 
     for name in ("train.json", "evaluate.json", "inference.json", "inference_3d.json"):
         config = json.loads((CONFIGS / name).read_text())
-        assert config["bundle_root"] == "bundles/gms" and config["dataset_dir"] is None
+        assert config["bundle_root"]["default"] == "bundles/gms" and config["dataset_dir"] is None
         for target in _targets(config, []):
             assert target.startswith("monai_genaug.") or "." not in target, (name, target)
     parser = ConfigParser()

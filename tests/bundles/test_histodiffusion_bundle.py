@@ -42,14 +42,14 @@ def test_bundle_layout_metadata_and_weights():
     assert not (BUNDLE / "scripts").exists()
     assert "python -m monai.bundle run" in (BUNDLE / "docs" / "README.md").read_text()
     verify_bundle_metadata(CONFIGS / "metadata.json")
-    for weights in ("generator.pt", "classifier.pt"):
+    for weights in ("model.pt", "classifier.pt"):
         path = BUNDLE / "models" / weights
         assert path.is_file() and path.stat().st_size < 5 * 2**20, weights
-    hd = HistoDiffusion.load(BUNDLE / "models" / "generator.pt", BUNDLE / "models" / "classifier.pt")
+    hd = HistoDiffusion.load(BUNDLE / "models" / "model.pt", BUNDLE / "models" / "classifier.pt")
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert hd.num_classes == meta["classifier_data_format"]["outputs"]["pred"]["num_channels"]
-    assert hd.generator.latent_channels == meta["network_data_format"]["inputs"]["latent"]["num_channels"]
-    latent = meta["network_data_format"]["inputs"]["latent"]
+    assert hd.generator.latent_channels == meta["network_data_format"]["inputs"]["image"]["num_channels"]
+    latent = meta["network_data_format"]["inputs"]["image"]
     assert list(hd.generator.latent_shape((32, 32))[1:]) == latent["spatial_shape"]
 
 

@@ -103,6 +103,23 @@ def test_roc_auc_matches_pairwise_definition():
     assert float(roc_auc(scores, labels)) == pytest.approx(float(ref), abs=1e-12)
 
 
+def test_roc_auc_is_monais_and_equals_the_rank_formula():
+    """The package's former hand-written ROC AUC (Mann-Whitney rank sums, ties averaged) and MONAI's
+    ``compute_roc_auc`` agree to the last digit, on tied and untied scores; ``roc_auc`` now returns MONAI's value."""
+    from monai.metrics import compute_roc_auc
+
+    g = torch.Generator().manual_seed(1)
+    for scores in (torch.randint(0, 7, (500,), generator=g).double(), torch.rand(500, generator=g).double()):
+        labels = torch.rand(500, generator=g) > 0.7
+        _, inverse, counts = torch.unique(scores, sorted=True, return_inverse=True, return_counts=True)
+        avg_rank = torch.cumsum(counts, 0).double() - (counts.double() - 1.0) / 2.0
+        n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+        rank_formula = (avg_rank[inverse][labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+        monai_value = compute_roc_auc(scores, labels.long())
+        assert monai_value == pytest.approx(float(rank_formula), abs=1e-12)
+        assert float(roc_auc(scores, labels)) == monai_value
+
+
 def test_error_estimation_auc_and_dice():
     target = torch.tensor([[0, 0, 1, 1, 1, 0]])
     pred = torch.tensor([[0, 1, 1, 0, 1, 0]])  # wrong at positions 1 and 3

@@ -1,0 +1,27 @@
+"""The threads-beside-a-busy-process benchmark runs end to end (tiny job) and writes its JSON row."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_threads_busy_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location("threads_busy", ROOT / "benchmarks" / "threads_busy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "threads_busy.json"
+    result = module.main(["--quick", "--busy", "1", "--timeout", "600", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    cores = os.cpu_count() or 1
+    assert [r["num_threads"] for r in result["runs"]] == ([1, cores] if cores > 1 else [1])
+    assert all(r["returncode"] == 0 and not r["timed_out"] and r["seconds"] > 0 for r in result["runs"]), result
+    assert result["busy_processes"] == 1 and result["load_average_1min_at_start"] >= 0
+    assert "--num_threads N" in result["command"]
