@@ -150,13 +150,15 @@ def main(argv=None) -> dict:
     if not (args.reuse and (work / "evaluate" / "metrics.csv").is_file()):
         times["evaluate"] = bundle(args, ["inference.json", "evaluate.json"], work / "evaluate.log", dataset_dir=data,
                                    model_path=seg, generator_path=gen, output_dir=work / "evaluate", spatial_size=size,
-                                   max_items=args.test_items, num_views=args.views, max_iterations=args.max_iterations)
+                                   max_items=args.test_items, num_views=args.views, max_iterations=args.max_iterations,
+                                   overwrite="true")  # a deliberate rerun replaces the earlier evaluation
     if args.plain and not (args.reuse and (work / "evaluate_plain" / "metrics.csv").is_file()):
         times["evaluate_plain"] = bundle(args, ["inference.json", "evaluate.json"], work / "evaluate_plain.log",
                                          dataset_dir=data, model_path=seg, generator_path=gen,
                                          output_dir=work / "evaluate_plain", spatial_size=size,
                                          max_items=args.test_items, num_views=args.views,
-                                         max_iterations=args.max_iterations, detail_weight=0.0, flip_tta_examples=0)
+                                         max_iterations=args.max_iterations, detail_weight=0.0, flip_tta_examples=0,
+                                         overwrite="true")
     results = summarise(work / "evaluate" / "metrics.csv", work / "evaluate_plain" / "metrics.csv" if args.plain else None)
     settings = {"size": args.size, "test_items": args.test_items, "views": args.views, "seg_epochs": args.seg_epochs,
                 "ae_epochs": args.ae_epochs, "lora_epochs": args.lora_epochs,

@@ -12,6 +12,10 @@
 
 from __future__ import annotations
 
+from monai_genaug.bundle_errors import install_bundle_excepthook as _install_bundle_excepthook
+
 __version__ = "0.1.0"
+
+_install_bundle_excepthook()  # only under ``python -m monai.bundle``: the project's message ends a failing run
 
 __all__ = ["__version__"]

@@ -43,12 +43,12 @@ from monai.transforms import (
     RandRotate90d,
     Resized,
     ScaleIntensityRangePercentilesd,
-    ScaleIntensityRanged,
 )
 
 from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.transforms.validation import ValidateImaged, ValidateLabeld
 from monai_genaug.data.folders import (
+    limit_items,
     IMAGE_EXTENSIONS,
     nifti_case_datalist,
     paired_image_mask_datalist,
@@ -56,8 +56,8 @@ from monai_genaug.data.folders import (
     split_name,
 )
 from monai_genaug.data.phantoms import MANIFEST_NAME, write_phantom_dataset
-from monai_genaug.data.pipelines import PILConvert
-from monai_genaug.transforms.io import BinarizeLabeld
+from monai_genaug.data.pipelines import PILConvert, check_spatial_multiple
+from monai_genaug.transforms.io import BinarizeLabeld, ScaleIntensityByDtyped
 from monai_genaug.utils.options import optional_count
 
 __all__ = [
@@ -221,7 +221,7 @@ def bundle_datalist(
     for item in items:
         if "id" not in item:
             item["id"] = item.get("case_id") or Path(str(item.get("image", item.get("label", "")))).name.split(".")[0]
-    items = items[: max_items] if max_items else items
+    items = limit_items(items, max_items)
     items = [{k: v for k, v in item.items() if k not in set(drop_keys)} for item in items]
     return add_constant_keys(items, extra_keys)
 
@@ -242,6 +242,7 @@ def bundle_transforms(
     augment: bool = False,
     intensity_augment: bool = False,
     min_size: int = 1,
+    spatial_multiple: int = 1,
     image_mode: str | None = None,
     image_key: str = "image",
     label_key: str = "label",
@@ -249,7 +250,9 @@ def bundle_transforms(
 ) -> Compose:
     """Loading pipeline of a 2D (``images/ + masks/``) or 3D (NIfTI cases) segmentation bundle.
 
-    2D: RGB (``image_channels=3``) or grey PNG/JPEG in ``(C, H, W)`` order, intensities ``/ 255`` to [0, 1], mask
+    2D: RGB (``image_channels=3``) or grey PNG/JPEG/TIFF in ``(C, H, W)`` order, intensities to [0, 1] by the file's
+    bit depth (8-bit ``/ 255``, 16-bit ``/ 65535``; :class:`~monai_genaug.transforms.io.ScaleIntensityByDtype` logs
+    which), mask
     binarised (``"auto"`` threshold: 0/255 and JPEG masks) or kept as label values. 3D: one channel per modality
     (concatenated in ``modality_keys`` order), RAS orientation, per-channel percentile scaling (0.5 %, 99.5 %) to
     [0, 1], label kept (``"multiclass"``) or made whole-tumour (``"binary"``: label > 0). Then the image is resized
@@ -271,6 +274,8 @@ def bundle_transforms(
         intensity_augment: random Gaussian smoothing, noise and contrast changes of the image (segmenter training:
             makes the segmenter robust to the slight blur of autoencoder reconstructions, i.e. of generated views).
         min_size: smallest accepted spatial size of an image file (e.g. the generator's autoencoder factor).
+        spatial_multiple: ``spatial_size`` must be a multiple of it (e.g. the product of the segmenter UNet's
+            strides); checked before any image is read, with a valid size in the message.
         image_mode: ``Resized`` mode of the image (default ``"area"`` in 2D, ``"trilinear"`` in 3D).
         image_key: image key.
         label_key: label key.
@@ -281,6 +286,7 @@ def bundle_transforms(
     size = [int(s) for s in spatial_size]
     if len(size) != spatial_dims:
         raise ValueError(f"spatial_size {tuple(size)} must have {spatial_dims} values for a {spatial_dims}D bundle.")
+    check_spatial_multiple(size, spatial_multiple, f"{config_name}'s segmenter down-sampling factor")
     validate_image = ValidateImaged(
         keys=image_key, spatial_dims=spatial_dims, num_channels=image_channels, min_size=min_size,
         config_name=config_name,
@@ -297,11 +303,11 @@ def bundle_transforms(
             LoadImaged(keys=label_key, image_only=True, allow_missing_keys=True,
                        reader=PILReader(converter=PILConvert("mask"), reverse_indexing=False)),
             EnsureChannelFirstd(keys=keys, allow_missing_keys=True),
+            ScaleIntensityByDtyped(keys=image_key, channels=image_channels),
             validate_image,
             BinarizeLabeld(keys=label_key, threshold="auto", channel_reduction="max", allow_missing_keys=True)
             if label_mode == "binary"
             else EnsureTyped(keys=label_key, allow_missing_keys=True),
-            ScaleIntensityRanged(keys=image_key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
         ]
         mode = image_mode or "area"
     elif spatial_dims == 3:
@@ -461,4 +467,4 @@ def gms_datalist(
             f"the {split!r} split of {root} is empty ({len(items)} items, val_fraction={val_fraction}, "
             f"test_fraction={test_fraction}); add data or change the fractions."
         )
-    return out[:max_items] if max_items else out
+    return limit_items(out, max_items)

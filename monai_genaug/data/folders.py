@@ -52,6 +52,9 @@ from typing import Any
 import numpy as np
 from monai.utils import optional_import
 
+from monai_genaug.utils.options import optional_count
+from monai_genaug.utils.outputs import check_file_destination
+
 nib, _has_nib = optional_import("nibabel")
 PILImage, _has_pil = optional_import("PIL.Image")
 sitk, _has_sitk = optional_import("SimpleITK")
@@ -68,6 +71,7 @@ __all__ = [
     "nifti_case_datalist",
     "class_folder_datalist",
     "split_datalist",
+    "limit_items",
     "write_datalist",
     "load_datalist",
 ]
@@ -614,6 +618,31 @@ def _canonical(item: Any) -> str:
     return json.dumps(item, sort_keys=True, default=str)
 
 
+def limit_items(items: Sequence[Any], max_items: Any, name: str = "max_items") -> list:
+    """The first ``max_items`` entries of a datalist (quick runs); None (or the text ``null``) keeps all.
+
+    ``0`` is refused rather than read as "no cap": a run that was asked for no items must not process the whole split.
+
+    Args:
+        items: the datalist.
+        max_items: a positive number of entries, or None / ``"null"`` for all of them (parsed by
+            :func:`~monai_genaug.utils.options.optional_count`).
+        name: the option named in error messages.
+
+    Raises:
+        ValueError: ``max_items`` is 0, negative or not a whole number.
+    """
+    count = optional_count(max_items, name)
+    if count is None:
+        return list(items)
+    if count < 1:
+        raise ValueError(
+            f"{name}={count} selects no items; give a positive number (e.g. --{name} 4), or null to process "
+            "every item of the split."
+        )
+    return list(items)[:count]
+
+
 def split_datalist(
     datalist: Sequence[Mapping],
     val_fraction: float = 0.1,
@@ -745,7 +774,7 @@ def write_datalist(
         splits = {"training": splits}
     if not isinstance(splits, Mapping):
         raise TypeError(f"splits must be a dict {{split name: list of dicts}}, got {type(splits).__name__}.")
-    path = Path(path).expanduser()
+    path = check_file_destination(path, "write_datalist path")
     base = os.path.abspath(os.fspath(Path(base_dir).expanduser())) if base_dir is not None else None
 
     def convert(v: Any) -> Any:

@@ -867,7 +867,9 @@ def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[st
     return names
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def _prepare_out_dir(out_dir: Path, overwrite: bool, planned: set[str] | frozenset[str] = frozenset()) -> None:
+    """Check and prepare the destination; ``planned``: the files this call writes (a crashed or concurrent call of
+    the same writer may have left some of them, without a manifest: they are not someone else's data)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"out_dir '{out_dir}' exists and is not a folder; choose another path.")
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -877,12 +879,27 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
                 "overwrite=True (--overwrite) to replace a phantom data set written there before."
             )
         manifest = out_dir / MANIFEST_NAME
-        if manifest.is_file():  # remove only the files an earlier call of this writer listed
+        files: list[str] = []
+        if manifest.is_file():
             try:
-                old = json.loads(manifest.read_text())
-                files = old.get("files", [])
-            except (OSError, ValueError):
+                files = list(json.loads(manifest.read_text()).get("files", []))
+            except (OSError, ValueError, AttributeError):
                 files = []
+        known = {Path(f).as_posix() for f in files} | set(planned)
+        foreign = sorted(  # visible files an earlier call of this writer did not list: the user's data
+            p.relative_to(out_dir).as_posix()
+            for p in out_dir.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out_dir).parts)
+            and p.relative_to(out_dir).as_posix() not in known
+        )
+        if foreign:
+            raise FileExistsError(
+                f"out_dir '{out_dir}' holds {len(foreign)} file(s) this phantom writer did not write (e.g. "
+                f"'{foreign[0]}'); "
+                "overwrite only replaces a phantom data set written there before, never other data. Choose an empty "
+                "or new folder."
+            )
+        if files:  # remove only the files an earlier call of this writer listed
             root = out_dir.resolve()
             parents = set()
             for rel in files:
@@ -931,8 +948,9 @@ def write_phantom_dataset(
         out_dir: destination folder; created when missing; must be empty unless ``overwrite``.
         num: number of samples (>= 1).
         seed: non-negative seed.
-        overwrite: allow a non-empty ``out_dir``; the files listed by an earlier manifest there are removed
-            first, other files are left alone and same-named files are replaced.
+        overwrite: allow an ``out_dir`` holding a phantom data set written there before (its manifest lists every
+            file); those files are removed first. A folder holding any other visible file (e.g. a user's images) is
+            refused whatever ``overwrite`` says.
         class_names: folder names of the classes for ``"sequence"`` and ``"classes"``, in class-index order
             (default ``class_0``, ``class_1``, ..., zero-padded beyond ten classes); the manifest records them
             in this order, since sorting custom names may not give the class order.
@@ -965,14 +983,11 @@ def write_phantom_dataset(
                 "Ask for at least one sample per class (classes cycle i % num_classes)."
             )
     out = Path(out_dir).expanduser()
-    _prepare_out_dir(out, overwrite)
-
     width = max(4, len(str(len(samples) - 1)))
-    files: list[Path] = []
+    encoded: list[tuple[str, bytes]] = []  # encoded first, so the folder check knows every file this call writes
 
     def put(rel: str, data: bytes) -> None:
-        atomic_write_bytes(out / rel, data)
-        files.append(Path(rel))
+        encoded.append((rel, data))
 
     for i, s in enumerate(samples):
         stem = f"phantom_{i:0{width}d}"
@@ -999,6 +1014,11 @@ def write_phantom_dataset(
                     put(f"{side}/masks/{stem}{ext}", nifti_bytes(s["label"][0], s["affine"]))
         else:  # classes
             put(f"{names[s['label']]}/{stem}.png", png_bytes(s["image"]))
+
+    _prepare_out_dir(out, overwrite, planned={rel for rel, _ in encoded})
+    files = [Path(rel) for rel, _ in encoded]
+    for rel, data in encoded:
+        atomic_write_bytes(out / rel, data)
 
     manifest = {
         "generator": "monai_genaug.data.phantoms",
@@ -1032,7 +1052,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--modalities", nargs="+", default=None, help=f"mri: any of {sorted(MRI_MODALITIES)}")
     parser.add_argument("--channels", type=int, default=None, help="classes: 1 (grey) or 3 (RGB)")
     parser.add_argument("--class-names", nargs="+", default=None, help="sequence, classes: class folder names")
-    parser.add_argument("--overwrite", action="store_true", help="replace a phantom data set already in --out")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a phantom data set written in --out before (a folder holding other files is always refused)",
+    )
     add_runtime_arguments(parser)
     args = parser.parse_args(argv)
     apply_runtime_arguments(args)

@@ -54,9 +54,11 @@ from monai_genaug.transforms.io import (
     BRATS2013_REGIONS,
     BinarizeLabeld,
     LabelToRegionsd,
+    ScaleIntensityByDtyped,
 )
 
 __all__ = [
+    "check_spatial_multiple",
     "PILConvert",
     "segmentation_2d_transforms",
     "classification_2d_transforms",
@@ -70,7 +72,9 @@ class PILConvert:
     """Picklable PIL image converter for ``PILReader(converter=...)`` (works with multi-process data loaders).
 
     Args:
-        mode: ``"RGB"`` (3 channels from grey, palette, RGBA...), ``"L"`` (one grey channel; 16-bit and float
+        mode: ``"RGB"`` (3 channels from grey, palette, RGBA...; 16-bit and float grey images are kept as they are,
+            since PIL's conversion clips them to 255: :class:`~monai_genaug.transforms.io.ScaleIntensityByDtype`
+            scales them and repeats the channel), ``"L"`` (one grey channel; 16-bit and float
             images are kept as they are), or ``"mask"`` (drop an alpha channel, keep everything else, so that
             palette indices and 16-bit labels survive).
     """
@@ -82,6 +86,8 @@ class PILConvert:
 
     def __call__(self, img):
         if self.mode == "RGB":
+            if img.mode in _PIL_HIGH_DEPTH:  # PIL's convert clips 16-bit / float to 255: scale later, by bit depth
+                return img
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")
             return img if img.mode == "RGB" else img.convert("RGB")
@@ -104,7 +110,33 @@ def _check_size(spatial_size: Sequence[int] | int | None, dims: int, name: str =
         raise ValueError(f"{name} must have {dims} values for {dims}D data, got {tuple(spatial_size)}.")
 
 
-def _intensity_2d(image_key: str, intensity_range: tuple[float, float] | None) -> list:
+def check_spatial_multiple(
+    spatial_size: Sequence[int], multiple: int, reason: str = "the network's down-sampling factor"
+) -> None:
+    """Refuse a ``spatial_size`` that is not a multiple of ``multiple``, naming the rule and a valid size.
+
+    Args:
+        spatial_size: the network input size.
+        multiple: every entry must be a multiple of it (e.g. the product of a UNet's strides).
+        reason: the factor's name in the message (e.g. "the segmenter's down-sampling factor").
+
+    Raises:
+        ValueError: ``spatial_size (97, 101) is not a multiple of the ... factor 8 ...; Use e.g. --spatial_size
+            "[96, 104]"``.
+    """
+    size = [int(s) for s in spatial_size]
+    multiple = int(multiple)
+    if multiple > 1 and any(s % multiple for s in size):
+        good = [max(multiple, round(s / multiple) * multiple) for s in size]
+        raise ValueError(
+            f"spatial_size {tuple(size)} is not a multiple of {reason} {multiple}; the network cannot take it. "
+            f"Use e.g. --spatial_size \"{good}\"."
+        )
+
+
+def _intensity_2d(image_key: str, intensity_range: tuple[float, float] | str | None, channels: int) -> list:
+    if intensity_range == "dtype":
+        return [ScaleIntensityByDtyped(keys=image_key, channels=channels)]
     if intensity_range is None:
         return [ScaleIntensityd(keys=image_key, minv=0.0, maxv=1.0)]
     a_min, a_max = (float(v) for v in intensity_range)
@@ -119,7 +151,7 @@ def segmentation_2d_transforms(
     spatial_size: Sequence[int] | int | None = (64, 64),
     rgb: bool = True,
     mask_threshold: float | str | None = "auto",
-    intensity_range: tuple[float, float] | None = (0.0, 255.0),
+    intensity_range: tuple[float, float] | str | None = "dtype",
     reverse_indexing: bool = False,
     channel_reduction: str = "max",
     image_mode: str = "area",
@@ -139,8 +171,9 @@ def segmentation_2d_transforms(
         mask_threshold: foreground is ``mask > threshold`` (127 for 8-bit or JPEG masks such as Kvasir-SEG, 0.5
             for 0/1 masks, 0 for "any label"), ``"auto"`` (127 when the mask's maximum exceeds 127, else 0.5), or
             None to keep the mask's values (multi-class masks; channels are then not merged).
-        intensity_range: input intensities mapped linearly to [0, 1] with clipping ((0, 255) for 8-bit images),
-            or None for per-image min-max scaling.
+        intensity_range: ``"dtype"`` (default) scales by the file's storage range (8-bit / 255, 16-bit PNG or TIFF
+            / 65535, see :class:`~monai_genaug.transforms.io.ScaleIntensityByDtype`, the scaling is logged); (low, high)
+            maps those intensities linearly to [0, 1] with clipping; None scales each image by its min and max.
         reverse_indexing: False gives ``(C, H, W)`` like numpy/PIL; True gives MONAI's default ``(C, W, H)``.
         channel_reduction: how an RGB mask becomes one channel before thresholding (see ``BinarizeLabel``).
         image_mode: interpolation of the image for ``Resized``: ``"area"`` (default) averages the source pixels
@@ -173,7 +206,7 @@ def segmentation_2d_transforms(
     xforms = [*load, EnsureChannelFirstd(keys=keys)]
     if label_key is not None and mask_threshold is not None:
         xforms.append(BinarizeLabeld(keys=label_key, threshold=mask_threshold, channel_reduction=channel_reduction))
-    xforms += _intensity_2d(image_key, intensity_range)
+    xforms += _intensity_2d(image_key, intensity_range, 3 if rgb else 1)
     if spatial_size is not None:
         xforms.append(Resized(keys=image_key, spatial_size=spatial_size, mode=image_mode, anti_aliasing=anti_aliasing))
         if label_key is not None:
@@ -185,7 +218,7 @@ def classification_2d_transforms(
     image_key: str = "image",
     spatial_size: Sequence[int] | int | None = (64, 64),
     rgb: bool = True,
-    intensity_range: tuple[float, float] | None = (0.0, 255.0),
+    intensity_range: tuple[float, float] | str | None = "dtype",
     reverse_indexing: bool = False,
     image_mode: str = "area",
     anti_aliasing: bool = False,
@@ -196,7 +229,8 @@ def classification_2d_transforms(
         image_key: key of the image path.
         spatial_size: output (H, W) (or one int for both), or None to keep the file's size.
         rgb: load as 3-channel RGB (True) or 1-channel grey (False).
-        intensity_range: input intensities mapped linearly to [0, 1] with clipping, or None for min-max scaling.
+        intensity_range: ``"dtype"`` (default: by the file's storage range, 8-bit / 255, 16-bit / 65535), (low, high)
+            mapped linearly to [0, 1] with clipping, or None for min-max scaling.
         reverse_indexing: False gives ``(C, H, W)`` like numpy/PIL; True gives MONAI's default ``(C, W, H)``.
         image_mode: interpolation for ``Resized`` (see :func:`segmentation_2d_transforms`).
         anti_aliasing: MONAI's Gaussian pre-smoothing before downsampling (zero-padded: darkens the border).
@@ -212,7 +246,7 @@ def classification_2d_transforms(
             image_only=True,
         ),
         EnsureChannelFirstd(keys=image_key),
-        *_intensity_2d(image_key, intensity_range),
+        *_intensity_2d(image_key, intensity_range, 3 if rgb else 1),
     ]
     if spatial_size is not None:
         xforms.append(Resized(keys=image_key, spatial_size=spatial_size, mode=image_mode, anti_aliasing=anti_aliasing))

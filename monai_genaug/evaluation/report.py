@@ -588,6 +588,23 @@ def render_device_check(files: Mapping[str, Mapping[str, Any]]) -> Report:
     return rep
 
 
+def render_hostile_inputs(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    """``benchmarks/hostile_inputs.py``'s JSON (issue #21): outcome counts, then one row per hostile input."""
+    rep = Report()
+    r = files["hostile_inputs.json"]
+    counts = r.get("counts", {})
+    lines = ["# Hostile-input sweep", "", f"Written by `{r.get('command', 'python benchmarks/hostile_inputs.py')}` "
+             f"({r.get('platform', 'n/a')}, torch {r.get('torch', 'n/a')}). Outcomes: `clear_error` (an error naming "
+             "the option or file), `handled` (accepted, result checked), `silent_wrong`, `data_loss`, "
+             "`crash_without_message`.", ""]
+    lines += table(["outcome", "cases"], [[k, v] for k, v in counts.items()]) + [""]
+    rows = [[c["case"], c["face"], c["item"], c["outcome"], str(c["message"])[:140].replace("|", "/")]
+            for c in r.get("cases", [])]
+    lines += table(["case", "face", "item", "outcome", "message"], rows)
+    rep.markdown["hostile_inputs.md"] = "\n".join(lines) + "\n"
+    return rep
+
+
 #: older result shapes: renderer, JSON files it reads (a file in the envelope shape is rendered on its own instead)
 LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable[[str], bool]]] = [
     (render_sampler, lambda n: n == "sampler_overhead.json"),
@@ -597,6 +614,7 @@ LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable
     (render_adaptdiff, lambda n: n.startswith("adaptdiff_")),
     (render_ctrl_genaug, lambda n: n == "ctrl_genaug.json"),
     (render_device_check, lambda n: n == "device_check.json"),
+    (render_hostile_inputs, lambda n: n == "hostile_inputs.json"),
 ]
 
 

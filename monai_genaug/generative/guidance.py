@@ -32,6 +32,7 @@ from torch import nn
 
 from monai_genaug.generative.latent_generator import concat_conditions
 from monai_genaug.generative.protocols import DiffusionModel
+from monai_genaug.utils.options import check_finite
 
 __all__ = ["Guidance", "NoGuidance", "ClassifierFreeGuidance", "MultiConditionGuidance", "ClassifierGuidance"]
 
@@ -99,6 +100,7 @@ class ClassifierFreeGuidance(Guidance):
     """
 
     def __init__(self, scale: float = 3.0, null_condition: Condition | None = None) -> None:
+        check_finite(type(self).__name__, scale=scale)
         self.scale = float(scale)
         self.null_condition = null_condition
 
@@ -131,6 +133,7 @@ class MultiConditionGuidance(Guidance):
     def __init__(self, conditions: Sequence[Condition], weights: Sequence[float | torch.Tensor]) -> None:
         if len(conditions) != len(weights) or not conditions:
             raise ValueError(f"need one weight per condition, got {len(conditions)} conditions, {len(weights)} weights.")
+        check_finite(type(self).__name__, **{f"weights[{i}]": w for i, w in enumerate(weights)})
         keep = [
             i for i, w in enumerate(weights) if not (not isinstance(w, torch.Tensor) and float(w) == 0.0)
         ]
@@ -200,6 +203,7 @@ class ClassifierGuidance(Guidance):
         scale: float = 10.0,
         base: Guidance | None = None,
     ) -> None:
+        check_finite(type(self).__name__, scale=scale)
         if float(scale) < 0:
             raise ValueError(
                 f"ClassifierGuidance: scale must be >= 0 (got {scale}); a negative scale pushes samples away from the "

@@ -39,6 +39,7 @@ from monai_genaug.generative.ddim import (
 )
 from monai_genaug.generative.guidance import Guidance, NoGuidance
 from monai_genaug.generative.protocols import DiffusionModel
+from monai_genaug.utils.options import check_finite
 
 __all__ = ["SamplerStep", "DiffusionSampler"]
 
@@ -101,6 +102,7 @@ class DiffusionSampler:
         progress: bool = True,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
+        check_finite(type(self).__name__, eta=eta, clip_x0=clip_x0, clamp=clamp)
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
         if eta < 0:
@@ -162,6 +164,7 @@ class DiffusionSampler:
                 model's training schedule. A schedule other than the training one is e.g. TTGA's legacy table.
         """
         guidance = guidance if guidance is not None else NoGuidance()
+        check_finite(type(self).__name__, eta=eta)
         eta = self.eta if eta is None else float(eta)
         device = generator.scale_factor.device
         if x is None:

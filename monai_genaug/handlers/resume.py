@@ -14,7 +14,8 @@
 the state dicts of networks, optimisers, LR schedulers, EMA, grad scaler and prepare-batch objects, the values of
 ``torch.Generator`` objects (data-loader shuffling, noise), the global RNG states (torch, CUDA, numpy, random) and
 the engine counters. On ``STARTED`` it loads the file (``weights_only=True``) when ``resume`` is on and the file
-exists; otherwise it seeds the global RNGs. It never overwrites the last good checkpoint with non-finite weights.
+exists; otherwise it seeds the global RNGs. It first removes the temporary files (``.checkpoint_last.pt.*.tmp``) that
+a run killed during a save left behind. It never overwrites the last good checkpoint with non-finite weights.
 
 Checkpoints are taken at epoch boundaries only: a run killed mid-epoch restarts that epoch from its beginning, with
 the same data order and the same random draws, so the final weights equal those of an uninterrupted run. To make the
@@ -46,6 +47,7 @@ from monai_genaug.utils.checkpoint import (
     atomic_save,
     check_state_dict_compatible,
     load_checkpoint,
+    remove_stale_temporaries,
 )
 
 __all__ = [
@@ -274,7 +276,13 @@ class ResumableCheckpointHandler:
 
     # ----------------------------------------------------------------- loading
     def start(self, engine) -> None:
-        """Resume from the checkpoint when it exists and ``resume`` is on; otherwise seed the global RNGs."""
+        """Remove temporaries of an interrupted save; resume from the checkpoint when it exists and ``resume`` is
+        on; otherwise seed the global RNGs."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+            torch.distributed.get_rank() == 0
+        ):
+            for tmp in remove_stale_temporaries(self.path):
+                logger.info(f"removed '{tmp}', left by an interrupted checkpoint save.")
         if self.resume and self.path.is_file():
             self.load(engine)
         elif self.seed is not None:

@@ -29,6 +29,11 @@ from .io import (
     LabelToRegionsd,
     LabelToRegionsD,
     LabelToRegionsDict,
+    ScaleIntensityByDtype,
+    ScaleIntensityByDtyped,
+    ScaleIntensityByDtypeD,
+    ScaleIntensityByDtypeDict,
+    intensity_range_of,
 )
 from .validation import (
     ForegroundProbabilityd,
@@ -69,6 +74,11 @@ __all__ = [
     "LabelToRegionsd",
     "LabelToRegionsD",
     "LabelToRegionsDict",
+    "ScaleIntensityByDtype",
+    "ScaleIntensityByDtyped",
+    "ScaleIntensityByDtypeD",
+    "ScaleIntensityByDtypeDict",
+    "intensity_range_of",
     "ForegroundProbabilityd",
     "SplitChannelsd",
     "ValidateImaged",

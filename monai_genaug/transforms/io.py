@@ -19,6 +19,9 @@ MONAI already covers loading (``LoadImaged``), channels (``EnsureChannelFirstd``
   0/255 PNG, 0/1 PNG or a multi-class map becomes one channel of 0/1: optional channel reduction
   (``max`` keeps coloured masks, e.g. pure red), strict ``>`` threshold (``threshold=0`` gives
   "any label", e.g. BRATS whole tumour), an ``"auto"`` threshold for masks of unknown scaling.
+* :class:`ScaleIntensityByDtype` / :class:`ScaleIntensityByDtyped`: intensities to [0, 1] by the range of the file's
+  storage type (8-bit / 255, 16-bit PNG or TIFF / 65535, ...), logging which scaling was used. A fixed
+  ``ScaleIntensityRange(a_max=255, clip=True)`` turns a 16-bit image white.
 * :class:`LabelToRegions` / :class:`LabelToRegionsd`: a multi-class label map becomes one binary
   channel per region (a set of label values), e.g. the BRATS 2013 regions whole tumour / tumour
   core / enhancing tumour (:data:`BRATS2013_REGIONS`). MONAI's
@@ -31,6 +34,7 @@ All transforms accept numpy arrays and torch tensors, return the input's type, a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -50,7 +54,14 @@ __all__ = [
     "LabelToRegionsd",
     "LabelToRegionsD",
     "LabelToRegionsDict",
+    "ScaleIntensityByDtype",
+    "ScaleIntensityByDtyped",
+    "ScaleIntensityByDtypeD",
+    "ScaleIntensityByDtypeDict",
+    "intensity_range_of",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: BRATS 2013 label values (0 background, 1 necrosis, 2 oedema, 3 non-enhancing tumour, 4 enhancing tumour)
 #: grouped into the three evaluation regions: whole tumour, tumour core, enhancing tumour.
@@ -61,6 +72,114 @@ BRATS2013_REGIONS: dict[str, tuple[int, ...]] = {
 }
 
 _REDUCTIONS = ("max", "mean", "first")
+
+#: PIL modes stored with 8 bits per channel
+_PIL_8BIT = ("L", "P", "RGB", "RGBA", "LA", "PA", "RGBX", "RGBa", "La", "CMYK", "YCbCr", "LAB", "HSV")
+_PIL_16BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S")
+
+
+def intensity_range_of(img: NdarrayOrTensor) -> tuple[float, float, str]:
+    """The intensity range of an image's storage type: ``(low, high, description)``.
+
+    The PIL mode recorded by ``PILReader`` (``meta["mode"]``) wins over the array's dtype, since ``LoadImage`` turns
+    a 16-bit PNG into int32 or float32. Rules: 8-bit modes and ``uint8`` -> (0, 255); 16-bit modes and
+    ``uint16`` -> (0, 65535); PIL ``"I"`` / ``int32`` with values in 0..65535 -> (0, 65535) (16-bit PNGs of older
+    Pillow versions), other integer types -> their ``numpy.iinfo`` range; ``bool`` / mode ``"1"`` -> (0, 1); float data
+    already in [0, 1] -> (0, 1); other float data -> the image's own (min, max).
+
+    Args:
+        img: an image as loaded (numpy array, tensor or ``MetaTensor``).
+    """
+    meta = getattr(img, "meta", None) or {}
+    mode = meta.get("mode")
+    mode = mode[0] if isinstance(mode, (list, tuple)) and mode else mode
+    x = convert_to_tensor(img, track_meta=False)
+    dtype = img.dtype if isinstance(img, np.ndarray) else None
+    if mode == "1" or x.dtype == torch.bool or dtype == np.bool_:
+        return 0.0, 1.0, "binary image kept as 0/1"
+    if mode in _PIL_8BIT or x.dtype == torch.uint8 or dtype == np.uint8:
+        return 0.0, 255.0, "8-bit image / 255"
+    if mode in _PIL_16BIT or dtype == np.uint16 or x.dtype == torch.uint16:
+        return 0.0, 65535.0, "16-bit image / 65535"
+    lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 1.0)
+    if mode == "I" or not (torch.is_floating_point(x) or mode == "F"):
+        if lo >= 0 and hi <= 65535:
+            return 0.0, 65535.0, "integer image with values in 0..65535 read as 16-bit / 65535"
+        info = np.iinfo(dtype if dtype is not None else str(x.dtype).replace("torch.", ""))
+        return float(info.min), float(info.max), f"{info.bits}-bit integer image scaled by its type's range"
+    if lo >= 0.0 and hi <= 1.0:
+        return 0.0, 1.0, "floating-point image already in [0, 1], kept"
+    return lo, hi, "floating-point image outside [0, 1]: per-image min-max scaling"
+
+
+class ScaleIntensityByDtype(Transform):
+    """Scale an image to [0, 1] by the range of its storage type (see :func:`intensity_range_of`) and log which
+    scaling was used (once per kind of scaling).
+
+    An 8-bit PNG is divided by 255 as before; a 16-bit PNG or TIFF is divided by 65535 instead of being clipped to
+    white by a fixed 0..255 window. Use it right after ``LoadImage`` + ``EnsureChannelFirst``: the PIL mode that
+    ``PILReader`` records survives the float conversion of ``LoadImage``.
+
+    Args:
+        channels: when given and the image has one channel, repeat it to this many channels (a grey 16-bit image
+            into an RGB network, as PIL's ``convert("RGB")`` does for 8-bit grey images).
+        dtype: output data type.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, channels: int | None = None, dtype: DtypeLike | torch.dtype = torch.float32) -> None:
+        if channels is not None and int(channels) < 1:
+            raise ValueError(f"channels must be >= 1 or None, got {channels}.")
+        self.channels = None if channels is None else int(channels)
+        self.dtype = dtype
+        self._logged: set[str] = set()
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """
+        Args:
+            img: channel-first image, shape (C, spatial...).
+        """
+        lo, hi, how = intensity_range_of(img)
+        if how not in self._logged:
+            self._logged.add(how)
+            meta = getattr(img, "meta", None) or {}
+            logger.info(f"intensity scaling: {how} (first seen in {meta.get('filename_or_obj', 'an image')}).")
+        x = convert_to_tensor(img, track_meta=False).to(torch.float32)
+        out = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+        if self.channels is not None and out.shape[0] == 1 and self.channels > 1:
+            out = out.repeat(self.channels, *([1] * (out.ndim - 1)))
+        dtype = get_equivalent_dtype(self.dtype, type(img))
+        return convert_to_dst_type(out, dst=img, dtype=dtype)[0]
+
+
+class ScaleIntensityByDtyped(MapTransform):
+    """Dictionary-based wrapper of :class:`ScaleIntensityByDtype`.
+
+    Args:
+        keys: keys of the images to scale.
+        channels: see :class:`ScaleIntensityByDtype`.
+        dtype: see :class:`ScaleIntensityByDtype`.
+        allow_missing_keys: don't raise an exception when a key is missing.
+    """
+
+    backend = ScaleIntensityByDtype.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        channels: int | None = None,
+        dtype: DtypeLike | torch.dtype = torch.float32,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.scaler = ScaleIntensityByDtype(channels=channels, dtype=dtype)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.scaler(d[key])
+        return d
 
 
 class BinarizeLabel(Transform):
@@ -235,3 +354,4 @@ class LabelToRegionsd(MapTransform):
 
 BinarizeLabelD = BinarizeLabelDict = BinarizeLabeld
 LabelToRegionsD = LabelToRegionsDict = LabelToRegionsd
+ScaleIntensityByDtypeD = ScaleIntensityByDtypeDict = ScaleIntensityByDtyped

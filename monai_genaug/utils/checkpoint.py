@@ -30,6 +30,7 @@ from monai_genaug.utils.io import atomic_write
 __all__ = [
     "CHECKPOINT_FORMATS",
     "atomic_save",
+    "remove_stale_temporaries",
     "load_checkpoint",
     "register_checkpoint_format",
     "check_state_dict_compatible",
@@ -59,6 +60,29 @@ def register_checkpoint_format(name: str, what: str, how: str) -> str:
         raise ValueError(f"checkpoint format '{name}' is already registered as {known[0]!r}.")
     CHECKPOINT_FORMATS[name] = (what, how)
     return name
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that an interrupted :func:`atomic_save` of ``path`` left (``.<name>.*.tmp``).
+
+    A run killed while writing (``kill -9``, out of memory) never reaches the cleanup of :func:`atomic_save`; call this
+    at the start of the next run, before anything writes ``path`` again.
+
+    Args:
+        path: the file whose temporaries are removed (it is not touched itself).
+
+    Returns:
+        the removed files.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from monai.utils import optional_import
 
+
 Image, _ = optional_import("PIL.Image")
 
 from monai_genaug.utils.io import atomic_write

@@ -13,13 +13,15 @@ a label map is ``(B, 1, *spatial)`` integers ``0..K``, and a bad one is refused 
 
 from __future__ import annotations
 
+import ast
+
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "check_label_map",
-    "labels_to_seg",
-]
+__all__ = ["check_label_map", "class_indices", "labels_to_seg"]
 
 
 def check_label_map(
@@ -74,6 +76,48 @@ def check_label_map(
             "foreground classes); remap the label values (monai.transforms.MapLabelValued) or raise num_classes."
         )
     return x
+
+
+def class_indices(classes: Any, class_names: Sequence[str]) -> list[int]:
+    """Class indices from indices and / or class names (e.g. ``["tumour", 0]`` or ``"['ADI']"``), checked.
+
+    Args:
+        classes: one class or a sequence of classes; each an index (int or digit string) or a name of
+            ``class_names``. A string that looks like a list (``"['ADI', 'TUM']"``, as a command line passes it) is
+            parsed first.
+        class_names: the names of the classes, in index order.
+
+    Raises:
+        ValueError: an unknown name or an index out of range, naming the valid classes.
+    """
+    names = [str(n) for n in class_names]
+    if isinstance(classes, str):
+        text = classes.strip()
+        if text.startswith(("[", "(")):
+            try:
+                classes = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"classes {classes!r} is not a list; write e.g. \"['{names[0]}']\" or \"[0, 1]\".")
+        else:
+            classes = [text]
+    if isinstance(classes, (int, str)) or not hasattr(classes, "__iter__"):
+        classes = [classes]
+    valid = ", ".join(f"{i} = {n!r}" for i, n in enumerate(names))
+    out = []
+    for c in classes:
+        if isinstance(c, str) and c.strip() in names:
+            out.append(names.index(c.strip()))
+            continue
+        try:
+            index = int(c)
+            if isinstance(c, float) and c != index:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"unknown class {c!r}; give class names or indices: {valid}.") from None
+        if not 0 <= index < len(names):
+            raise ValueError(f"class index {index} is out of range; give class names or indices: {valid}.")
+        out.append(index)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

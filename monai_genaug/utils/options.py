@@ -15,17 +15,26 @@ passes ``--progress false`` and ``--max_items null`` as the texts ``'false'`` an
 shipped networks are small, one thread is as fast as two on a quiet machine, and torch's default (one thread per
 core) collapses when another busy process shares the cores (oversubscription, issue #22,
 ``benchmarks/threads_busy.py``). On an accelerator the default leaves torch's setting alone.
+
+:func:`check_finite`: one check of numeric options at construction, so NaN and Inf never reach a sampling loop
+(issue #21). A NaN guidance scale makes every generated image NaN without an error (``NaN < 0`` is False, so range
+checks let it through); the failure shows up much later, e.g. as "probs contain NaN values" after a whole TTGA
+generation. The core classes (sampler, guidance plug-ins, TTGA augmenter) call it on their float options, so every
+method that builds on them inherits the check.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["add_runtime_arguments", "apply_runtime_arguments", "as_bool", "optional_count", "resolve_num_threads",
-           "set_num_threads"]
+__all__ = ["add_runtime_arguments", "apply_runtime_arguments", "as_bool", "check_finite", "optional_count",
+           "resolve_num_threads", "set_num_threads"]
 
 
 def as_bool(value: Any, name: str) -> bool:
@@ -122,3 +131,45 @@ def apply_runtime_arguments(args: argparse.Namespace, device: torch.device | str
         device: the device the command computes on (default CPU).
     """
     return set_num_threads(getattr(args, "num_threads", None), device)
+
+
+def _values(value: Any) -> Iterable[float]:
+    if value is None or isinstance(value, (str, bytes)):
+        return []
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().flatten().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        return np.asarray(value, dtype=np.float64).ravel().tolist()
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _values(item)]
+    try:
+        return [float(value)]
+    except (TypeError, ValueError):
+        return []
+
+
+def check_finite(owner: str = "", **options: Any) -> None:
+    """Raise ``ValueError`` when a numeric option is NaN or infinite, naming the option.
+
+    Numbers, tensors, arrays and (nested) sequences of them are checked; None, strings and other objects are
+    ignored (their own checks apply).
+
+    Args:
+        owner: the class or function named in the message, e.g. ``"DiffusionSampler"``.
+        options: ``name=value`` pairs to check.
+
+    Raises:
+        ValueError: ``"<owner>: guidance_scale must be a finite number, got nan."``.
+
+    Example::
+
+        check_finite("ClassifierFreeGuidance", scale=float("nan"))  # ValueError naming 'scale'
+    """
+    for name, value in options.items():
+        bad = [v for v in _values(value) if not math.isfinite(v)]
+        if bad:
+            where = f"{owner}: " if owner else ""
+            raise ValueError(
+                f"{where}{name} must be a finite number, got {value!r}; NaN / Inf would make every generated "
+                f"sample NaN. Set {name} to a finite value."
+            )

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -67,7 +68,8 @@ def server(tmp_path_factory):
            "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
     cmd = [str(exe), "start_server", "--app", str(REPO / "apps" / "monailabel_genaug"), "--studies", str(studies),
            "--host", "127.0.0.1", "--port", str(port), "--conf", "models", "ttga,gms",
-           "--conf", "ttga_overrides", '{"num_views":2,"min_iterations":1,"max_iterations":2}',
+           # max_iterations below the config's min_iterations (20): lowered with it, not an HTTP 500 (issue #21)
+           "--conf", "ttga_overrides", '{"num_views":2,"max_iterations":2}',
            "--conf", "uncertainty_dir", str(root / "uncertainty")]
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -95,8 +97,9 @@ def server(tmp_path_factory):
         log.close()
 
 
-def _infer(server, model: str, image: str) -> tuple[np.ndarray, dict]:
-    req = urllib.request.Request(f"{server['url']}/infer/{model}?image={image}&output=all", method="POST", data=b"")
+def _infer(server, model: str, image: str, params: dict | None = None) -> tuple[np.ndarray, dict]:
+    data = urllib.parse.urlencode({"params": json.dumps(params)}).encode() if params else b""
+    req = urllib.request.Request(f"{server['url']}/infer/{model}?image={image}&output=all", method="POST", data=data)
     with urllib.request.urlopen(req, timeout=120) as r:
         parts = _multipart(r.read(), r.headers["Content-Type"])
     label = np.asarray(Image.open(io.BytesIO(parts["image"])))
@@ -132,3 +135,9 @@ def test_ttga_returns_entropy_map(server) -> None:
     assert 0.0 <= entropy["mean"] <= entropy["max"] <= 1.0 and entropy["max"] > 0.0
     # the map is the fused ensemble's normalised entropy, scaled to 0-255
     assert abs(emb.mean() / 255.0 - entropy["mean"]) < 0.01
+
+
+def test_request_with_max_iterations_below_min_iterations_is_served(server) -> None:
+    """Issue #21 item 11: a request lowering max_iterations under the config's min_iterations gets a label map."""
+    label, params = _infer(server, "ttga", "phantom_0001", {"max_iterations": 1})
+    assert label.shape == (80, 72) and params["model"] == "ttga"

@@ -127,6 +127,8 @@ def test_every_stage_runs_tiny(tmp_path):
     common = [
         "--ckpt_dir",
         str(tmp_path / "models"),
+        "--save_dir",
+        str(tmp_path / "models"),
         "--output_dir",
         str(tmp_path / "out"),
         "--phantom_dir",

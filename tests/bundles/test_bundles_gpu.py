@@ -59,8 +59,8 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     ),
     "adaptdiff_train_source_segmenter_amp": (
         "bundles/adaptdiff/configs/train_source_segmenter.json",
-        ["--ckpt_dir", "{tmp}/models", "--output_dir", "{tmp}/out", "--phantom_dir", "{tmp}/phantoms",
-         "--spatial_size", "[16,16]", "--num_phantoms", "16", "--segmenter_channels", "[4,8]",
+        ["--ckpt_dir", "{tmp}/models", "--save_dir", "{tmp}/models", "--output_dir", "{tmp}/out", "--phantom_dir",
+         "{tmp}/phantoms", "--spatial_size", "[16,16]", "--num_phantoms", "16", "--segmenter_channels", "[4,8]",
          "--segmenter_res_units", "0", "--epochs", "1", *AMP],
         ["models/source_segmenter.pt"],
     ),

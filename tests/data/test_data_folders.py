@@ -27,6 +27,7 @@ from PIL import Image
 
 from monai_genaug.data.folders import (
     class_folder_datalist,
+    limit_items,
     load_datalist,
     nifti_case_datalist,
     paired_image_mask_datalist,
@@ -445,3 +446,27 @@ def test_histology_real_class_folders(histology_dir):
     names = {e["class_name"]: e["label"] for e in items}
     assert len(names) > 1 and len(items) == 24
     assert names["01_TUMOR"] == 0 and names["08_EMPTY"] == 7
+
+
+@pytest.mark.parametrize("max_items, expected", [(None, 5), ("null", 5), (2, 2), (2.0, 2), (9, 5)])
+def test_limit_items(max_items, expected):
+    assert limit_items(list(range(5)), max_items) == list(range(expected))
+
+
+@pytest.mark.parametrize("max_items", [0, -1, "0", 1.5, "many", True])
+def test_limit_items_refuses_zero_and_nonsense(max_items):
+    """Issue #21 item 4: 0 no longer means "the whole split"."""
+    with pytest.raises(ValueError, match="max_items"):
+        limit_items(list(range(5)), max_items)
+
+
+def test_write_datalist_to_a_folder_names_the_folder(tmp_path):
+    """Issue #21 item 10: the error names the folder the user gave, not an internal temporary file."""
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError) as err:
+        write_datalist({"training": [{"image": str(tmp_path)}]}, tmp_path / "out")
+    assert f"'{tmp_path / 'out'}' is an existing folder" in str(err.value) and ".tmp" not in str(err.value)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="its parent .* is a file"):
+        write_datalist({"training": [{"image": str(tmp_path)}]}, tmp_path / "file" / "d.json")
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -271,9 +271,12 @@ def test_write_refuses_non_empty_and_overwrites(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         write_phantom_dataset("grey", out, 2, spatial_size=(16, 16))
     (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="1 file\\(s\\) this phantom writer did not write \\(e.g. 'notes.txt'\\)"):
+        write_phantom_dataset("grey", out, 2, seed=9, spatial_size=(16, 16), overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and len(list((out / "images").iterdir())) == 3  # untouched
+    (out / "notes.txt").unlink()
     write_phantom_dataset("grey", out, 2, seed=9, spatial_size=(16, 16), overwrite=True)
     assert sorted(p.name for p in (out / "images").iterdir()) == ["phantom_0000.png", "phantom_0001.png"]
-    assert (out / "notes.txt").read_text() == "mine"  # files it did not write are left alone
     ref = make_grey_phantoms(1, spatial_size=(16, 16), seed=9)[0]
     np.testing.assert_allclose(_png(out / "images/phantom_0000.png") / 255.0, ref["image"][0], atol=1 / 255 + 1e-6)
     # an overwrite removes the folders that only held files of the earlier data set
@@ -355,3 +358,38 @@ def test_cli(tmp_path):
     assert err.value.code == 2
     with pytest.raises(SystemExit):
         main(["--kind", "endoscopy", "--out", str(out), "--num", "1"])  # not empty, no --overwrite
+
+
+@pytest.mark.parametrize("layout", ["images_masks", "flat", "nested_nifti"])
+def test_cli_overwrite_refuses_a_folder_of_user_data(tmp_path, layout, capsys):
+    """Issue #21 item 5: ``--overwrite`` never adds phantom pairs into a folder it did not write."""
+    user = tmp_path / "user"
+    files = {
+        "images_masks": ["images/patient1.png", "masks/patient1.png"],
+        "flat": ["scan.png"],
+        "nested_nifti": ["case_a/flair.nii.gz"],
+    }[layout]
+    for rel in files:
+        (user / rel).parent.mkdir(parents=True, exist_ok=True)
+        (user / rel).write_bytes(b"user data")
+    before = sorted(p.relative_to(user).as_posix() for p in user.rglob("*"))
+    with pytest.raises(SystemExit) as err:
+        main(["--kind", "endoscopy", "--out", str(user), "--num", "2", "--overwrite"])
+    assert err.value.code == 2
+    err_text = capsys.readouterr().err
+    assert "did not write" in err_text and files[0] in err_text
+    assert sorted(p.relative_to(user).as_posix() for p in user.rglob("*")) == before  # nothing added or removed
+
+
+def test_overwrite_finishes_a_data_set_an_interrupted_or_concurrent_call_left(tmp_path):
+    """Files of the same call without a manifest (a crash, or a second DDP rank writing at the same time) are not a
+    user's data: the writer completes the set; another file in the folder is still refused."""
+    out = write_phantom_dataset("grey", tmp_path / "d", 3, spatial_size=(16, 16))
+    (out / MANIFEST_NAME).unlink()
+    (out / "images" / "phantom_0002.png").unlink()  # as if killed before the last files and the manifest
+    write_phantom_dataset("grey", out, 3, spatial_size=(16, 16), overwrite=True)
+    assert (out / MANIFEST_NAME).is_file() and len(list((out / "images").iterdir())) == 3
+    (out / MANIFEST_NAME).unlink()
+    (out / "images" / "mine.png").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="'images/mine.png'"):
+        write_phantom_dataset("grey", out, 3, spatial_size=(16, 16), overwrite=True)

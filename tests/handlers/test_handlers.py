@@ -237,3 +237,17 @@ def test_sample_grid_bad_input(tmp_path):
     handler = SampleGridHandler(lambda: [1, 2], tmp_path)
     with pytest.raises(TypeError, match="torch.Tensor"):
         handler.sample()
+
+
+def test_checkpoint_start_removes_temporaries_of_an_interrupted_save(tmp_path):
+    """Issue #21: a run killed during a save leaves ``.checkpoint_last.pt.*.tmp``; the next run removes it."""
+    stale = tmp_path / ".checkpoint_last.pt.abc123.tmp"
+    stale.write_bytes(b"\0" * 1024)
+    other = tmp_path / ".model.pt.xyz.tmp"  # another file's temporary: not this handler's business
+    other.write_bytes(b"x")
+    trainer, net, opt = _toy(max_epochs=1)
+    ckpt = ResumableCheckpointHandler(tmp_path, {"net": net, "opt": opt})
+    ckpt.attach(trainer)
+    trainer.run()
+    assert not stale.exists() and other.exists()
+    assert ckpt.path.is_file() and not list(tmp_path.glob(".checkpoint_last.pt.*.tmp"))

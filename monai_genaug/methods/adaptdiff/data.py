@@ -30,7 +30,13 @@ from monai.data import DataLoader, Dataset
 from monai.inferers import Inferer
 from monai.transforms import Compose
 
-from monai_genaug.data.folders import IMAGE_EXTENSIONS, paired_image_mask_datalist, split_datalist, split_name
+from monai_genaug.data.folders import (
+    IMAGE_EXTENSIONS,
+    limit_items,
+    paired_image_mask_datalist,
+    split_datalist,
+    split_name,
+)
 from monai_genaug.data.phantoms import MANIFEST_NAME, phantom_affine, write_phantom_dataset
 from monai_genaug.data.pipelines import segmentation_2d_transforms, volume_3d_transforms
 from monai_genaug.data.synthetic import SYNTHETIC_KEY, synthetic_name
@@ -350,7 +356,7 @@ def adaptdiff_split(
         it["group"] = _group_of(it["id"])
     if role == "target_all":
         out = [{k: v for k, v in it.items() if k != "label"} for it in target]
-        return out[:max_items] if max_items else out
+        return limit_items(out, max_items)
     t_groups = sorted({it["group"] for it in target})
     s_groups = sorted({it["group"] for it in source})
     shared = bool(set(t_groups) & set(s_groups))
@@ -388,7 +394,7 @@ def adaptdiff_split(
     if not out:
         hint = " (target/masks is missing: no test split)" if role == "target_test" and not has_target_masks else ""
         raise ValueError(f"the {role!r} role of {root} is empty{hint}; add data or change the fractions.")
-    return out[:max_items] if max_items else out
+    return limit_items(out, max_items)
 
 
 def adaptdiff_transforms(
@@ -400,7 +406,7 @@ def adaptdiff_transforms(
 ) -> Compose:
     """The loading pipeline of AdaptDiff data files: image in [0, 1] (+ label map), invertible (``Invertd``).
 
-    2D: :func:`~monai_genaug.data.pipelines.segmentation_2d_transforms` (8-bit intensities / 255, masks binarised
+    2D: :func:`~monai_genaug.data.pipelines.segmentation_2d_transforms` (intensities / 255 or / 65535 by bit depth, masks binarised
     with the "auto" threshold for binary models, label values kept otherwise). 3D:
     :func:`~monai_genaug.data.pipelines.volume_3d_transforms` on the key ``image`` (percentile scaling to [0, 1],
     label ``> 0`` for binary models).
@@ -418,7 +424,7 @@ def adaptdiff_transforms(
             spatial_size=spatial_size,
             rgb=image_channels == 3,
             mask_threshold="auto" if num_classes == 1 else None,
-            intensity_range=(0.0, 255.0),
+            intensity_range="dtype",
         )
     if spatial_dims == 3:
         return volume_3d_transforms(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from monai.transforms import Compose, Orientationd, RandFlipd, RandRotate90d, Resized
 
 from monai_genaug.data.bundle import gms_data_dir, gms_datalist
-from monai_genaug.data.pipelines import segmentation_2d_transforms, volume_3d_transforms
+from monai_genaug.data.pipelines import check_spatial_multiple, segmentation_2d_transforms, volume_3d_transforms
 from monai_genaug.transforms.validation import CheckLabelMapd
 
 __all__ = [
@@ -72,13 +72,7 @@ def gms_transforms(
     size = [int(s) for s in spatial_size]
     if len(size) != spatial_dims:
         raise ValueError(f"spatial_size {tuple(size)} must have {spatial_dims} values for spatial_dims={spatial_dims}.")
-    multiple = int(spatial_multiple)
-    if multiple > 1 and any(s % multiple for s in size):
-        good = [max(multiple, round(s / multiple) * multiple) for s in size]
-        raise ValueError(
-            f"spatial_size {tuple(size)} is not a multiple of the model's autoencoder down-sampling factor {multiple}; "
-            f"the autoencoder cannot take it. Use e.g. --spatial_size \"{good}\"."
-        )
+    check_spatial_multiple(size, spatial_multiple, "the model's autoencoder down-sampling factor")
     if spatial_dims == 2:
         if image_channels not in (1, 3):
             raise ValueError(f"2D GMS images are RGB (image_channels=3) or grey (1), got {image_channels}.")

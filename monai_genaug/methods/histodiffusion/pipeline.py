@@ -62,6 +62,7 @@ from monai_genaug.networks.noisy_classifier import NoisyLatentClassifier, classi
 from monai_genaug.utils.checkpoint import check_state_dict_compatible, load_checkpoint
 from monai_genaug.utils.config import merge_config
 from monai_genaug.utils.images import save_image_grid
+from monai_genaug.utils.labels import class_indices
 
 __all__ = [
     "HISTODIFFUSION_SCHEDULE",
@@ -457,16 +458,10 @@ class HistoDiffusion:
         )
 
     # ------------------------------------------------------------------ guided synthesis
-    def _check_classes(self, classes: Sequence[int] | None) -> list[int]:
+    def _check_classes(self, classes: Sequence[int | str] | str | None) -> list[int]:
         if classes is None:
             return list(range(self.num_classes))
-        classes = [int(c) for c in classes]
-        bad = [c for c in classes if not 0 <= c < self.num_classes]
-        if bad:
-            raise ValueError(
-                f"class index(es) {bad} out of range: this pipeline has {self.num_classes} classes "
-                f"(0..{self.num_classes - 1}: {self.class_names})."
-            )
+        classes = class_indices(classes, self.class_names)  # names or indices
         if len(set(classes)) != len(classes):
             raise ValueError(f"classes has duplicates: {classes}.")
         return classes
@@ -525,7 +520,7 @@ class HistoDiffusion:
         Args:
             num_per_class: samples per class (one int, or ``{class index: count}``).
             spatial_size: image spatial size (divisible by ``generator.spatial_divisor``).
-            classes: class indices to synthesise (default: all, or the keys of ``num_per_class``).
+            classes: class indices or names to synthesise (default: all, or the keys of ``num_per_class``).
             guidance_scale: classifier-guidance scale s (>= 0; 0: unguided samples).
             eta: DDIM stochasticity (HistoDiffusion: 1).
             num_inference_steps: sampler steps (HistoDiffusion: 50).
@@ -545,7 +540,7 @@ class HistoDiffusion:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         if isinstance(num_per_class, Mapping):
-            counts = {int(c): int(n) for c, n in num_per_class.items()}
+            counts = {class_indices([c], self.class_names)[0]: int(n) for c, n in num_per_class.items()}
             classes = self._check_classes(classes if classes is not None else sorted(counts))
             missing = [c for c in classes if c not in counts]
             if missing:

@@ -58,6 +58,7 @@ dims, and images smaller than the autoencoder factor raise ``ValueError`` with t
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ from monai_genaug.generative.guidance import MultiConditionGuidance
 from monai_genaug.generative.inversion import ddim_invert, ddim_jump, predict_epsilon
 from monai_genaug.generative.latent_generator import LatentGenerator
 from monai_genaug.generative.sampler import DiffusionSampler, SamplerStep
+from monai_genaug.utils.options import check_finite
 
 __all__ = [
     "MASK_SCHEMES",
@@ -351,12 +353,23 @@ class TTGAAugmenter:
             raise ValueError(f"mask_scheme must be one of {MASK_SCHEMES}, got '{mask_scheme}'.")
         if legacy_schedule and scheduler is not None:
             raise ValueError("give either legacy_schedule=True or a scheduler, not both.")
+        check_finite(type(self).__name__, guidance_scale=guidance_scale, lambda_c=lambda_c, lambda_i=lambda_i,
+                     drop_p=drop_p, eta=eta, lr=lr, early_stop_loss=early_stop_loss,
+                     early_stop_tau_factor=early_stop_tau_factor, intensity_range=intensity_range,
+                     generator_range=generator_range)
         for name, value in (("num_views", num_views), ("inversion_stride", inversion_stride),
                             ("denoising_stride", denoising_stride), ("max_iterations", max_iterations)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
-        if not 0 <= min_iterations <= max_iterations:
-            raise ValueError(f"need 0 <= min_iterations <= max_iterations, got {min_iterations}, {max_iterations}.")
+        if min_iterations < 0:
+            raise ValueError(f"min_iterations must be >= 0, got {min_iterations}.")
+        if min_iterations > max_iterations:  # the cap wins: a request that lowers max_iterations alone still works
+            warnings.warn(
+                f"min_iterations={min_iterations} is above max_iterations={max_iterations}; min_iterations is lowered "
+                f"to {max_iterations}. Set min_iterations <= max_iterations to silence this warning.",
+                stacklevel=2,
+            )
+            min_iterations = max_iterations
         if not 0.0 <= drop_p <= 1.0:
             raise ValueError(f"drop_p must be in [0, 1], got {drop_p}.")
         if eta < 0:
