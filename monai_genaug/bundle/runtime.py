@@ -31,34 +31,18 @@ from pathlib import Path
 from typing import Any
 
 
-from monai_genaug.utils.options import as_bool, optional_count, resolve_num_threads, set_num_threads
+from monai_genaug.handlers.progress import progress_bar
+from monai_genaug.utils.options import (
+    as_bool,
+    optional_count,
+    resolve_num_threads,
+    set_num_threads,
+    set_progress,
+    tqdm_disable,
+)
 
-__all__ = ["as_bool", "bundle_root", "optional_count", "progress_bar", "resolve_num_threads", "set_num_threads", "tqdm_disable"]
-
-
-def tqdm_disable(progress: bool | str | None) -> bool | None:
-    """tqdm's ``disable`` argument for a ``progress`` option: None (= off when stderr is not a TTY) or True.
-
-    Args:
-        progress: true / None: show bars on a terminal; false: never (see :func:`as_bool`).
-    """
-    if progress is None:
-        return None
-    return None if as_bool(progress, "progress") else True
-
-
-def progress_bar(progress: bool | None = True, desc: str = "cases") -> Any:
-    """An Ignite ``ProgressBar`` for an engine (one tick per iteration, i.e. per case at batch size 1) on stderr.
-
-    Use as a bundle handler: ``{"_target_": "monai_genaug.bundle.runtime.progress_bar", "progress": "@progress"}``.
-
-    Args:
-        progress: see :func:`tqdm_disable`.
-        desc: the bar's label.
-    """
-    from ignite.handlers import ProgressBar
-
-    return ProgressBar(persist=False, desc=desc, file=sys.stderr, disable=tqdm_disable(progress))
+__all__ = ["as_bool", "bundle_root", "optional_count", "progress_bar", "resolve_num_threads", "set_num_threads", "set_progress",
+           "tqdm_disable"]
 
 
 _CONFIG_FILE = re.compile(r"[^\s'\",\[\]]+\.(?:json|ya?ml)")

@@ -30,6 +30,7 @@ from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
 from monai_genaug.handlers.nan_guard import NaNGuard
+from monai_genaug.handlers.progress import progress_bar
 from monai_genaug.handlers.resume import AttributeState, ResumableCheckpointHandler, loader_generators
 from monai_genaug.handlers.tracking import create_mlflow_handler, loss_from_output
 
@@ -67,7 +68,8 @@ def standard_training_handlers(
     experiment_name: str = "monai_genaug",
     run_name: str | None = None,
 ) -> TrainingHandlers:
-    """NaN guard (first, so a bad loss stops the iteration before anything else sees it), loss stats, and an MLflow run.
+    """NaN guard (first, so a bad loss stops the iteration before anything else sees it), loss stats, a progress bar
+    (per iteration, on stderr when it is a terminal, off with the process-wide ``--progress false``), and an MLflow run.
 
     Args:
         output_dir: the trainer's output folder (checkpoint and default MLflow store live there).
@@ -83,6 +85,7 @@ def standard_training_handlers(
     handlers: list[Any] = [
         nan_guard,
         StatsHandler(name="monai_genaug.train", tag_name="train_loss", output_transform=loss_from_output),
+        progress_bar(desc=trainer_name),
     ]
     mlflow_handler = None
     if tracking or tracking_uri is not None:

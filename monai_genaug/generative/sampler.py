@@ -39,7 +39,7 @@ from monai_genaug.generative.ddim import (
 )
 from monai_genaug.generative.guidance import Guidance, NoGuidance
 from monai_genaug.generative.protocols import DiffusionModel
-from monai_genaug.utils.options import check_finite
+from monai_genaug.utils.options import check_finite, tqdm_disable
 
 __all__ = ["SamplerStep", "DiffusionSampler"]
 
@@ -81,7 +81,8 @@ class DiffusionSampler:
         eta: DDIM stochasticity, 0 deterministic, 1 DDPM-equivalent noise.
         clip_x0: optional ``(min, max)`` clamp of every clean estimate (MONAI's ``clip_sample``).
         clamp: optional ``(min, max)`` clamp of every intermediate sample (AdaptDiff clamps ``x_t`` to [-1, 1]).
-        progress: show a tqdm progress bar over the steps.
+        progress: show a tqdm progress bar over the steps (on a terminal); None: the process-wide setting
+            (:func:`monai_genaug.utils.options.set_progress`, on unless ``--progress false``).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the UNet under autocast (CUDA / CPU), ``None`` for full
             precision.
 
@@ -99,7 +100,7 @@ class DiffusionSampler:
         eta: float = 0.0,
         clip_x0: tuple[float, float] | None = None,
         clamp: tuple[float, float] | None = None,
-        progress: bool = True,
+        progress: bool | None = None,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         check_finite(type(self).__name__, eta=eta, clip_x0=clip_x0, clamp=clamp)
@@ -179,7 +180,7 @@ class DiffusionSampler:
         prepared = guidance.prepare(generator, condition, x.shape[0])
         alphas = [alpha_bar(scheduler, t) for t in path]
         steps = range(len(path) - 1)
-        for i in tqdm(steps, desc="sampling", disable=None if self.progress else True, leave=False):
+        for i in tqdm(steps, desc="sampling", disable=tqdm_disable(self.progress), leave=False):
             t, t_next, a_t, a_next = path[i], path[i + 1], alphas[i], alphas[i + 1]
             with self.autocast(x.device):
                 out, branch_outputs = guidance.predict(generator, x, t, prepared)

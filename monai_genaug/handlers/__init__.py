@@ -15,6 +15,7 @@ savers, latent scale-factor initialisation, MLflow tracking, and the per-case wr
 
 from __future__ import annotations
 
+from .progress import progress_bar
 from .ema import (
     EMAHandler,
 )
@@ -76,6 +77,7 @@ from .writers import (
 )
 
 __all__ = [
+    "progress_bar",
     "EMAHandler",
     "NonFiniteLossError",
     "NaNGuard",

@@ -34,7 +34,11 @@ import numpy as np
 import torch
 
 __all__ = ["add_runtime_arguments", "apply_runtime_arguments", "as_bool", "check_finite", "optional_count",
-           "resolve_num_threads", "set_num_threads"]
+           "resolve_num_threads", "set_num_threads", "set_progress", "tqdm_disable"]
+
+# The process-wide ``progress`` setting: a bundle's ``--progress false`` (through :func:`set_num_threads`) or a command
+# line's reaches the bars of loops that take no ``progress`` option of their own (the trainers' per-iteration bars).
+_PROGRESS = True
 
 
 def as_bool(value: Any, name: str) -> bool:
@@ -101,13 +105,44 @@ def resolve_num_threads(num_threads: int | None, device: torch.device | str | No
     return num_threads
 
 
-def set_num_threads(num_threads: int | None = None, device: torch.device | str | None = None) -> int:
+def set_progress(progress: bool | str | None) -> bool:
+    """Set the process-wide ``progress`` default (see :func:`tqdm_disable`); None leaves it; return the setting.
+
+    Args:
+        progress: true: bars on stderr when it is a terminal; false: no bars anywhere in this process.
+    """
+    global _PROGRESS
+    if progress is not None:
+        _PROGRESS = as_bool(progress, "progress")
+    return _PROGRESS
+
+
+def tqdm_disable(progress: bool | str | None = None) -> bool | None:
+    """tqdm's ``disable`` argument for a ``progress`` option: None (= off when stderr is not a TTY) or True (off).
+
+    Args:
+        progress: true: show bars on a terminal; false: never (see :func:`as_bool`); None: the process-wide setting
+            (:func:`set_progress`, true unless a bundle or command line said ``--progress false``).
+    """
+    if progress is None:
+        progress = _PROGRESS
+    return None if as_bool(progress, "progress") else True
+
+
+def set_num_threads(
+    num_threads: int | None = None, device: torch.device | str | None = None, progress: bool | str | None = None
+) -> int:
     """Set torch's intra-op thread count from a bundle / command-line ``num_threads`` option; return the count in use.
+
+    Every bundle calls it first in ``initialize``, so it also takes the bundle's ``progress`` option and makes it the
+    process-wide default (:func:`set_progress`).
 
     Args:
         num_threads: see :func:`resolve_num_threads` (None: 1 thread per process on CPU).
         device: the device the run computes on.
+        progress: the run's ``progress`` option (None: leave the process-wide setting).
     """
+    set_progress(progress)
     n = resolve_num_threads(num_threads, device)
     if n is not None and n != torch.get_num_threads():
         torch.set_num_threads(n)
@@ -130,7 +165,7 @@ def apply_runtime_arguments(args: argparse.Namespace, device: torch.device | str
         args: the parsed arguments.
         device: the device the command computes on (default CPU).
     """
-    return set_num_threads(getattr(args, "num_threads", None), device)
+    return set_num_threads(getattr(args, "num_threads", None), device, getattr(args, "progress", None))
 
 
 def _values(value: Any) -> Iterable[float]:

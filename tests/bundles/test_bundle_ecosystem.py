@@ -143,6 +143,43 @@ def test_progress_bars_on_a_terminal_only(monkeypatch):
         assert ("cases" in stream.getvalue()) == expected
 
 
+
+def test_trainer_progress_bar_follows_the_process_wide_switch(monkeypatch, tmp_path):
+    """Every trainer built on ``standard_training_handlers`` ticks a bar per iteration on a terminal; a bundle's or
+    command line's ``--progress false`` (``set_num_threads(..., progress=False)``) silences it and the samplers."""
+    from ignite.engine import Engine
+
+    from monai_genaug.engines.workflow import standard_training_handlers
+    from monai_genaug.generative.latent_generator import LatentGenerator
+    from monai_genaug.generative.sampler import DiffusionSampler
+    from monai_genaug.utils.options import set_num_threads, set_progress
+
+    def train(stream):
+        monkeypatch.setattr(sys, "stderr", stream)
+        engine = Engine(lambda e, b: {"loss": torch.tensor(float(b))})
+        for handler in standard_training_handlers(tmp_path, "toy", params={}).handlers:
+            handler.attach(engine)
+        engine.run([1, 2, 3], max_epochs=1)
+        return stream.getvalue()
+
+    gen = LatentGenerator.from_preset("tiny", spatial_dims=2).eval()
+
+    def sample(stream):
+        monkeypatch.setattr(sys, "stderr", stream)
+        DiffusionSampler(num_inference_steps=2)(gen, shape=(1, *gen.latent_shape((8, 8))))
+        return stream.getvalue()
+
+    threads = torch.get_num_threads()
+    try:
+        assert "toy" in train(_Terminal()) and "sampling" in sample(_Terminal())
+        assert train(io.StringIO()) == ""  # a log file: nothing
+        set_num_threads(threads, "cpu", progress="false")  # what every bundle's initialize does with --progress false
+        assert train(_Terminal()) == "" and sample(_Terminal()) == ""
+        assert tqdm_disable() is True and tqdm_disable(True) is None  # an explicit option still wins
+    finally:
+        set_progress(True)
+        torch.set_num_threads(threads)
+
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

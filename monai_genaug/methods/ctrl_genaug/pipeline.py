@@ -470,8 +470,7 @@ class CtrlGenAug:
         x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(self.device)
         gen.check_clips(x)
         cond = {k: v.to(self.device) for k, v in condition.items()}
-        sampler = DiffusionSampler(num_inference_steps=num_inference_steps, eta=eta, clip_x0=(-1.0, 1.0),
-                                   progress=False)
+        sampler = DiffusionSampler(num_inference_steps=num_inference_steps, eta=eta, clip_x0=(-1.0, 1.0))
         gen.eval()
         out = sampler(gen, x=x, condition=cond, guidance=self.guidance(cond, guidance_scale, guided),
                       rng=torch.Generator().manual_seed(seeds[0]))
