@@ -605,6 +605,33 @@ def render_hostile_inputs(files: Mapping[str, Mapping[str, Any]]) -> Report:
     return rep
 
 
+
+def render_threads_busy(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    """``benchmarks/threads_busy.py``'s JSON (issue #22): the main job beside busy processes, per thread setting."""
+    rep = Report()
+    r = files["threads_busy.json"]
+    lines = ["# CPU threads beside a busy process", "",
+             f"`{r['command']}` beside {r['busy_processes']} CPU-bound process(es) on {r['cpu_count']} cores "
+             f"({r['machine']}; 1-minute load average {r['load_average_1min_at_start']} at the start). Runs alternate "
+             "between the settings; a run that hit the per-run timeout gives a lower bound (marked >=).", ""]
+    rows = [[str(i + 1), str(run["num_threads"]), (">= " if run["timed_out"] else "") + f"{run['seconds']:.1f}",
+             f"{run['load_average_1min_before']:.2f}", "ok" if run["returncode"] == 0 else
+             ("timed out" if run["timed_out"] else f"exit {run['returncode']}")] for i, run in enumerate(r["runs"])]
+    lines += table(["run", "torch threads", "wall s", "load average before", "outcome"], rows) + [""]
+    ratio = r.get("default_over_one_thread")
+    if ratio is not None:
+        lines += [f"Median wall time with torch's default ({r['cpu_count']} threads) over one thread: {ratio:.2f}x"
+                  " (a lower bound when a default-thread run timed out).", ""]
+    rep.markdown["threads_busy.md"] = "\n".join(lines)
+    medians = ", ".join(f"{n} thread(s) {v:.1f} s" for n, v in r.get("median_seconds", {}).items())
+    rep.readme_rows.append(("`threads_busy.py`", f"main job beside {r['busy_processes']} busy process(es), median "
+                            "wall time per torch thread count", medians + (f"; ratio {ratio:.2f}x" if ratio else "")
+                            + " ([details](benchmarks/results/threads_busy.md))"))
+    for bundle in ("ttga",):
+        rep.bundle.setdefault(bundle, []).extend([f"CPU threads beside a busy process (`benchmarks/threads_busy.py`): "
+                                                  f"{medians}.", ""])
+    return rep
+
 #: older result shapes: renderer, JSON files it reads (a file in the envelope shape is rendered on its own instead)
 LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable[[str], bool]]] = [
     (render_sampler, lambda n: n == "sampler_overhead.json"),
@@ -615,7 +642,10 @@ LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable
     (render_ctrl_genaug, lambda n: n == "ctrl_genaug.json"),
     (render_device_check, lambda n: n == "device_check.json"),
     (render_hostile_inputs, lambda n: n == "hostile_inputs.json"),
+    (render_threads_busy, lambda n: n == "threads_busy.json"),
 ]
+#: renderers of shapes that are not benchmarks of a method (no "before the evaluation protocol" label)
+NOT_METHOD_BENCHMARKS = {render_device_check, render_hostile_inputs, render_threads_busy}
 
 
 def render_results(results_dir: str | Path) -> Report:
@@ -633,6 +663,9 @@ def render_results(results_dir: str | Path) -> Report:
         legacy_seen.update(group)
         if group:
             old = render(group)
+            if render in NOT_METHOD_BENCHMARKS:
+                report.merge(old)
+                continue
             old.readme_rows = [(a, f"{b} (run before the evaluation protocol)", c) for a, b, c in old.readme_rows]
             old.bundle = {k: [f"Before the evaluation protocol: {v[0]}", *v[1:]] for k, v in old.bundle.items()}
             report.merge(old)
