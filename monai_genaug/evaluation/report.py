@@ -185,12 +185,13 @@ def render_envelope(stem: str, obj: Mapping[str, Any]) -> Report:
         check = label_curve_rises(ltab, lm, **BOOT)
         d, rises = check["largest_minus_smallest"], check["rises"]
         lines += ["", "## Label curve of the learner (more real labels, same protocol)", ""]
-        lines += table(["real labels", "mean", "95 % interval"], [[n, f3(s["mean"]), interval(s)]
-                                                                   for n, s in zip(sizes, lsums.values())])
+        size_label = lc.get("size_label", "real labels")
+        lines += table([size_label, "mean", "95 % interval"], [[n, f3(s["mean"]), interval(s)]
+                                                                for n, s in zip(sizes, lsums.values())])
         lines += ["", f"{last} - {first}: {d['mean']:+.3f} {interval(d)}; the learner "
                       f"{'is' if rises else 'is NOT'} shown to gain from more labels on this task."]
         curve_line = (f"; label curve {' / '.join(f3(s['mean']) for s in lsums.values())} at "
-                      f"{' / '.join(map(str, sizes))} labels")
+                      f"{' / '.join(map(str, sizes))} {'labels' if size_label == 'real labels' else size_label}")
         rep.plots.append(Plot(f"{stem}_label_curve", f"{title}: label curve", "curve", lm, [str(s) for s in sizes],
                               [s["mean"] for s in lsums.values()], [s["low"] for s in lsums.values()],
                               [s["high"] for s in lsums.values()]))
