@@ -16,6 +16,7 @@ from monai.data import DataLoader
 from monai_genaug.data.folders import load_datalist
 from monai_genaug.data.pipelines import classification_2d_transforms
 from monai_genaug.data.synthetic import write_synthetic_images
+from monai_genaug.engines.classifier import noisy_latent_accuracy
 from monai_genaug.evaluation import Oracle
 from monai_genaug.generative.guidance import ClassifierGuidance
 from monai_genaug.methods.histodiffusion import (
@@ -169,3 +170,19 @@ def test_filter_datalist_with_real_classifier_features(tmp_path):
     assert not any(wrong), scores[:8]  # the mislabelled half is never kept
     meta = json.loads(Path(summary["datalist"]).read_text())
     assert meta["filter"]["features"] == "real_classifier" and meta["filter"]["ratio_to_real"] == 0.5
+
+
+def test_balanced_noisy_latent_accuracy(toy_pair):
+    hd, _, _ = toy_pair
+    x, y = _blobs(20, seed=7)
+    keep = torch.cat([torch.nonzero(y == 0).reshape(-1), torch.nonzero(y == 1).reshape(-1)[:2]])  # 10 vs 2
+    items = [{"image": x[i], "label": int(y[i])} for i in keep.tolist()]
+    loader = DataLoader(items, batch_size=8)
+    plain = noisy_latent_accuracy(hd.classifier, hd.generator, loader, timesteps=(0, 150), seed=1)
+    balanced = noisy_latent_accuracy(hd.classifier, hd.generator, loader, timesteps=(0, 150), seed=1, balanced=True)
+    with torch.no_grad():
+        pred = hd.classifier(hd.generator.encode(x[keep]), 0).argmax(1)
+    labels = y[keep]
+    recall = [float((pred[labels == c] == c).float().mean()) for c in (0, 1)]
+    assert balanced[0] == pytest.approx(sum(recall) / 2) and plain[0] == pytest.approx(float((pred == labels).float().mean()))
+    assert set(balanced) == {0, 150} and all(0.0 <= v <= 1.0 for v in balanced.values())
