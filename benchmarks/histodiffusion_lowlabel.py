@@ -21,7 +21,8 @@ whether to restrict the range) is chosen by the class agreement of an independen
 penultimate features of a classifier trained on the labelled real images (independent of the generator and of the
 guide), capped at ``--ratio-to-real`` x the real count per class. Downstream comparison: the evaluation protocol
 (:mod:`monai_genaug.evaluation`: GlobalPoolCNN, same iterations for every variant, ``--seeds`` seeds, per-case rows,
-bootstrap intervals, paired differences), the label curve at 5 / 10 / 25 / 100 % of the labelled target, and a
+bootstrap intervals, paired differences), the nested label curve at 5 / 10 / 25 / 100 % of the labelled target
+(5 %: the ``real_only`` runs, 100 %: ``upper_bound``), and a
 reporting oracle (another seed than the selection oracle) scoring the synthetic set (all / kept / dropped).
 
 Data sets:
@@ -66,7 +67,7 @@ from monai_genaug.evaluation import (
     Oracle,
     ResultsTable,
     evaluate_downstream,
-    label_curve,
+    evaluate_training_sets,
     write_json_atomic,
     write_results,
 )
@@ -331,13 +332,7 @@ def run_fold(fold: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[
                                         keep=keep, upper_bound=_stack(fold["validation"]), **common)
     timings["downstream_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    n_target = target[0].shape[0]
-    sizes = sorted({max(2 * k, round(p / 100 * n_target)) for p in CURVE_PERCENT})
-    percent: dict[int, int] = {}
-    for p in CURVE_PERCENT:  # a size shared by two percentages (tiny sets) keeps the smaller one
-        percent.setdefault(max(2 * k, round(p / 100 * n_target)), p)
-    curve = label_curve("classification", target, test, k, sizes=sizes, **common)
-    curve_rows = [{**r, "method": f"{percent[r['num_labels']]} % labels"} for r in curve.to_rows()]
+    curve_rows = _label_curve_rows(fold, table, real, test, k, args, common)
     timings["label_curve_s"] = time.perf_counter() - t
 
     chain = {
@@ -359,6 +354,31 @@ def run_fold(fold: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[
         "seconds": {k2: round(v, 1) for k2, v in timings.items()},
     }
     return {"rows": table.to_rows(), "curve_rows": curve_rows, "oracle_rows": oracle_rows.to_rows(), "chain": chain}
+
+
+def _label_curve_rows(fold: dict, table: ResultsTable, real: tuple, test: tuple, k: int, args: argparse.Namespace,
+                      common: dict) -> list[dict]:
+    """The learner's label curve at 5 / 10 / 25 / 100 % of the labelled target, nested: 5 % is the labelled set
+    (the ``real_only`` runs), 10 / 25 % add stratified draws of the validation images, 100 % is ``upper_bound``."""
+    rng = np.random.default_rng(args.seed + 7)
+    per_class = {c: [i for i, s in enumerate(fold["validation"]) if s["label"] == c] for c in range(k)}
+    per_class = {c: [idx[j] for j in rng.permutation(len(idx))] for c, idx in per_class.items()}
+    n_real = {c: int((real[1] == c).sum()) for c in range(k)}
+    variants = {}
+    for p in CURVE_PERCENT[1:-1]:
+        chosen = []
+        for c, idx in per_class.items():
+            total = n_real[c] + len(idx)
+            chosen += idx[: max(0, min(len(idx), round(p / 100 * total) - n_real[c]))]
+        variants[f"{p} % labels"] = _stack([fold["validation"][i] for i in sorted(chosen)]) if chosen else None
+    curve, _ = evaluate_training_sets("classification", real, test, k, variants, **common)
+    rows = [{**r, "method": f"{CURVE_PERCENT[0]} % labels"} for r in table.to_rows() if r["method"] == "real_only"]
+    rows += curve.to_rows()
+    rows += [{**r, "method": f"{CURVE_PERCENT[-1]} % labels"} for r in table.to_rows() if r["method"] == "upper_bound"]
+    sizes = {f"{CURVE_PERCENT[0]} % labels": len(fold["labelled"]),
+             f"{CURVE_PERCENT[-1]} % labels": len(fold["labelled"]) + len(fold["validation"]),
+             **{m: len(fold["labelled"]) + (0 if v is None else int(v[0].shape[0])) for m, v in variants.items()}}
+    return [{**r, "num_labels": sizes[r["method"]]} for r in rows]
 
 
 # ------------------------------------------------------------------------------------------------ the data set
