@@ -540,7 +540,8 @@ class SegmentationComparisonWriter:
         out = getattr(aug, "last_output", None)
         if out is None:
             return {}
-        return {"iterations": int(out.state.iterations), "identity_loss": float(out.state.final_loss)}
+        return {"iterations": int(out.state.iterations), "identity_loss": float(out.state.final_loss),
+                "identity_fraction": float(out.identity_fraction.float().mean())}
 
     def _view_diversity(self, index: int) -> dict[str, float]:
         """The views' diversity of batch item ``index`` from the TTGA inferer's last call (empty without it)."""
