@@ -21,7 +21,7 @@ Protocol (CPU sized, every choice fixed before the run; nothing is tuned on CHAS
   (512 px), normalised inside the field of view (1st / 99th percentile -> [0, 1], 0 outside;
   :func:`monai_genaug.data.fundus.load_fundus`). CHASE has no field-of-view files: the bright disk is estimated from
   the red channel. Masks are resized by area and > 0.5, and restricted to the field of view.
-- Training crops: ``--crop`` (64 px) windows drawn once, seeded, with their centre region at least half inside the
+- Training crops: ``--crop`` (48 px) windows drawn once, seeded, with their centre region at least half inside the
   field of view (:func:`~monai_genaug.data.fundus.random_fov_crops`): ``--crops_per_image`` per image for the
   segmenters and the diffusion model, ``--synth_masks`` crops of DRIVE training masks (at least 90 % inside the field
   of view) as synthesis conditions. Evaluation: the whole resized image at once (the UNet is fully convolutional; no
@@ -36,8 +36,9 @@ Protocol (CPU sized, every choice fixed before the run; nothing is tuned on CHAS
   fine-tuned on these synthetic pairs (spatial + the release's intensity augmentation). The generator uses the CHASE
   images of all children without labels (transductive adaptation, the usual unsupervised-adaptation setting).
 - **upper bound**: the same UNet trained from scratch on CHASE crops with the first observer's labels, child-grouped
-  ``--folds``-fold cross-validation (a child's two eyes are in one fold), so every child is scored by a model that
-  never saw it.
+  ``--folds``-fold cross-validation (default 2 folds of 5 children, for the CPU budget; a child's two eyes are in one
+  fold), so every child is scored by a model that never saw it (trained on half of the children, the upper bound is
+  a conservative one).
 - **human ceiling**: the second observer scored against the first (Dice, clDice), per child.
 
 Scores: Dice and clDice (soft-skeleton centreline Dice, :func:`monai_genaug.metrics.cl_dice`) of each eye against
@@ -47,7 +48,7 @@ against the hidden first-observer labels (argmax and calibrated threshold; never
 mask-fidelity check (the upper bound of fold 0 segments the synthetic images; its Dice against the conditioning masks
 next to its Dice on real held-out CHASE crops), the source segmenter on DRIVE's official test images.
 
-    python benchmarks/adaptdiff_fundus.py            # writes benchmarks/results/adaptdiff_fundus.json (~35 min of one core)
+    python benchmarks/adaptdiff_fundus.py            # writes benchmarks/results/adaptdiff_fundus.json
     python benchmarks/adaptdiff_fundus.py --quick    # a smoke run on a few small images
 
 Resumable: every trained network, the pseudo-labels and the synthetic pairs are kept in ``--work_dir`` (default
@@ -377,8 +378,9 @@ def run(args) -> dict:
         "secondary_metrics": ["cldice"],
         "gap": {"baseline": "source_only", "method": "adaptdiff", "ceiling": "upper_bound"},
         "diagnostics": diagnostics,
-        "budget": "about 35 min of one CPU core (the shared 2-core machine's per-developer budget: <= 60 min); "
-                  "the generator is trained once, the segmenters once per seed",
+        "budget": "planned for <= 60 min of one CPU core (the per-developer budget of a shared 2-core machine; "
+                  "timing.cpu_s is the measured CPU time): the generator is trained once, the segmenters, "
+                  "fine-tunes and upper bounds once per seed, with few iterations (settings)",
     }
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "out"}
     return {"table": table, "extra": extra, "settings": settings, "timing": timer.stop(),
