@@ -72,6 +72,9 @@ class Report:
     readme_rows: list[tuple[str, str, str]] = field(default_factory=list)  # (script, measured, result)
     bundle: dict[str, list[str]] = field(default_factory=dict)  # bundle name -> Markdown lines
     plots: list[Plot] = field(default_factory=list)
+    #: (file relative to the repository root, block name) -> Markdown lines written between
+    #: ``<!-- name:start -->`` and ``<!-- name:end -->`` of that file (the markers must exist there)
+    blocks: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def merge(self, other: Report) -> None:
         self.markdown.update(other.markdown)
@@ -79,6 +82,8 @@ class Report:
         for k, v in other.bundle.items():
             self.bundle.setdefault(k, []).extend(v)
         self.plots.extend(other.plots)
+        for k, v in other.blocks.items():
+            self.blocks.setdefault(k, []).extend(v)
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -449,70 +454,6 @@ def render_ctrl_genaug(files: Mapping[str, Mapping[str, Any]]) -> Report:
     return rep
 
 
-def render_histodiffusion(files: Mapping[str, Mapping[str, Any]]) -> Report:
-    rep = Report()
-    res = files["histodiffusion_lowlabel.json"]
-    st = res["settings"]
-    n_seeds = st["seeds"]
-    variants = ("real_only", "real+synthetic", "real+filtered", "real+filtered_clf")
-    lines = [
-        "# HistoDiffusion low-label benchmark", "",
-        f"`python benchmarks/histodiffusion_lowlabel.py{' --quick' if st.get('quick') else ''}` on {res['machine']}, "
-        f"{st['threads']} thread(s): {minutes(res['total_s'])} wall clock, {minutes(res['cpu_s'])} CPU (load average "
-        f"{res['load_average']}). Written before the evaluation protocol existed: downstream learner MONAI "
-        f"`Classifier` (16-32-64), the same number of iterations for every variant, mean ± std over {n_seeds} seeds, "
-        "no interval (the per-seed values were not stored). Unfiltered = a random subset of the generated samples "
-        "with the same per-class size as the filtered set.", "",
-    ]
-    rows, readme, labels, means = [], [], [], []
-    for name, r in res["datasets"].items():
-        d = r["downstream"]
-        cells = [mean_std(d["real_only"]["accuracy"], d["real_only"]["accuracy_std"])] + [
-            f"{mean_std(d[k]['accuracy'], d[k]['accuracy_std'])} (+{d[k]['num_synthetic']})" for k in variants[1:]]
-        bal = " / ".join(f3(d[k]["balanced_accuracy"]) for k in variants)
-        rows.append([name, f"{r['num_labelled']} / {r['num_test']}", *cells, bal])
-        readme.append(f"{name} " + " / ".join(f3(d[k]["accuracy"]) for k in variants[:3]))
-        for k in variants:
-            labels.append(f"{name}: {k}")
-            means.append(d[k]["accuracy"])
-    lines += table(["data", "labelled / test", "real only", "real + synthetic", "real + filtered (latent features)",
-                    "real + filtered (classifier features)", "balanced acc. (real / +syn / +filt / +filt clf)"], rows)
-    rows2 = []
-    for name, r in res["datasets"].items():
-        s = r["seconds_per_sample"]
-        a = " / ".join(f"{v:.2f}" for v in r["noisy_classifier_test_accuracy"].values())
-        t = " / ".join(r["noisy_classifier_test_accuracy"])
-        rows2.append([name, f"{s['guided']:.3f}", f"{s['unguided']:.3f}", f"{s['ratio']:.2f}", f"{a} (t = {t})",
-                      f3(r["synthetic"]["mean_target_probability"], 2),
-                      f3(r["synthetic"]["nearest_centroid_is_target"], 2),
-                      f"{list(r['synthetic']['kept_per_class'].values())} / "
-                      f"{list(r['synthetic']['kept_per_class_classifier_features'].values())}"])
-    lines += [""] + table(["data", "guided s / sample", "unguided s / sample", "ratio", "classifier accuracy",
-                           "p(target) of guided samples (guiding classifier: circular)", "nearest centroid = target",
-                           "kept per class (latent / classifier features)"], rows2)
-    lines += ["", "Data:", ""] + [f"- **{n}**: {r['description']}" for n, r in res["datasets"].items()]
-    lines += [
-        "", "Notes:", "",
-        "- p(target) is the guiding classifier's own probability of the intended class on its guided samples, a "
-        "circular score; `monai_genaug.evaluation.Oracle` (a model trained on all real labels) is the independent "
-        "check a rerun should report instead.",
-        "- The guided s / sample include the classifier's forward and backward pass at every step (the ratio is the "
-        "cost of guidance); unguided sampling uses the same sampler, steps and batch size.",
-        f"- Stored spread over seeds: the largest accuracy std in the table is "
-        f"{max(d2['accuracy_std'] for r in res['datasets'].values() for d2 in r['downstream'].values()):.3f}.",
-        "", f"Plot: `{_plot_name('histodiffusion')}`.", "",
-    ]
-    rep.markdown["histodiffusion.md"] = "\n".join(lines)
-    summary = "; ".join(readme) + f" ({n_seeds} seeds, no interval)"
-    rep.readme_rows.append(("`histodiffusion_lowlabel.py`", f"accuracy with {100 * st['labelled_fraction']:.0f} % "
-                            "labels: real only / + unfiltered synthetic / + centroid-filtered synthetic", summary))
-    rep.bundle["histodiffusion"] = ["Downstream accuracy, real only / + unfiltered / + filtered synthetic "
-                                    "([details](../../../benchmarks/results/histodiffusion.md)): " + summary + ".", ""]
-    rep.plots.append(Plot("histodiffusion", "HistoDiffusion: downstream accuracy (no interval)", "bars", "accuracy",
-                          labels, means))
-    return rep
-
-
 _TTGA_METHODS = ("baseline", "flip", "ttga_plain", "ttga")
 
 
@@ -723,20 +664,78 @@ def render_threads_busy(files: Mapping[str, Mapping[str, Any]]) -> Report:
                                                   f"{medians}.", ""])
     return rep
 
+def render_shipped_weights(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    """``benchmarks/shipped_weights.py``'s JSON: what the shipped weights do on the embedded phantoms, written into
+    README.md (the main job's wall time) and the bundles' docs (``shipped-weights`` blocks)."""
+    rep = Report()
+    r = files["shipped_weights.json"]
+    jobs = r.get("jobs", {})
+    src = "measured by `python benchmarks/shipped_weights.py`, one run, one torch thread"
+
+    def load(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    lines = ["# Shipped weights on the embedded phantoms", "",
+             f"Written by `{r.get('command')}` ({r.get('machine')}, torch {r.get('torch')}, {r.get('cpu_count')} "
+             "cores). One run per job on the bundles' phantoms with the shipped, phantom-trained weights: what a user "
+             "sees on a fresh clone, not a measure of the methods (see the other benchmarks).", ""]
+    rows = [[job, run["command"], f"{run['seconds']:.1f}", load(run.get("load_average_before"))]
+            for job, j in jobs.items() for run in j["runs"]]
+    lines += table(["job", "command", "wall s", "load average before"], rows) + [""]
+    if "ttga" in jobs:
+        run = jobs["ttga"]["runs"][0]
+        rep.blocks[("README.md", "main-job")] = [
+            f"The main job took {run['seconds']:.0f} s on this machine's last measurement (one torch thread, 1-minute "
+            f"load average {load(run.get('load_average_before'))} before it; {src.split(', ', 1)[0]}).", ""]
+        s = jobs["ttga"]["results"]["summary"]
+        text = (f"With the shipped weights on the {s['num_cases']} phantom test images ({src}): Dice of the fused "
+                f"prediction {f3(s['dice_ttga'])} with the detail transfer (the default)")
+        if "ttga_plain_views" in jobs:
+            text += f", {f3(jobs['ttga_plain_views']['results']['summary']['dice_ttga'])} with plain views " \
+                    "(`--detail_weight 0`)"
+        text += (f", {f3(s['dice_baseline'])} for the segmenter alone; error-estimation AUC {f3(s['error_auc_ttga'])}"
+                 f" (TTGA entropy) vs {f3(s['error_auc_baseline'])} (the segmenter's own entropy).")
+        rep.blocks[("bundles/ttga/docs/README.md", "shipped-weights")] = [text, ""]
+        lines += [f"TTGA: {text}", ""]
+    if "adaptdiff" in jobs:
+        a = jobs["adaptdiff"]["results"]
+        block = [f"Result of `evaluate.json` on the {a['source_only']['num_items']} target test phantoms (anatomies "
+                 f"never seen in training), {src}:", ""]
+        block += table(["segmenter", "mean Dice", "global Dice"],
+                       [["source-only (`models/source_segmenter.pt`)", f3(a["source_only"]["mean_dice"]),
+                         f3(a["source_only"]["global_dice"])],
+                        ["AdaptDiff (`models/model.pt`)", f3(a["adaptdiff"]["mean_dice"]),
+                         f3(a["adaptdiff"]["global_dice"])]]) + [""]
+        rep.blocks[("bundles/adaptdiff/docs/README.md", "shipped-weights")] = block
+        lines += ["AdaptDiff:", "", *block]
+    if "ctrl_genaug" in jobs:
+        c = jobs["ctrl_genaug"]["results"]
+        accs = "; ".join(f"{k.replace('_', ' ')} {f3(v['accuracy'])} [{f3(v['accuracy_low'])}, "
+                         f"{f3(v['accuracy_high'])}] ({len(v['seeds'])} seeds)" for k, v in c["downstream"].items())
+        text = (f"With the shipped weights on the default phantoms ({src}; {c['num_test_clips']} test clips): the "
+                f"filter kept {c['kept']} of {c['total']} generated clips; temporal consistency (100 x mean "
+                f"consecutive-frame cosine) {c['temporal_consistency_real']:.1f} for real clips vs "
+                f"{c['temporal_consistency_synthetic']:.1f} for generated ones; downstream accuracy: {accs}.")
+        rep.blocks[("bundles/ctrl_genaug/docs/README.md", "shipped-weights")] = [text, ""]
+        lines += [f"Ctrl-GenAug: {text}", ""]
+    rep.markdown["shipped_weights.md"] = "\n".join(lines)
+    return rep
+
+
 #: older result shapes: renderer, JSON files it reads (a file in the envelope shape is rendered on its own instead)
 LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable[[str], bool]]] = [
     (render_sampler, lambda n: n == "sampler_overhead.json"),
     (render_ttga, lambda n: n in ("ttga_quality.json", "ttga_speed.json")),
     (render_gms, lambda n: n in ("gms_quality.json", "gms_speed.json")),
-    (render_histodiffusion, lambda n: n == "histodiffusion_lowlabel.json"),
     (render_adaptdiff, lambda n: n.startswith("adaptdiff_")),
     (render_ctrl_genaug, lambda n: n == "ctrl_genaug.json"),
     (render_device_check, lambda n: n == "device_check.json"),
     (render_hostile_inputs, lambda n: n == "hostile_inputs.json"),
     (render_threads_busy, lambda n: n == "threads_busy.json"),
+    (render_shipped_weights, lambda n: n == "shipped_weights.json"),
 ]
 #: renderers of shapes that are not benchmarks of a method (no "before the evaluation protocol" label)
-NOT_METHOD_BENCHMARKS = {render_device_check, render_hostile_inputs, render_threads_busy}
+NOT_METHOD_BENCHMARKS = {render_device_check, render_hostile_inputs, render_threads_busy, render_shipped_weights}
 
 
 def render_results(results_dir: str | Path) -> Report:
@@ -838,7 +837,22 @@ def _outputs(results_dir: Path, readme: Path | None, bundles: Path | None) -> tu
             doc = bundles / name / "docs" / "README.md"
             if doc.is_file():
                 outputs[doc] = update_block(doc.read_text(), bundle_block(lines), BUNDLE_MARKERS, "## Performance")
+    for (target, name), lines in report.blocks.items():
+        first, _, rest = target.partition("/")
+        doc = readme if target == "README.md" else (bundles / rest if first == "bundles" and bundles else None)
+        if doc is None or not doc.is_file():
+            continue
+        text = outputs.get(doc, doc.read_text())
+        markers = (f"<!-- {name}:start -->", f"<!-- {name}:end -->")
+        outputs[doc] = update_block(text, "\n".join(lines), markers)
     return outputs, report
+
+
+def orphaned_outputs(results_dir: Path, outputs: Mapping[Path, str], report: Report) -> list[Path]:
+    """Generated-looking files of ``results_dir`` (``*.md``, ``plots/*.png``) that no JSON gives any more."""
+    expected = {p.resolve() for p in outputs} | {(results_dir / _plot_name(p.name)).resolve() for p in report.plots}
+    found = [*results_dir.glob("*.md"), *results_dir.glob("plots/*.png")]
+    return sorted(p for p in found if p.resolve() not in expected)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -856,14 +870,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundles = Path(args.bundles) if args.bundles else repo / "bundles"
     outputs, report = _outputs(results_dir, readme if args.readme != "none" and readme.is_file() else None,
                                bundles if args.bundles != "none" and bundles.is_dir() else None)
+    orphans = orphaned_outputs(results_dir, outputs, report)
     if args.check:
         stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
         for p in stale:
             print(f"stale: {p} differs from what the JSON gives; run python -m monai_genaug.evaluation.report "
                   f"{args.results_dir}", file=sys.stderr)
-        if not stale:
+        for p in orphans:
+            print(f"orphan: {p} comes from no JSON (its JSON was removed); run python -m "
+                  f"monai_genaug.evaluation.report {args.results_dir} to delete it", file=sys.stderr)
+        if not stale and not orphans:
             print(f"{len(outputs)} files match the JSON results.")
-        return 1 if stale else 0
+        return 1 if stale or orphans else 0
+    for path in orphans:
+        path.unlink()
+        print(f"deleted {path} (no JSON gives it)")
     for path, text in outputs.items():
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)

@@ -53,6 +53,7 @@ from monai_genaug.utils.io import atomic_write, atomic_write_bytes, atomic_write
 from monai_genaug.metrics.cases import case_metrics, flip_tta_probabilities
 from monai_genaug.transforms.validation import source_name
 from monai_genaug.metrics.uncertainty import uncertainty_maps
+from monai_genaug.metrics.view_diversity import DIVERSITY_KEYS
 from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.utils.images import save_image_grid
 
@@ -526,12 +527,19 @@ class SegmentationComparisonWriter:
             return {}
         return {"iterations": int(out.state.iterations), "identity_loss": float(out.state.final_loss)}
 
+    def _view_diversity(self, index: int) -> dict[str, float]:
+        """The views' diversity of batch item ``index`` from the TTGA inferer's last call (empty without it)."""
+        last = getattr(self.inferer, "last_output", None) or {}
+        return {k: float(last[k][index]) for k in (*DIVERSITY_KEYS, "segmenter_calls")
+                if k in last and last[k].ndim == 1 and index < last[k].shape[0]}
+
     def __call__(self, engine) -> None:
         items = engine_items(engine)
         seconds = (time.perf_counter() - self._t0) / max(len(items), 1)
         diag = self._diagnostics()
-        for item in items:
-            row: dict[str, Any] = {"id": case_id(item, len(self.rows)), "seconds": round(seconds, 3), **diag}
+        for index, item in enumerate(items):
+            row: dict[str, Any] = {"id": case_id(item, len(self.rows)), "seconds": round(seconds, 3), **diag,
+                                   **self._view_diversity(index)}
             label = item.get(self.label_key)
             if label is not None and self.pred_key in item:
                 ttga = case_metrics(item[self.pred_key], label, self.num_classes, item.get(self.uncertainty_key))

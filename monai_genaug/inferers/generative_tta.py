@@ -32,11 +32,20 @@ What ``__call__`` returns (``output``):
 - ``"dict"``: ``{"pred", "entropy", "expected_entropy", "mutual_information", "variance", "views"}`` for Python use.
 
 If ``inputs`` is a ``MetaTensor`` the returned tensor carries its meta data (affine...), as ``SimpleInferer`` does.
+
+Views x flips (``flip_axes``): the generated views and flips are complementary augmentations (appearance vs
+geometry), so every member of the stack (the image and its views) can also be segmented flipped along each given set
+of spatial axes and flipped back; the ensemble then has ``(N + 1) x (1 + len(flip_axes))`` members for the cost of
+that many segmenter calls (the generation is unchanged). ``last_output["segmenter_calls"]`` counts them.
+
+With the original image in the ensemble, :attr:`GenerativeTTAInferer.last_output` also holds, per image, the views'
+diversity (:func:`~monai_genaug.metrics.view_diversity.view_diversity`: MAE / SSIM to the image, agreement of the
+predictions), so an ensemble of views that equal the input shows as such next to the Dice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -46,6 +55,7 @@ from monai.utils import convert_to_dst_type
 
 from monai_genaug.generative.protocols import ViewGenerator
 from monai_genaug.metrics.uncertainty import uncertainty_maps
+from monai_genaug.metrics.view_diversity import DIVERSITY_KEYS, view_diversity
 
 __all__ = ["CONCAT_UNCERTAINTY", "GenerativeTTAInferer"]
 
@@ -74,6 +84,8 @@ class GenerativeTTAInferer(Inferer):
         keep_views: keep the generated views in :attr:`last_output` (for visualisation).
         seed: if given, every call re-seeds the view generator with ``seed`` so the output is a deterministic
             function of the input; ``None`` uses the augmenter's running generator.
+        flip_axes: views x flips: sets of spatial axes (0-based, e.g. ``[[0], [1], [0, 1]]`` in 2D) along which every
+            ensemble member is also segmented flipped (and flipped back); ``None``: no flips.
 
     Example::
 
@@ -95,6 +107,7 @@ class GenerativeTTAInferer(Inferer):
         view_batch_size: int | None = None,
         keep_views: bool = True,
         seed: int | None = None,
+        flip_axes: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(augmenter, ViewGenerator):
@@ -121,7 +134,32 @@ class GenerativeTTAInferer(Inferer):
         self.view_batch_size = view_batch_size
         self.keep_views = bool(keep_views)
         self.seed = seed
+        self.flip_axes = self._check_flip_axes(flip_axes, augmenter)
         self.last_output: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def _check_flip_axes(flip_axes: Sequence[Sequence[int]] | None, augmenter: Any) -> list[tuple[int, ...]]:
+        if not flip_axes:
+            return []
+        sd = getattr(getattr(augmenter, "generator", None), "spatial_dims", None)
+        out = []
+        for axes in flip_axes:
+            axes = (int(axes),) if isinstance(axes, int) else tuple(int(a) for a in axes)
+            if not axes or len(set(axes)) != len(axes) or min(axes) < 0 or (sd is not None and max(axes) >= sd):
+                raise ValueError(
+                    f"flip_axes must be a list of non-empty sets of distinct spatial axes in [0, {sd or 'spatial_dims'}"
+                    f"), e.g. [[0], [1], [0, 1]] in 2D; got {list(flip_axes)}."
+                )
+            out.append(axes)
+        return out
+
+    def _segment_with_flips(self, stack: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Probabilities of ``stack`` (K, ...) and of its flips, flipped back: (K * (1 + len(flip_axes)), C, ...)."""
+        probs = [self._activate(self._segment(stack, network, *args, **kwargs))]
+        for axes in self.flip_axes:
+            dims = [a + 2 for a in axes]
+            probs.append(self._activate(self._segment(stack.flip(dims), network, *args, **kwargs)).flip(dims))
+        return torch.cat(probs, dim=0)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.activation == "softmax":
@@ -167,13 +205,18 @@ class GenerativeTTAInferer(Inferer):
         for image in plain:
             views = self.augmenter(image, num_views=self.num_views, rng=rng)
             stack = torch.cat([image[None].to(views), views], dim=0) if self.include_original else views
-            probs = self._activate(self._segment(stack, network, *args, **kwargs))
+            probs = self._segment_with_flips(stack, network, *args, **kwargs)
             maps = uncertainty_maps(
                 probs, sample_dim=0, channel_dim=1, binary=self.binary, normalize=self.normalize_uncertainty
             )
             maps["pred"] = maps.pop("mean")
             if self.include_original:  # the segmenter alone on the unaugmented image, already computed
                 maps["original"] = probs[0]
+                binary = bool(self.binary) if self.binary is not None else probs.shape[1] == 1
+                k = stack.shape[0]
+                diversity = view_diversity(image.to(views), views, probs[1:k], probs[0], binary=binary)
+                maps.update({key: torch.tensor(diversity[key]) for key in DIVERSITY_KEYS})
+            maps["segmenter_calls"] = torch.tensor(probs.shape[0])
             if self.keep_views or self.output == "dict":
                 maps["views"] = views
             for k, v in maps.items():

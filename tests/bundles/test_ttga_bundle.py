@@ -127,6 +127,9 @@ def test_inference_2d_default_with_mlflow(tmp_path):
     assert len(rows) == 1 and {"dice_ttga", "dice_baseline", "hd95_ttga", "error_auc_ttga"} <= set(rows[0])
     cid = rows[0]["id"]
     assert 0.0 <= float(rows[0]["dice_ttga"]) <= 1.0 and int(rows[0]["iterations"]) <= 2
+    # the views' diversity sits next to the Dice (a run whose views equal the input would show SSIM 1, agreement 1)
+    assert 0.0 < float(rows[0]["view_mae"]) and 0.0 < float(rows[0]["view_ssim"]) < 1.0
+    assert 0.0 <= float(rows[0]["view_agreement"]) <= 1.0 and int(rows[0]["segmenter_calls"]) >= 2
     label = np.array(Image.open(out / f"{cid}_label.png"))
     src = np.array(Image.open(next((tmp_path / "phantoms").glob("*/images")) / f"{cid}.png"))
     assert label.shape == src.shape[:2] and set(np.unique(label)) <= {0, 255}

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from monai_genaug.generative.ddim import alpha_bar
+from monai_genaug.generative.ddim import alpha_bar, timestep_for_alpha_bar
 from monai_genaug.generative.inversion import ddim_jump
 from monai_genaug.generative.latent_generator import LatentGenerator, generator_config
 from monai_genaug.methods.ttga import TTGAAugmenter, ttga_legacy_scheduler
@@ -198,6 +198,25 @@ def test_tau_fraction_and_legacy_schedule(gen2d, image):
     assert not torch.allclose(old.prepare(image).x_tau, new.prepare(image).x_tau)
     with pytest.raises(ValueError, match="legacy_schedule"):
         TTGAAugmenter(gen2d, legacy_schedule=True, scheduler=legacy)
+
+
+def test_noise_level_by_alpha_bar_means_the_same_on_every_schedule(gen2d):
+    """tau_alpha_bar picks the step whose alpha-bar is nearest: 300 on TTGA's own table, another index on the
+    generator's schedule, the same noise level on both."""
+    legacy = TTGAAugmenter(gen2d, legacy_schedule=True, tau_alpha_bar=0.737, num_views=1, **FAST)
+    assert legacy.tau == pytest.approx(300, abs=2)
+    own = TTGAAugmenter(gen2d, tau_alpha_bar=0.737, num_views=1, **FAST)
+    assert own.tau != legacy.tau
+    for aug in (legacy, own):
+        bars = aug.scheduler.alphas_cumprod
+        assert alpha_bar(aug.scheduler, aug.tau) == pytest.approx(0.737, abs=float(bars[1] - bars[2]) + 5e-3)
+        assert aug.config()["tau_alpha_bar"] == 0.737
+    assert timestep_for_alpha_bar(own.scheduler, 0.999999) == 1  # nearly clean: the first step
+    assert TTGAAugmenter(gen2d, num_views=1, **FAST).tau == 300  # neither given: the paper's index
+    with pytest.raises(ValueError, match="not both"):
+        TTGAAugmenter(gen2d, tau=300, tau_alpha_bar=0.74, **FAST)
+    with pytest.raises(ValueError, match="alpha-bar"):
+        TTGAAugmenter(gen2d, tau_alpha_bar=1.5, **FAST)
 
 
 def test_raw_context_generator_and_flash_attention_maps(image):

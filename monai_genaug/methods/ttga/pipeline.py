@@ -70,7 +70,7 @@ from monai.networks.blocks import CrossAttentionBlock
 from monai.networks.schedulers import DDPMScheduler
 from tqdm.auto import tqdm
 
-from monai_genaug.generative.ddim import alpha_bar, prediction_type_of
+from monai_genaug.generative.ddim import alpha_bar, prediction_type_of, timestep_for_alpha_bar
 from monai_genaug.generative.guidance import MultiConditionGuidance
 from monai_genaug.generative.inversion import ddim_invert, ddim_jump, predict_epsilon
 from monai_genaug.generative.latent_generator import LatentGenerator
@@ -262,7 +262,11 @@ class TTGAAugmenter:
         null_context: the unconditional context (L, D) / (1, L, D) for the null branch and the identity
             initialisation; ``None`` uses the generator's null prompt (zeros for raw-context generators).
         num_views: N, views per call (TTGA: 10; demo: 5).
-        tau: the designated timestep: an int index on the schedule, or a float in (0, 1) as a fraction of T.
+        tau: the designated timestep: an int index on the schedule, or a float in (0, 1) as a fraction of T
+            (default 300 when ``tau_alpha_bar`` is not given either).
+        tau_alpha_bar: the designated noise level as a cumulative alpha in (0, 1) instead of an index: tau is the
+            timestep of the (possibly overriding) schedule nearest to it. TTGA's original code inverts to about 0.74
+            (index 300 on its own table); index 300 of a scaled-linear schedule is 0.41. Excludes ``tau``.
         inversion_stride: DDIM inversion stride ``Δf`` (spec: 10; the demo uses 100).
         denoising_stride: denoising stride ``Δd``; path ``tau, tau - Δd, ..., 0`` (100 gives 3 steps at tau 300).
         guidance_scale: g, CFG scale between identity and prompt (optimisation and ``eps_id``).
@@ -312,7 +316,8 @@ class TTGAAugmenter:
         prompt: int | torch.Tensor | None = 0,
         null_context: torch.Tensor | None = None,
         num_views: int = 10,
-        tau: int | float = 300,
+        tau: int | float | None = None,
+        tau_alpha_bar: float | None = None,
         inversion_stride: int = 10,
         denoising_stride: int = 100,
         guidance_scale: float = 2.0,
@@ -389,7 +394,14 @@ class TTGAAugmenter:
         # handed to the inversion, the jumps and the sampler (the generator keeps its training schedule)
         self._scheduler = scheduler if scheduler is not None else generator.scheduler
         self.num_train_timesteps = int(self._scheduler.num_train_timesteps)
-        self.tau = self._resolve_tau(tau)
+        if tau is not None and tau_alpha_bar is not None:
+            raise ValueError(
+                f"give tau ({tau}) or tau_alpha_bar ({tau_alpha_bar}), not both; in a bundle set the other to null."
+            )
+        if tau_alpha_bar is not None:
+            tau = timestep_for_alpha_bar(self._scheduler, tau_alpha_bar)
+        self.tau = self._resolve_tau(300 if tau is None else tau)
+        self.tau_alpha_bar = tau_alpha_bar
         self.prompt = prompt
         self.null_context_override = null_context
         self.num_views = int(num_views)
@@ -900,7 +912,7 @@ class TTGAAugmenter:
             "max_iterations": self.max_iterations, "early_stop_loss": self.early_stop_loss,
             "early_stop_tau_factor": self.early_stop_tau_factor, "legacy_schedule": self.legacy_schedule,
             "num_views": self.num_views, "attention_factor": self.attention_factor,
-            "alpha_bar_tau": alpha_bar(self.scheduler, self.tau),
+            "alpha_bar_tau": alpha_bar(self.scheduler, self.tau), "tau_alpha_bar": self.tau_alpha_bar,
         }
 
 
