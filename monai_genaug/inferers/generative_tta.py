@@ -49,13 +49,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import convert_to_dst_type
 
 from monai_genaug.generative.protocols import ViewGenerator
 from monai_genaug.metrics.uncertainty import uncertainty_maps
-from monai_genaug.metrics.view_diversity import DIVERSITY_KEYS, view_diversity
+from monai_genaug.metrics.view_diversity import DIVERSITY_KEYS, hard_prediction, view_diversity
 
 __all__ = ["CONCAT_UNCERTAINTY", "GenerativeTTAInferer"]
 
@@ -84,6 +85,12 @@ class GenerativeTTAInferer(Inferer):
         keep_views: keep the generated views in :attr:`last_output` (for visualisation).
         seed: if given, every call re-seeds the view generator with ``seed`` so the output is a deterministic
             function of the input; ``None`` uses the augmenter's running generator.
+        identity_dilation: take the identity region of the views from the segmenter itself instead of the generator's
+            cross-attention: its foreground on the image (argmax > 0, or > 0.5 per channel for sigmoid outputs),
+            united with its uncertain pixels (``identity_uncertainty``), dilated by this many pixels; the image is kept
+            there and augmented elsewhere. ``None``: the augmenter's own mask. Costs one more segmenter call.
+        identity_uncertainty: with ``identity_dilation``, pixels whose normalised predictive entropy exceeds this
+            value also join the identity region (``None``: foreground only).
         flip_axes: views x flips: sets of spatial axes (0-based, e.g. ``[[0], [1], [0, 1]]`` in 2D) along which every
             ensemble member is also segmented flipped (and flipped back); ``None``: no flips.
 
@@ -108,6 +115,8 @@ class GenerativeTTAInferer(Inferer):
         keep_views: bool = True,
         seed: int | None = None,
         flip_axes: Sequence[Sequence[int]] | None = None,
+        identity_dilation: int | None = None,
+        identity_uncertainty: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(augmenter, ViewGenerator):
@@ -135,6 +144,14 @@ class GenerativeTTAInferer(Inferer):
         self.keep_views = bool(keep_views)
         self.seed = seed
         self.flip_axes = self._check_flip_axes(flip_axes, augmenter)
+        if identity_dilation is not None and int(identity_dilation) < 0:
+            raise ValueError(f"identity_dilation is a radius in pixels (>= 0) or None, got {identity_dilation}.")
+        if identity_uncertainty is not None and not 0.0 <= float(identity_uncertainty) <= 1.0:
+            raise ValueError(f"identity_uncertainty is a normalised entropy in [0, 1], got {identity_uncertainty}.")
+        if identity_uncertainty is not None and identity_dilation is None:
+            raise ValueError("identity_uncertainty only acts with identity_dilation (set it, e.g. 0).")
+        self.identity_dilation = None if identity_dilation is None else int(identity_dilation)
+        self.identity_uncertainty = None if identity_uncertainty is None else float(identity_uncertainty)
         self.last_output: dict[str, torch.Tensor] | None = None
 
     @staticmethod
@@ -152,6 +169,21 @@ class GenerativeTTAInferer(Inferer):
                 )
             out.append(axes)
         return out
+
+    def _identity_region(self, image: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The segmenter's dilated foreground (and uncertain pixels) on one image (C, *spatial) -> (1, *spatial)."""
+        probs = self._activate(self._segment(image[None], network, *args, **kwargs))
+        binary = bool(self.binary) if self.binary is not None else probs.shape[1] == 1
+        fg = hard_prediction(probs, binary)
+        fg = (fg.any(dim=1, keepdim=True) if binary else fg > 0).float()
+        if self.identity_uncertainty is not None:
+            entropy = uncertainty_maps(probs[:, None], sample_dim=1, channel_dim=2, binary=binary, normalize=True)
+            fg = torch.maximum(fg, (entropy["entropy"].reshape(fg.shape) > self.identity_uncertainty).float())
+        r = self.identity_dilation or 0
+        if r:
+            pool = F.max_pool2d if fg.ndim == 4 else F.max_pool3d
+            fg = pool(fg, kernel_size=2 * r + 1, stride=1, padding=r)
+        return fg[0]
 
     def _segment_with_flips(self, stack: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Probabilities of ``stack`` (K, ...) and of its flips, flipped back: (K * (1 + len(flip_axes)), C, ...)."""
@@ -203,7 +235,10 @@ class GenerativeTTAInferer(Inferer):
         rng = torch.Generator().manual_seed(int(self.seed)) if self.seed is not None else None
         results: dict[str, list[torch.Tensor]] = {}
         for image in plain:
-            views = self.augmenter(image, num_views=self.num_views, rng=rng)
+            extra = {}
+            if self.identity_dilation is not None:
+                extra["identity_region"] = self._identity_region(image, network, *args, **kwargs)
+            views = self.augmenter(image, num_views=self.num_views, rng=rng, **extra)
             stack = torch.cat([image[None].to(views), views], dim=0) if self.include_original else views
             probs = self._segment_with_flips(stack, network, *args, **kwargs)
             maps = uncertainty_maps(
@@ -216,7 +251,7 @@ class GenerativeTTAInferer(Inferer):
                 k = stack.shape[0]
                 diversity = view_diversity(image.to(views), views, probs[1:k], probs[0], binary=binary)
                 maps.update({key: torch.tensor(diversity[key]) for key in DIVERSITY_KEYS})
-            maps["segmenter_calls"] = torch.tensor(probs.shape[0])
+            maps["segmenter_calls"] = torch.tensor(probs.shape[0] + (1 if extra else 0))
             if self.keep_views or self.output == "dict":
                 maps["views"] = views
             for k, v in maps.items():

@@ -164,3 +164,32 @@ def test_view_diversity_is_reported_per_image(aug2d):
     assert torch.allclose(last["view_mae"][1], (views[1] - x[1]).abs().mean(), atol=1e-5)
     assert float(last["view_mae"].min()) > 0 and float(last["view_ssim"].max()) < 1.0
     assert 0.0 <= float(last["view_agreement"].min()) <= float(last["view_agreement"].max()) <= 1.0
+
+
+def test_identity_region_from_the_segmenter_sets_the_kept_area(aug2d):
+    """identity_dilation: the segmenter's dilated foreground becomes the views' identity region; a larger dilation
+    keeps more of the image, and the views equal the identity reconstruction where the region covers everything."""
+    net = _segmenter(2)
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    fractions = []
+    for r in (0, 2):
+        inferer = GenerativeTTAInferer(aug2d, activation="softmax", seed=2, identity_dilation=r)
+        with torch.no_grad():
+            inferer(x, net)
+            region = inferer._identity_region(x[0], net)
+        out = aug2d.last_output
+        assert region.shape == (1, 16, 16) and set(region.unique().tolist()) <= {0.0, 1.0}
+        fractions.append(float(out.identity_fraction.mean()))
+        assert int(inferer.last_output["segmenter_calls"][0]) == 4 + 1
+    assert fractions[1] >= fractions[0]
+    half = torch.zeros(16, 16)
+    half[:, :8] = 1
+    with torch.no_grad():
+        out = aug2d.generate(x[0], num_views=2, identity_region=half)
+    assert 0.0 < float(out.identity_fraction.mean()) < 1.0
+    with pytest.raises(ValueError, match="identity_region must have"):
+        aug2d.generate(x[0], num_views=1, identity_region=torch.ones(8, 8))
+    with pytest.raises(ValueError, match="identity_dilation"):
+        GenerativeTTAInferer(aug2d, identity_dilation=-1)
+    with pytest.raises(ValueError, match="only acts with identity_dilation"):
+        GenerativeTTAInferer(aug2d, identity_uncertainty=0.5)

@@ -315,3 +315,18 @@ def test_works_inside_inference_mode(gen2d, image):
         out = aug.generate(image)
     assert out.views.shape == (2, 3, 16, 16) and out.state.final_loss < out.state.initial_loss
     assert aug(image).shape == (2, 3, 16, 16)  # cached inference tensors are usable outside inference mode
+
+
+def test_identity_region_replaces_the_attention_mask(gen2d, image):
+    """A given identity region is the mask: all-ones keeps the identity path everywhere (views = reconstruction),
+    all-zeros nowhere, and lambda_i no longer moves it."""
+    aug = TTGAAugmenter(gen2d, num_views=2, mask_scheme="attention", **FAST)
+    spatial = image.shape[1:]
+    with torch.no_grad():
+        kept = aug.generate(image, identity_region=torch.ones(spatial))
+        recon = aug.reconstruct(image)
+        free = aug.generate(image, identity_region=torch.zeros(spatial), lambda_i=3.0)
+    assert float(kept.identity_fraction.min()) == 1.0 and float(free.identity_fraction.max()) == 0.0
+    assert torch.allclose(kept.views, recon.expand_as(kept.views), atol=1e-4)
+    with pytest.raises(ValueError, match="mask_scheme='none'"):
+        TTGAAugmenter(gen2d, num_views=1, mask_scheme="none", **FAST).generate(image, identity_region=torch.ones(spatial))

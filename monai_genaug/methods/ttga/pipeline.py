@@ -791,6 +791,32 @@ class TTGAAugmenter:
             m = m + w * a
         return (m >= 0).float()
 
+    def _region_to_latent(
+        self, region: torch.Tensor, geometry: _Geometry, latent_spatial: Sequence[int], n: int
+    ) -> torch.Tensor:
+        """An identity region given in image space ((1, *spatial) or (*spatial), 1 = keep) on the latent grid:
+        resized and padded like the image (padding is augmented), then a latent cell is identity when any of its
+        pixels is (adaptive max pooling), (n, 1, *latent_spatial)."""
+        r = region.as_tensor() if hasattr(region, "as_tensor") else torch.as_tensor(region)
+        r = r.to(self.device, torch.float32)
+        if r.ndim == len(geometry.spatial_shape) + 1 and r.shape[0] == 1:
+            r = r[0]
+        if tuple(r.shape) != tuple(geometry.spatial_shape):
+            raise ValueError(
+                f"identity_region must have the image's spatial shape {tuple(geometry.spatial_shape)} (optionally with "
+                f"one leading channel), got {tuple(region.shape)}."
+            )
+        r = (r > 0.5).float()[None, None]
+        if geometry.resized_shape != geometry.spatial_shape:
+            r = F.interpolate(r, size=geometry.resized_shape, mode="nearest")
+        flat: list[int] = []
+        for before, after in reversed(geometry.pad):
+            flat += [before, after]
+        if any(flat):
+            r = F.pad(r, flat, value=0.0)
+        pool = F.adaptive_max_pool2d if len(latent_spatial) == 2 else F.adaptive_max_pool3d
+        return pool(r, tuple(latent_spatial)).expand(n, 1, *latent_spatial).contiguous()
+
     def _query_length(self, latent_spatial: Sequence[int]) -> int | None:
         if self.attention_factor is None:
             return None
@@ -811,6 +837,7 @@ class TTGAAugmenter:
         image_id: str | None = None,
         lambda_i: float | Sequence[float] | torch.Tensor | None = None,
         prompt: int | torch.Tensor | None = None,
+        identity_region: torch.Tensor | None = None,
     ) -> TTGAOutput:
         """Generate ``num_views`` views of one image (C, *spatial) in one batch, with diagnostics.
 
@@ -821,6 +848,10 @@ class TTGAAugmenter:
             image_id: cache key (default: hash of the image).
             lambda_i: override the identity weight (float or one value per view).
             prompt: override the prompt.
+            identity_region: an identity region in image space ((1, *spatial) or (*spatial), 1 = keep the image there)
+                that replaces the cross-attention mask, e.g. the frozen segmenter's dilated foreground (see
+                :class:`~monai_genaug.inferers.generative_tta.GenerativeTTAInferer` ``identity_dilation``); the
+                ``bernoulli`` / ``hybrid`` flips still apply on top. Not with ``mask_scheme="none"``.
         """
         n = self.num_views if num_views is None else int(num_views)
         if n < 1:
@@ -841,7 +872,12 @@ class TTGAAugmenter:
         x_tau = state.x_tau.expand(n, *state.x_tau.shape[1:]).contiguous()
         eps_id = state.eps_id.expand_as(x_tau)
         path = self.timesteps()
-        use_attention = self.mask_scheme in ("attention", "hybrid")
+        region = None
+        if identity_region is not None:
+            if self.mask_scheme == "none":
+                raise ValueError("identity_region needs an identity path; mask_scheme='none' has none.")
+            region = self._region_to_latent(identity_region, state.geometry, latent_spatial, n)
+        use_attention = self.mask_scheme in ("attention", "hybrid") and region is None
         use_flips = self.mask_scheme in ("bernoulli", "hybrid") and self.drop_p > 0
         u1 = u2 = None
         if use_flips:
@@ -855,7 +891,9 @@ class TTGAAugmenter:
         def merge(step: SamplerStep) -> torch.Tensor | None:
             if self.mask_scheme == "none":
                 return None
-            if use_attention:
+            if region is not None:
+                mask = region.to(step.x_next.device)
+            elif use_attention:
                 mask = self._attention_mask(recorder.take(), guidance.weights, n, latent_spatial, recorder.seen)
             else:
                 mask = torch.ones((n, 1, *latent_spatial), device=step.x_next.device)
@@ -898,9 +936,12 @@ class TTGAAugmenter:
         rng: torch.Generator | None = None,
         image_id: str | None = None,
         lambda_i: float | Sequence[float] | torch.Tensor | None = None,
+        identity_region: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The views (N, C, *spatial) of one image; see :meth:`generate`."""
-        return self.generate(image, num_views=num_views, rng=rng, image_id=image_id, lambda_i=lambda_i).views
+        return self.generate(
+            image, num_views=num_views, rng=rng, image_id=image_id, lambda_i=lambda_i, identity_region=identity_region
+        ).views
 
     def config(self) -> Mapping[str, Any]:
         """The TTGA hyper-parameters (JSON-like), e.g. for logging."""
