@@ -116,6 +116,12 @@ def child_scores(pred: torch.Tensor, truth: torch.Tensor, groups: list[str], ite
     return {g: {k: float(np.mean(v)) for k, v in acc.items()} for g, acc in out.items()}
 
 
+def contrast(images: torch.Tensor, masks: torch.Tensor, region: torch.Tensor) -> float:
+    """Mean intensity inside minus outside ``masks`` within ``region`` (vessels darker than background: negative)."""
+    m, r = masks.bool(), region.bool()
+    return float(images[m & r].mean() - images[~m & r].mean())
+
+
 def child_folds(children: list[str], folds: int, seed: int = 0) -> list[list[str]]:
     """Children split into ``folds`` groups (seeded permutation, near-equal sizes)."""
     perm = [children[i] for i in np.random.default_rng(seed).permutation(len(children))]
@@ -194,9 +200,14 @@ def run(args) -> dict:
                             sum(int(it["fov"].sum()) for it in drive_train))
     table = ResultsTable()
 
+    predicted: dict[str, list[float]] = {}  # vessel pixels predicted, and FOV pixels, per method
+
     def score(name: str, network: torch.nn.Module, seed: int, idx: list[int] | None = None) -> dict[str, dict]:
         idx = list(range(len(chase))) if idx is None else idx
         pred = segment(network, c_img[idx], c_fov[idx])
+        acc = predicted.setdefault(name, [0.0, 0.0])
+        acc[0] += float(pred.sum())
+        acc[1] += float(c_fov[idx].sum())
         res = child_scores(pred, c_lab[idx], [groups[i] for i in idx], iters)
         for child, m in res.items():
             for metric, value in m.items():
@@ -355,6 +366,13 @@ def run(args) -> dict:
         "mask fidelity: upper bound (fold 0) Dice on synthetic images vs conditioning masks": round(
             float(np.mean(fid)), 4),
         "mask fidelity reference: the same model on real held-out CHASE crops": round(float(np.mean(real)), 4),
+        "mask contrast (mean inside - outside the mask) DRIVE real / CHASE real / synthetic": " / ".join(
+            f"{contrast(i, m, f):+.3f}" for i, m, f in (
+                (stack(drive_train, "image"), stack(drive_train, "label"), stack(drive_train, "fov")),
+                (c_img, c_lab, c_fov), (synth.images, synth.labels, torch.ones_like(synth.labels, dtype=torch.bool)))),
+        "predicted vessel fraction of the FOV per method (true: first observer)": ", ".join(
+            [f"{k} {v[0] / max(v[1], 1.0):.4f}" for k, v in predicted.items()]
+            + [f"true {float(c_lab.sum() / c_fov.sum()):.4f}"]),
         "images DRIVE train / DRIVE test / CHASE (children)": f"{len(drive_train)} / {len(drive_test)} / "
                                                                f"{len(chase)} ({len(children)})",
         "training crops source / synthetic pairs": f"{len(source_crops)} / {len(synth.items())}",

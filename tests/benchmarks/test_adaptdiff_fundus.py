@@ -20,6 +20,15 @@ import adaptdiff_fundus  # noqa: E402
 DATA = shared_data_dir()
 
 
+def test_contrast_of_dark_vessels_is_negative():
+    images = torch.full((1, 1, 4, 4), 0.8)
+    masks = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    masks[..., 1, :] = 1
+    images[masks.bool()] = 0.2
+    region = torch.ones_like(masks, dtype=torch.bool)
+    assert adaptdiff_fundus.contrast(images, masks, region) == pytest.approx(-0.6)
+
+
 def test_child_folds_and_scores():
     folds = adaptdiff_fundus.child_folds([f"c{i}" for i in range(10)], 3, seed=0)
     assert sorted(c for f in folds for c in f) == sorted(f"c{i}" for i in range(10)) and [len(f) for f in folds] == [4, 3, 3]
@@ -48,6 +57,8 @@ def test_quick_run_writes_the_envelope_and_resumes(tmp_path):
     diag = obj["extra"]["diagnostics"]
     assert "pseudo-label Dice vs hidden CHASE labels, area-matched" in diag
     assert any(k.startswith("mask fidelity") for k in diag)
+    fractions = diag["predicted vessel fraction of the FOV per method (true: first observer)"]
+    assert all(name in fractions for name in ("source_only", "adaptdiff", "upper_bound", "true"))
     cached = {p.name for p in (tmp_path / "work").glob("*/*.pt")}
     assert {"generator.pt", "pseudo.pt", "synthetic.pt", "source_0.pt", "adapted_1.pt", "upper_1_1.pt"} <= cached
     again = read_results(adaptdiff_fundus.main(args))  # every stage from the work folder: the same scores
