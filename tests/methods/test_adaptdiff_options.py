@@ -146,7 +146,7 @@ def test_source_and_target_dirs_keep_a_childs_eyes_together(tmp_path):
         adaptdiff_data_dir(None, tmp_path / "ph", source_dir=tgt / "images", target_dir=tgt)
 
 
-def test_bundle_accepts_source_and_target_dirs(tmp_path, bundle_tools=None):
+def test_bundle_accepts_source_and_target_dirs(tmp_path):
     from monai.bundle import ConfigParser
 
     src, tgt = _write_fundus_sets(tmp_path)
