@@ -163,6 +163,7 @@ def run(args) -> dict:
     def tick(name: str, t0: float) -> None:
         timings[name] = round(timings.get(name, 0.0) + time.time() - t0, 1)
         print(f"[{time.time() - t_start:7.1f}s] {name} ({timings[name]} s so far)", flush=True)
+        (cache.folder / "timings.json").write_text(json.dumps(timings))  # stage costs survive a resumed run
 
     data = shared_data_dir(args.data_dir)
     drive_dir, chase_dir = Path(args.drive_dir or data / "drive"), Path(args.chase_dir or data / "chase_db1")
@@ -174,13 +175,16 @@ def run(args) -> dict:
         keep = sorted({it["group"] for it in chase_items})[: args.max_children]
         chase_items = [it for it in chase_items if it["group"] in keep]
     chase = load_fundus(chase_items, args.size)
-    tick("loading", t0)
     children = sorted({it["group"] for it in chase})
     groups = [it["group"] for it in chase]
     c_img, c_fov, c_lab = stack(chase, "image"), stack(chase, "fov"), stack(chase, "label")
     settings_key = {k: v for k, v in vars(args).items() if k not in ("out", "work_dir", "threads")}
     cache = Stages(Path(args.work_dir), settings_key)
     print(f"work folder {cache.folder}", flush=True)
+    if (cache.folder / "timings.json").is_file():  # seconds of the stages an earlier run of these settings trained
+        timings.update({k: v for k, v in json.loads((cache.folder / "timings.json").read_text()).items()
+                        if k != "loading"})
+    tick("loading", t0)
     seg_kwargs = {"num_res_units": 1}
     seg_cfg = segmenter_config(2, 1, 1, channels=tuple(args.seg_channels), **seg_kwargs)
     iters = args.cl_iterations

@@ -63,3 +63,5 @@ def test_quick_run_writes_the_envelope_and_resumes(tmp_path):
     assert {"generator.pt", "pseudo.pt", "synthetic.pt", "source_0.pt", "adapted_1.pt", "upper_1_1.pt"} <= cached
     again = read_results(adaptdiff_fundus.main(args))  # every stage from the work folder: the same scores
     assert again["rows"] == rows
+    stage_seconds = {k: v for k, v in diag.items() if k.startswith("stage seconds") and "loading" not in k}
+    assert {k: again["extra"]["diagnostics"][k] for k in stage_seconds} == stage_seconds  # kept from the first run
