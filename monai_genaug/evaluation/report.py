@@ -240,6 +240,90 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+def render_adaptation(stem: str, obj: Mapping[str, Any]) -> Report:
+    """An envelope of a domain-adaptation benchmark (e.g. ``adaptdiff_fundus``): the generic sections, then every
+    secondary metric (``extra.secondary_metrics``) with paired differences, per-case means, the human ceiling
+    (``extra.human_ceiling.rows``: a second annotator against the reference) and the share of the gap between the
+    baseline and the ceiling method that the method closes (``extra.gap``)."""
+    rep = render_envelope(stem, obj)
+    extra, baseline = obj.get("extra", {}), obj.get("baseline")
+    tab = ResultsTable.from_rows(obj["rows"])
+    metric = obj.get("primary_metric", "score")
+    metrics = [metric, *[m for m in extra.get("secondary_metrics", []) if m in tab.metrics()]]
+    human = ResultsTable.from_rows(extra.get("human_ceiling", {}).get("rows", []))
+    lines: list[str] = []
+    for m in metrics[1:]:
+        sums = _summaries(tab, m)
+        lines += ["", f"## {m} (mean, {_describe_interval(next(iter(sums.values())))})", ""]
+        lines += table(["method", "mean", "95 % interval", "std over seeds"],
+                       [[k, f3(v["mean"]), interval(v), f3(v["std_seeds"])] for k, v in sums.items()])
+        if baseline in sums:
+            pairs = [(a, tab.paired(a, baseline, m, **BOOT)) for a in sums if a != baseline]
+            lines += [""] + table([f"{m}: difference", "mean", "95 % interval", "wins / losses / ties", "verdict"],
+                                  [[f"{a} - {baseline}", f"{d['mean']:+.3f}", interval(d),
+                                    f"{d['wins']} / {d['losses']} / {d['ties']}", _verdict(d)] for a, d in pairs])
+    human_sums = {m: human.summary(human.methods(m)[0], m, **BOOT) for m in metrics if human.methods(m)}
+    if human_sums:
+        lines += ["", "## Human ceiling (second observer against the first, per case)", ""]
+        lines += table(["metric", "mean", "95 % interval", "cases"],
+                       [[m, f3(v["mean"]), interval(v), v["num_cases"]] for m, v in human_sums.items()])
+    methods = tab.methods(metric)
+    grids = {(k, m): tab.values(k, m) for k in methods for m in metrics}
+    cases = grids[(methods[0], metric)][2]
+    header = ["case", *[f"{k} {m}" for m in metrics for k in methods]]
+    human_cells = {m: dict(zip(human.values(human.methods(m)[0], m)[2], human.values(human.methods(m)[0], m)[0][0]))
+                   for m in human_sums}
+    header += [f"second observer {m}" for m in human_cells]
+    rows = []
+    for c in cases:
+        row = [c]
+        for m in metrics:
+            for k in methods:
+                grid, _, cs = grids[(k, m)]
+                row.append(f3(grid[:, cs.index(c)].mean()) if c in cs else "n/a")
+        row += [f3(human_cells[m].get(c)) for m in human_cells]
+        rows.append(row)
+    lines += ["", "## Per case (mean over seeds)", ""] + table(header, rows)
+    gap = extra.get("gap")
+    summary_line = ""
+    if gap and {gap["baseline"], gap["method"], gap["ceiling"]} <= set(methods):
+        lines += ["", f"## Goal: {gap['method']} above {gap['baseline']} (paired 95 % interval above zero), closing "
+                      f"at least half the gap to {gap['ceiling']}", ""]
+        rows = []
+        for m in metrics:
+            d = tab.paired(gap["method"], gap["baseline"], m, **BOOT)
+            full = tab.paired(gap["ceiling"], gap["baseline"], m, **BOOT)
+            share = d["mean"] / full["mean"] if abs(full["mean"]) > 1e-12 else float("nan")
+            met = d["low"] > 0 and share >= 0.5
+            rows.append([m, f"{d['mean']:+.3f} {interval(d)}", f"{full['mean']:+.3f} {interval(full)}", f3(share),
+                         "met" if met else "not met"])
+            if m == metric:
+                summary_line = (f"; {gap['method']} - {gap['baseline']} {d['mean']:+.3f} {interval(d)}, "
+                                f"{f3(share)} of the gap to {gap['ceiling']} closed (goal {'met' if met else 'not met'})")
+        lines += table(["metric", f"{gap['method']} - {gap['baseline']}", f"{gap['ceiling']} - {gap['baseline']}",
+                        "share of the gap closed", "goal"], rows)
+    text = rep.markdown[f"{stem}.md"]
+    head, sep, tail = text.rpartition("\nPlot: `")
+    rep.markdown[f"{stem}.md"] = head + "\n".join(lines) + "\n" + sep + tail
+    if extra.get("bundle") and extra["bundle"] in rep.bundle:
+        first = rep.bundle[extra["bundle"]][0].rstrip(".")
+        ceiling = "".join(f"; second observer {m} {f3(v['mean'])}" for m, v in human_sums.items())
+        rep.bundle[extra["bundle"]][0] = f"{first}{summary_line}{ceiling}."
+    labels, means, lows, highs = [], [], [], []
+    for m in metrics:
+        for k, v in [*_summaries(tab, m).items(), *([("second observer", human_sums[m])] if m in human_sums else [])]:
+            labels.append(f"{k} ({m})")
+            means.append(v["mean"])
+            lows.append(v["low"])
+            highs.append(v["high"])
+    rep.plots = [Plot(stem, extra.get("title", stem), "bars", " / ".join(metrics), labels, means, lows, highs)]
+    return rep
+
+
+#: envelope files with their own renderer (by file stem); every other envelope goes to :func:`render_envelope`
+ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {"adaptdiff_fundus": render_adaptation}
+
+
 # ------------------------------------------------------------------------------------------------ older shapes
 def _case_interval(per_case: Mapping[str, float] | None) -> str:
     if not per_case:
@@ -678,7 +762,7 @@ def render_results(results_dir: str | Path) -> Report:
             report.merge(old)
     for name, obj in objs.items():
         if obj.get("schema") == SCHEMA:
-            report.merge(render_envelope(Path(name).stem, obj))
+            report.merge(ENVELOPE_RENDERERS.get(Path(name).stem, render_envelope)(Path(name).stem, obj))
         elif name not in legacy_seen:
             raise ValueError(
                 f"{results_dir / name} has no renderer: write it with monai_genaug.evaluation.write_results "
