@@ -33,11 +33,16 @@ Data sets:
   labelled target (FLAIR; 5 % of its slices labelled, the rest the validation split of the selections and the
   100 % point), the third the pre-training pool (FLAIR and T1c slices, no labels). Every patient is tested once.
   Needs ``$MONAI_GENAUG_DATA/brats2013_deepmedic`` (default ``../shared/data``); skipped when absent.
+- ``brats3d``: the same protocol on 3D patches (the generator, guide, filter network and learner in 3D): each volume
+  area-downsampled by ``--patch-factor`` (mm per voxel), cut into ``--patch-size``^3 patches at half-patch stride,
+  patches with >= 50 % brain kept, labelled by tumour presence (>= ``--patch-tumour-min`` tumour voxels at 1 mm: 1,
+  none: 0, in between: left out). Meant to be run once at a CPU budget (``--folds 1 --seeds 3`` and fewer
+  generator iterations; the title and settings say so).
 - ``phantoms``: histology-like class phantoms (4 classes, 32 x 32 RGB): a target set of ``--num-phantoms`` split
   70 / 10 / 20 % (5 % of the training split labelled, the rest validation) and a disjoint pool of
   ``--pool-phantoms`` phantoms drawn with another seed (no labels). One fold.
 
-    python benchmarks/histodiffusion_lowlabel.py [--datasets phantoms brats] [--quick] [--work-dir DIR]
+    python benchmarks/histodiffusion_lowlabel.py [--datasets phantoms brats brats3d] [--quick] [--work-dir DIR]
 
 Resumable: with ``--work-dir`` every finished fold is kept as ``<work>/<data set>/fold_<k>/fold.json`` and not rerun.
 Writes ``benchmarks/results/histodiffusion_lowlabel_<data set>.json`` (``python -m monai_genaug.evaluation.report
@@ -138,22 +143,28 @@ def phantom_folds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         "name": "phantoms",
         "pool": _strip(pool, label=False), "labelled": _strip(labelled), "validation": _strip(validation),
         "test": _strip(test), "test_ids": [f"phantom_test_{i:03d}" for i in range(len(test))],
-        "class_names": d["class_names"], "channels": 3,
+        "class_names": d["class_names"], "channels": 3, "image_size": (32, 32),
         "pool_description": f"{len(pool)} phantoms drawn with seed {args.seed + 1000} (disjoint from the target set)",
         "description": f"{args.num_phantoms} target phantoms (4 classes, 32x32 RGB), 70/10/20 split",
     }]
 
 
-def _slices(case: dict, modality: str, size: int, tumour_min: int, brain_min: float) -> list[dict]:
-    """Axial slices of one sequence inside the brain, intensity-clipped to [0, 1], resized to ``size``, labelled by
-    tumour presence (slices with 0 < tumour < ``tumour_min`` pixels are left out)."""
+def _normalised_volume(case: dict, modality: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sequence intensity-clipped to [0, 1] inside the brain (0.5 / 99.5 percentiles), the tumour mask and the
+    brain mask, all ``(240, 240, 155)``."""
     import nibabel as nib
 
     vol = np.asarray(nib.load(case[modality]).dataobj, dtype=np.float32)
     label = np.asarray(nib.load(case["label"]).dataobj) > 0.5
     brain = np.asarray(nib.load(case["brain"]).dataobj) > 0.5
     lo, hi = np.percentile(vol[brain], (0.5, 99.5))
-    vol = np.clip((vol - lo) / (hi - lo), 0.0, 1.0) * brain
+    return np.clip((vol - lo) / (hi - lo), 0.0, 1.0) * brain, label, brain
+
+
+def _slices(case: dict, modality: str, size: int, tumour_min: int, brain_min: float) -> list[dict]:
+    """Axial slices of one sequence inside the brain, intensity-clipped to [0, 1], resized to ``size``, labelled by
+    tumour presence (slices with 0 < tumour < ``tumour_min`` pixels are left out)."""
+    vol, label, brain = _normalised_volume(case, modality)
     area = brain.sum(axis=(0, 1))
     out = []
     for z in range(vol.shape[2]):
@@ -168,9 +179,36 @@ def _slices(case: dict, modality: str, size: int, tumour_min: int, brain_min: fl
     return out
 
 
-def brats_folds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]] | None:
+def _patches(case: dict, modality: str, size: int, factor: int, tumour_min: int, brain_min: float) -> list[dict]:
+    """3D patches of one sequence: the volume area-downsampled by ``factor`` (1 mm -> ``factor`` mm voxels), cut into
+    ``size``^3 patches on a grid of stride ``size // 2``; patches with a brain fraction >= ``brain_min`` are kept,
+    labelled by tumour presence (tumour voxels >= ``tumour_min`` at 1 mm: 1, none: 0, in between: left out)."""
+    vol, label, brain = _normalised_volume(case, modality)
+
+    def pool(a: np.ndarray) -> torch.Tensor:
+        return F.avg_pool3d(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None], factor)[0, 0]
+
+    v, t, b = pool(vol), pool(label) * factor**3, pool(brain)  # t: tumour voxels at 1 mm per coarse voxel
+    stride, out = max(1, size // 2), []
+    for x in range(0, v.shape[0] - size + 1, stride):
+        for y in range(0, v.shape[1] - size + 1, stride):
+            for z in range(0, v.shape[2] - size + 1, stride):
+                window = (slice(x, x + size), slice(y, y + size), slice(z, z + size))
+                if float(b[window].mean()) < brain_min:
+                    continue
+                tumour = float(t[window].sum())
+                if 0 < tumour < tumour_min:
+                    continue  # ambiguous patch: a few tumour voxels
+                out.append({"image": v[window][None].clone(), "label": int(tumour > 0),
+                            "case": f"{case['case_id']}_{modality}_x{x:03d}y{y:03d}z{z:03d}"})
+    return out
+
+
+def brats_folds(args: argparse.Namespace, work: Path, spatial_dims: int = 2) -> list[dict[str, Any]] | None:
     """Patient-grouped 3-fold cross-validation: test pair / labelled target pair (FLAIR) / pre-training pool pair
-    (FLAIR + T1c, unlabelled)."""
+    (``--pool-modalities``, unlabelled); the first ``--folds`` folds. Items are 32 x 32 axial slices
+    (``spatial_dims=2``) or ``--patch-size``^3 patches of the volumes downsampled by ``--patch-factor``
+    (``spatial_dims=3``)."""
     root = shared_data_dir() / "brats2013_deepmedic"
     if not root.is_dir():
         print(f"BRATS data not found under {root}; skipping the brats benchmark.")
@@ -182,23 +220,38 @@ def brats_folds(args: argparse.Namespace, work: Path) -> list[dict[str, Any]] | 
     by_patient = {int(c["case_id"].split("pat")[1][:4]): c for c in cases}
     if sorted(by_patient) != [1, 2, 3, 4, 5, 6]:
         raise ValueError(f"expected BRATS patients 1-6 under {root}, found {sorted(by_patient)}.")
-    flair = {p: _slices(by_patient[p], "flair", 32, args.tumour_min, 0.1) for p in by_patient}
+    if spatial_dims == 2:
+        size, unit = (32, 32), "slices"
+
+        def items(p: int, m: str) -> list[dict]:
+            return _slices(by_patient[p], m, 32, args.tumour_min, 0.1)
+    else:
+        size, unit = (args.patch_size,) * 3, f"{args.patch_size}^3 patches ({args.patch_factor} mm voxels)"
+
+        def items(p: int, m: str) -> list[dict]:
+            return _patches(by_patient[p], m, args.patch_size, args.patch_factor, args.patch_tumour_min, 0.5)
+    cache: dict[tuple[int, str], list[dict]] = {}
+
+    def get(p: int, m: str) -> list[dict]:
+        if (p, m) not in cache:
+            cache[p, m] = items(p, m)
+        return cache[p, m]
+
     folds = []
-    for k, test_pair in enumerate(BRATS_PAIRS):
+    for k, test_pair in enumerate(BRATS_PAIRS[: args.folds]):
         target_pair, pool_pair = BRATS_PAIRS[(k + 1) % 3], BRATS_PAIRS[(k + 2) % 3]
-        target = [s for p in target_pair for s in flair[p]]
-        test = [s for p in test_pair for s in flair[p]]
-        pool = [s for p in pool_pair for m in args.pool_modalities
-                for s in (flair[p] if m == "flair" else _slices(by_patient[p], m, 32, args.tumour_min, 0.1))]
+        target = [s for p in target_pair for s in get(p, "flair")]
+        test = [s for p in test_pair for s in get(p, "flair")]
+        pool = [s for p in pool_pair for m in args.pool_modalities for s in get(p, m)]
         labelled, validation = _labelled_split(target, args.labelled_fraction, args.seed + k)
         folds.append({
             "name": f"fold{k}",
             "pool": _strip(pool, label=False), "labelled": _strip(labelled), "validation": _strip(validation),
             "test": _strip(test), "test_ids": [s["case"] for s in test],
-            "class_names": ["no_tumour", "tumour"], "channels": 1,
-            "pool_description": f"patients {pool_pair}: {len(pool)} slices of {'+'.join(args.pool_modalities)}",
-            "description": f"test patients {test_pair} ({len(test)} FLAIR slices), labelled target patients "
-                           f"{target_pair} ({len(target)} FLAIR slices)",
+            "class_names": ["no_tumour", "tumour"], "channels": 1, "image_size": size,
+            "pool_description": f"patients {pool_pair}: {len(pool)} {unit} of {'+'.join(args.pool_modalities)}",
+            "description": f"test patients {test_pair} ({len(test)} FLAIR {unit}), labelled target patients "
+                           f"{target_pair} ({len(target)} FLAIR {unit})",
         })
     return folds
 
@@ -253,9 +306,10 @@ def run_fold(fold: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[
     names = fold["class_names"]
     k = len(names)
     torch.manual_seed(args.seed)
+    size = tuple(fold["image_size"])
     hd = HistoDiffusion.from_preset(
-        "tiny", image_channels=fold["channels"], class_names=names, image_size=(32, 32), classifier_preset="tiny",
-        generator_overrides=GENERATOR_OVERRIDES,
+        "tiny", spatial_dims=len(size), image_channels=fold["channels"], class_names=names, image_size=size,
+        classifier_preset="tiny", generator_overrides=GENERATOR_OVERRIDES,
     )
     _pretrain(hd, fold, args, out, timings)
     horizon = int(hd.generator.scheduler.num_train_timesteps)
@@ -280,13 +334,13 @@ def run_fold(fold: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[
     timings["oracles_s"] = time.perf_counter() - t
     t = time.perf_counter()
     ranges = [None] if t_max is None else [t_max, None]
-    choice = select_guidance(hd, oracle_sel, (32, 32), scales=args.scales, max_timesteps=ranges,
+    choice = select_guidance(hd, oracle_sel, size, scales=args.scales, max_timesteps=ranges,
                              num_per_class=args.select_per_class, num_inference_steps=args.steps,
                              batch_size=args.batch, seed=args.seed + 10_000)
     timings["selection_s"] = time.perf_counter() - t
 
     # 3. the synthetic set with the chosen guidance
-    synth = hd.synthesize(args.generate, (32, 32), guidance_scale=choice["scale"],
+    synth = hd.synthesize(args.generate, size, guidance_scale=choice["scale"],
                           guidance_max_timestep=choice["max_timestep"], eta=1.0, num_inference_steps=args.steps,
                           batch_size=args.batch, seed=args.seed)
     timings["synthesis_s"] = synth.seconds
@@ -467,7 +521,14 @@ def run_dataset(name: str, folds: list[dict[str, Any]], args: argparse.Namespace
 
 def main(argv=None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["phantoms", "brats"], choices=["phantoms", "brats"])
+    parser.add_argument("--datasets", nargs="+", default=["phantoms", "brats"],
+                        choices=["phantoms", "brats", "brats3d"],
+                        help="brats3d: the BRATS protocol on 3D patches (run once, with --folds / --seeds cut)")
+    parser.add_argument("--folds", type=int, default=3, choices=[1, 2, 3], help="BRATS: run the first N folds")
+    parser.add_argument("--patch-size", type=int, default=16, help="brats3d: patch edge in (downsampled) voxels")
+    parser.add_argument("--patch-factor", type=int, default=3, help="brats3d: downsampling factor (mm per voxel)")
+    parser.add_argument("--patch-tumour-min", type=int, default=1000,
+                        help="brats3d: tumour voxels (at 1 mm) for a tumour patch; fewer (but > 0): left out")
     parser.add_argument("--quick", action="store_true", help="a smoke run (few iterations), ~1 minute per fold")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=5, help="downstream training seeds per variant (>= 5)")
@@ -507,7 +568,8 @@ def main(argv=None) -> list[Path]:
     tmp = tempfile.TemporaryDirectory() if args.work_dir is None else None
     work = Path(args.work_dir or tmp.name)
     settings = {k: v for k, v in vars(args).items() if k not in ("out_dir", "work_dir", "datasets")}
-    loaders = {"phantoms": phantom_folds, "brats": brats_folds}
+    loaders = {"phantoms": phantom_folds, "brats": brats_folds,
+               "brats3d": lambda a, w: brats_folds(a, w, spatial_dims=3)}
     written = []
     for name in args.datasets:
         timer = BenchmarkTimer()
@@ -515,6 +577,8 @@ def main(argv=None) -> list[Path]:
         if folds is None:
             continue
         res = run_dataset(name, folds, args, work)
+        if name != "phantoms" and (len(folds) < len(BRATS_PAIRS) or args.seeds < 5):
+            res["extra"]["title"] += f" ({len(folds)} of {len(BRATS_PAIRS)} folds, {args.seeds} seeds: CPU budget)"
         pools = {f["name"]: f["pool_description"] for f in folds}
         path = write_results(
             Path(args.out_dir) / f"histodiffusion_lowlabel_{name}.json", f"histodiffusion_lowlabel_{name}",
