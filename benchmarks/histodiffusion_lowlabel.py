@@ -578,7 +578,7 @@ def main(argv=None) -> list[Path]:
             continue
         res = run_dataset(name, folds, args, work)
         if name != "phantoms" and (len(folds) < len(BRATS_PAIRS) or args.seeds < 5):
-            res["extra"]["title"] += f" ({len(folds)} of {len(BRATS_PAIRS)} folds, {args.seeds} seeds: CPU budget)"
+            res["extra"]["title"] += f" ({len(folds)} of {len(BRATS_PAIRS)} folds, {args.seeds} seeds)"
         pools = {f["name"]: f["pool_description"] for f in folds}
         path = write_results(
             Path(args.out_dir) / f"histodiffusion_lowlabel_{name}.json", f"histodiffusion_lowlabel_{name}",
