@@ -60,6 +60,7 @@ from monai.losses import DiceCELoss
 from monai.transforms import Compose, RandAffined, RandFlipd
 from monai.utils import set_determinism
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.data.phantoms import make_two_modality_phantoms
 from monai_genaug.engines.segmentation import (
     build_segmenter,
@@ -334,7 +335,8 @@ def run(args) -> dict:
         upper_aug = with_spatial(source_augmentation(invert_prob=0.0), args.size)
         create_segmentation_trainer(
             upper, make_loader(oversample(target_lab, over), upper_aug, args.batch_size, seed=seed), args.seg_epochs,
-            out_dir / f"upper_{seed}", loss_function=seg_loss(), lr=args.seg_lr, cosine_lr=True, seed=seed).run()
+            out_dir / f"upper_{seed}", loss_function=seg_loss(), lr=args.seg_lr, cosine_lr=True,
+            options=TrainingOptions(seed=seed)).run()
         tick("upper_bounds", t0)
         score("upper_bound", upper, seed)
         upper0 = upper0 or upper

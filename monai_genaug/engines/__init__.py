@@ -17,6 +17,16 @@ re-exported here; method trainers (GMS, ...) live in ``monai_genaug.methods.<nam
 from __future__ import annotations
 
 from .prepare_batch import LatentDiffusionPrepareBatch
+from .options import (
+    TRAINING_OPTION_NAMES,
+    HandledSupervisedTrainer,
+    HandlesMixin,
+    TrainerHandles,
+    TrainingOptions,
+    attach_handles,
+    pop_training_options,
+    resolve_training_options,
+)
 from .workflow import (
     CHECKPOINT_NAME,
     TrainingHandlers,
@@ -116,6 +126,14 @@ __all__ = [
     "LatentDiffusionPrepareBatch",
     "CHECKPOINT_NAME",
     "TrainingHandlers",
+    "TrainingOptions",
+    "TRAINING_OPTION_NAMES",
+    "resolve_training_options",
+    "pop_training_options",
+    "TrainerHandles",
+    "HandlesMixin",
+    "HandledSupervisedTrainer",
+    "attach_handles",
     "standard_training_handlers",
     "PeriodicValidation",
     "create_supervised_trainer",

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 from ignite.metrics import Average
-from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler
 from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
+from monai_genaug.engines.options import HandledSupervisedTrainer
 from monai_genaug.handlers.nan_guard import NaNGuard
 from monai_genaug.handlers.progress import progress_bar
 from monai_genaug.handlers.resume import AttributeState, ResumableCheckpointHandler, loader_generators
@@ -114,8 +114,9 @@ def create_supervised_trainer(
     inferer: Inferer | None = None,
     metric_name: str = "epoch_loss",
     amp: bool = False,
-) -> SupervisedTrainer:
-    """A MONAI ``SupervisedTrainer`` with the package's defaults: the mean training loss as key metric (lower is
+) -> HandledSupervisedTrainer:
+    """A MONAI ``SupervisedTrainer`` (:class:`~monai_genaug.engines.options.HandledSupervisedTrainer`, which carries
+    the factory's typed ``handles``) with the package's defaults: the mean training loss as key metric (lower is
     better), no decollation (outputs are losses plus the batch), a ``SimpleInferer`` unless given.
 
     Args:
@@ -132,7 +133,7 @@ def create_supervised_trainer(
         metric_name: name of the key metric (the epoch's mean loss).
         amp: automatic mixed precision (CUDA).
     """
-    return SupervisedTrainer(
+    return HandledSupervisedTrainer(
         device=device,
         max_epochs=max_epochs,
         train_data_loader=train_loader,

@@ -81,7 +81,7 @@ def test_noisy_classifier_beats_chance(trained):
     hd = trained["hd"]
     acc = noisy_latent_accuracy(hd.classifier, hd.generator, DataLoader(trained["test"], batch_size=32), (0, 50, 100))
     assert acc[0] >= 0.8 and acc[50] >= 0.7, acc  # 2 balanced classes: chance is 0.5
-    assert trained["trainer"].evaluator.state.metrics["val_accuracy"] >= 0.7
+    assert trained["trainer"].handles.evaluator.state.metrics["val_accuracy"] >= 0.7
     # the final file holds the class names and the training mode
     extra = NoisyLatentClassifier.read_extra(trained["out"] / "clf" / "classifier_final.pt")
     assert extra["class_names"] == ["class_0", "class_1"] and extra["noised"] is True
