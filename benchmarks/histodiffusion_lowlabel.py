@@ -186,7 +186,7 @@ def run_dataset(name: str, data: dict[str, Any], args: argparse.Namespace, work:
     )
     trainer.run()
     timings["diffusion_s"] = time.perf_counter() - t
-    with trainer.handles.ema.use_ema_weights():  # sample with the EMA weights, as the paper
+    with trainer.ema.use_ema_weights():  # sample with the EMA weights, as the paper
         ema_state = {k: v.clone() for k, v in hd.generator.unet.state_dict().items()}
     hd.generator.unet.load_state_dict(ema_state)
 

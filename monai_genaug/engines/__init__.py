@@ -12,7 +12,9 @@
 """Ignite workflows: prepare-batch classes, the shared trainer wiring, diffusion / sequence diffusion / autoencoder / LoRA /
 classifier / segmentation trainers, validation (mean-Dice evaluator, best-model selection), DDP helpers. The handlers
 (EMA, sample grids, NaN guard, resumable checkpoints, MLflow tracking) live in :mod:`monai_genaug.handlers` and are
-re-exported here; method trainers (GMS, ...) live in ``monai_genaug.methods.<name>.training``."""
+re-exported here; method trainers (GMS, ...) live in ``monai_genaug.methods.<name>.training``. Every trainer factory
+takes its own arguments plus ``options=TrainingOptions(...)`` (seed, AMP, resume, intervals, NaN policy, tracking,
+extra handlers) and exposes what it built in the typed ``trainer.handles`` (:mod:`.options`)."""
 
 from __future__ import annotations
 

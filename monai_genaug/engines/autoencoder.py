@@ -51,12 +51,10 @@ from monai_genaug.handlers.sample_grid import SampleGridHandler
 from monai_genaug.handlers.tracking import loss_from_output
 from monai_genaug.engines.options import (
     HandlesMixin,
-    TrainerHandles,
     TrainingOptions,
-    attach_handles,
     resolve_training_options,
 )
-from monai_genaug.engines.workflow import attach_resumable_checkpoint, standard_training_handlers
+from monai_genaug.engines.workflow import finish_trainer, options_training_handlers
 
 __all__ = [
     "kl_divergence",
@@ -442,10 +440,10 @@ def create_autoencoder_trainer(
         d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=d_lr or lr)
     g_optimizer = torch.optim.Adam(autoencoder.parameters(), lr=lr)
 
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "autoencoder",
-        params=options.logged_params({
+        {
             "lr": lr,
             "d_lr": d_lr or lr,
             "max_epochs": max_epochs,
@@ -456,8 +454,9 @@ def create_autoencoder_trainer(
             "perceptual": perceptual_loss is not None,
             "perceptual_weight": perceptual_weight,
             "autoencoder": config or {},
-        }),
-        **options.tracking_kwargs("monai_genaug"),
+        },
+        options,
+        "monai_genaug",
     )
     handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     sample_grid = None
@@ -499,26 +498,10 @@ def create_autoencoder_trainer(
     save_dict: dict[str, Any] = {"autoencoder": autoencoder, "g_optimizer": g_optimizer}
     if discriminator is not None:
         save_dict.update(discriminator=discriminator, d_optimizer=d_optimizer)
-    checkpoint = attach_resumable_checkpoint(
-        trainer,
-        output_dir,
-        save_dict,
-        train_loader,
-        options.resume,
-        options.seed,
-        options.save_interval,
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
         grad_scalers={"g_scaler": (trainer.state, "g_scaler"), "d_scaler": (trainer.state, "d_scaler")},
-    )
-
-    return attach_handles(
-        trainer,
-        TrainerHandles(
-            options=options,
-            nan_guard=standard.nan_guard,
-            checkpoint=checkpoint,
-            mlflow_handler=mlflow_handler,
-            sample_grid=sample_grid,
-            final_saver=final_saver,
-            prepare_batch=trainer.prepare_batch,
-        ),
+        sample_grid=sample_grid,
+        final_saver=final_saver,
+        prepare_batch=trainer.prepare_batch,
     )

@@ -49,16 +49,10 @@ from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
 from monai_genaug.handlers.validation import PeriodicValidation
 from monai_genaug.engines.options import (
     HandledSupervisedTrainer,
-    TrainerHandles,
     TrainingOptions,
-    attach_handles,
     resolve_training_options,
 )
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    create_supervised_trainer,
-    standard_training_handlers,
-)
+from monai_genaug.engines.workflow import create_supervised_trainer, finish_trainer, options_training_handlers
 from monai_genaug.evaluation.statistics import confusion_metrics
 
 __all__ = [
@@ -280,10 +274,10 @@ def create_noisy_classifier_trainer(
     if anneal_lr:
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=_LinearAnneal(max(iterations, 1)))
 
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "noisy_latent_classifier",
-        params=options.logged_params({
+        {
             "lr": lr,
             "weight_decay": weight_decay,
             "anneal_lr": anneal_lr,
@@ -293,8 +287,9 @@ def create_noisy_classifier_trainer(
             "sample_posterior": sample_posterior,
             "classifier": getattr(classifier, "config", {}),
             "class_names": list(class_names) if class_names is not None else None,
-        }),
-        **options.tracking_kwargs("monai_genaug"),
+        },
+        options,
+        "monai_genaug",
     )
     handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     if lr_scheduler is not None:
@@ -349,21 +344,12 @@ def create_noisy_classifier_trainer(
     save_dict: dict[str, Any] = {"classifier": classifier, "optimizer": optimizer, "prepare_batch": prepare_batch}
     if lr_scheduler is not None:
         save_dict["lr_scheduler"] = lr_scheduler
-    checkpoint = attach_resumable_checkpoint(
-        trainer, output_dir, save_dict, train_loader, options.resume, seed, options.save_interval
-    )
-    return attach_handles(
-        trainer,
-        TrainerHandles(
-            options=options,
-            nan_guard=standard.nan_guard,
-            checkpoint=checkpoint,
-            mlflow_handler=mlflow_handler,
-            final_saver=final_saver,
-            evaluator=evaluator,
-            lr_scheduler=lr_scheduler,
-            prepare_batch=prepare_batch,
-        ),
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
+        final_saver=final_saver,
+        evaluator=evaluator,
+        lr_scheduler=lr_scheduler,
+        prepare_batch=prepare_batch,
     )
 
 

@@ -49,16 +49,10 @@ from monai_genaug.handlers.sample_grid import SampleGridHandler
 from monai_genaug.handlers.validation import PeriodicValidation
 from monai_genaug.engines.options import (
     HandledSupervisedTrainer,
-    TrainerHandles,
     TrainingOptions,
-    attach_handles,
     resolve_training_options,
 )
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    create_supervised_trainer,
-    standard_training_handlers,
-)
+from monai_genaug.engines.workflow import create_supervised_trainer, finish_trainer, options_training_handlers
 from monai_genaug.networks.lora import has_lora
 
 __all__ = [
@@ -187,10 +181,10 @@ def create_diffusion_trainer(
         sample_posterior=sample_posterior,
         seed=seed,
     )
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "diffusion",
-        params=options.logged_params({
+        {
             "lr": optimizer.param_groups[0]["lr"],
             "max_epochs": max_epochs,
             "batch_size": getattr(train_loader, "batch_size", None),
@@ -201,10 +195,11 @@ def create_diffusion_trainer(
             "num_train_timesteps": prepare_batch.num_train_timesteps,
             "lora": has_lora(generator.unet),
             "generator": getattr(generator, "config", {}),
-        }),
-        **options.tracking_kwargs("monai_genaug"),
+        },
+        options,
+        "monai_genaug",
     )
-    handlers, nan_guard, mlflow_handler = standard.handlers, standard.nan_guard, standard.mlflow_handler
+    handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     ema = None
     if ema_decay is not None:
         ema = EMAHandler(
@@ -278,21 +273,12 @@ def create_diffusion_trainer(
         save_dict["ema"] = ema
     if lr_scheduler is not None:
         save_dict["lr_scheduler"] = lr_scheduler
-    checkpoint = attach_resumable_checkpoint(
-        trainer, output_dir, save_dict, train_loader, options.resume, seed, options.save_interval
-    )
-    return attach_handles(
-        trainer,
-        TrainerHandles(
-            options=options,
-            nan_guard=nan_guard,
-            checkpoint=checkpoint,
-            mlflow_handler=mlflow_handler,
-            ema=ema,
-            sample_grid=sample_grid,
-            final_saver=final_saver,
-            evaluator=evaluator,
-            prepare_batch=prepare_batch,
-            loss=loss_function,
-        ),
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
+        ema=ema,
+        sample_grid=sample_grid,
+        final_saver=final_saver,
+        evaluator=evaluator,
+        prepare_batch=prepare_batch,
+        loss=loss_function,
     )

@@ -50,16 +50,10 @@ from monai_genaug.engines.validation import (
 )
 from monai_genaug.engines.options import (
     HandledSupervisedTrainer,
-    TrainerHandles,
     TrainingOptions,
-    attach_handles,
     resolve_training_options,
 )
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    create_supervised_trainer,
-    standard_training_handlers,
-)
+from monai_genaug.engines.workflow import create_supervised_trainer, finish_trainer, options_training_handlers
 from monai_genaug.utils.checkpoint import (
     register_checkpoint_format,
     atomic_save,
@@ -388,10 +382,10 @@ def create_segmentation_trainer(
     save_fn = save_fn if save_fn is not None else (lambda p: save_segmenter(network, p))
     steps = int(epoch_length or len(train_loader))
 
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "segmentation",
-        params=options.logged_params({
+        {
             "lr": optimizer.param_groups[0]["lr"],
             "weight_decay": weight_decay,
             "max_epochs": max_epochs,
@@ -401,10 +395,11 @@ def create_segmentation_trainer(
             "lr_gamma": lr_gamma,
             "cosine_lr": cosine_lr,
             "segmenter": getattr(network, "segmenter_config", None),
-        }),
-        **options.tracking_kwargs("segmentation"),
+        },
+        options,
+        "segmentation",
     )
-    handlers, nan_guard, mlflow_handler = standard.handlers, standard.nan_guard, standard.mlflow_handler
+    handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     lr_scheduler = None
     if lr_step_size is not None:
         if lr_step_size < 1:
@@ -449,23 +444,14 @@ def create_segmentation_trainer(
         save_dict["best_saver"] = best_saver
     for h in options.extra_handlers:
         h.attach(trainer)
-    checkpoint = attach_resumable_checkpoint(
-        trainer, output_dir, save_dict, train_loader, options.resume, options.seed, options.save_interval
-    )
-    return attach_handles(
-        trainer,
-        TrainerHandles(
-            options=options,
-            nan_guard=nan_guard,
-            checkpoint=checkpoint,
-            mlflow_handler=mlflow_handler,
-            evaluator=evaluator,
-            best_saver=best_saver,
-            lr_scheduler=lr_scheduler,
-            prepare_batch=trainer.prepare_batch,
-            loss=loss_function,
-            model_path=model_path,
-        ),
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
+        evaluator=evaluator,
+        best_saver=best_saver,
+        lr_scheduler=lr_scheduler,
+        prepare_batch=trainer.prepare_batch,
+        loss=loss_function,
+        model_path=model_path,
     )
 
 

@@ -46,16 +46,10 @@ from monai_genaug.handlers.sample_grid import SampleGridHandler
 from monai_genaug.handlers.savers import FinalModelHandler
 from monai_genaug.engines.options import (
     HandledSupervisedTrainer,
-    TrainerHandles,
     TrainingOptions,
-    attach_handles,
     resolve_training_options,
 )
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    create_supervised_trainer,
-    standard_training_handlers,
-)
+from monai_genaug.engines.workflow import create_supervised_trainer, finish_trainer, options_training_handlers
 from monai_genaug.networks.motion_encoder import check_motion, estimate_motion
 from monai_genaug.networks.sequence_unet import set_trainable_modules
 
@@ -341,10 +335,10 @@ def create_sequence_diffusion_trainer(
         keep_all_p, drop_all_p, drop_each_p, seed,
     )
     final_path = Path(final_path) if final_path is not None else output_dir / "generator_final.pt"
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "sequence_diffusion",
-        params=options.logged_params({
+        {
             "stage": stage,
             "lr": optimizer.param_groups[0]["lr"],
             "max_epochs": max_epochs,
@@ -355,8 +349,9 @@ def create_sequence_diffusion_trainer(
             "grad_clip": grad_clip,
             "ema_decay": ema_decay,
             "generator": getattr(generator, "config", {}),
-        }),
-        **{**options.tracking_kwargs("ctrl_genaug"), "run_name": options.run_name or stage},
+        },
+        options.replace(run_name=options.run_name or stage),
+        "ctrl_genaug",
     )
     handlers = standard.handlers
     ema = None
@@ -406,20 +401,11 @@ def create_sequence_diffusion_trainer(
         save_dict["ema"] = ema
     if lr_scheduler is not None:
         save_dict["lr_scheduler"] = lr_scheduler
-    checkpoint = attach_resumable_checkpoint(
-        trainer, output_dir, save_dict, train_loader, options.resume, seed, options.save_interval
-    )
-    return attach_handles(
-        trainer,
-        TrainerHandles(
-            options=options,
-            nan_guard=standard.nan_guard,
-            checkpoint=checkpoint,
-            mlflow_handler=standard.mlflow_handler,
-            ema=ema,
-            sample_grid=sample_grid,
-            lr_scheduler=lr_scheduler,
-            prepare_batch=prepare_batch,
-            model_path=final_path,
-        ),
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
+        ema=ema,
+        sample_grid=sample_grid,
+        lr_scheduler=lr_scheduler,
+        prepare_batch=prepare_batch,
+        model_path=final_path,
     )

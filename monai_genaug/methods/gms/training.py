@@ -51,17 +51,11 @@ from monai_genaug.engines.autoencoder import AutoencoderKLTrainer, create_autoen
 from monai_genaug.engines.options import (
     TRAINING_OPTION_NAMES,
     HandledSupervisedTrainer,
-    TrainerHandles,
     TrainingOptions,
-    attach_handles,
     resolve_training_options,
 )
 from monai_genaug.engines.validation import BestModelSaver, attach_model_selection, create_dice_evaluator
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    create_supervised_trainer,
-    standard_training_handlers,
-)
+from monai_genaug.engines.workflow import create_supervised_trainer, finish_trainer, options_training_handlers
 from monai_genaug.networks.autoencoder import save_autoencoder
 from monai_genaug.networks.gms import GMSSegmenter, LatentCache, MaskReconstructor, labels_to_onehot, masks_to_images
 from monai_genaug.handlers.savers import KeepBestAutoencoder
@@ -389,10 +383,10 @@ def create_gms_trainer(
         segmenter, image_key, label_key, noise_prob=noise_prob, cache=cache, decode_levels=loss.decode_levels, seed=seed
     )
 
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "gms",
-        params=options.logged_params({
+        {
             "lr": optimizer.param_groups[0]["lr"],
             "weight_decay": weight_decay,
             "warmup_epochs": warmup_epochs,
@@ -404,10 +398,11 @@ def create_gms_trainer(
             "ds_levels": list(loss.ds_levels) if loss.ds_levels is not None else "all",
             "trainable_parameters": sum(p.numel() for p in segmenter.trainable_parameters()),
             "gms": segmenter.config,
-        }),
-        **options.tracking_kwargs("gms"),
+        },
+        options,
+        "gms",
     )
-    handlers, nan_guard, mlflow_handler = standard.handlers, standard.nan_guard, standard.mlflow_handler
+    handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     scale_init = None
     if estimate_scale:  # first: the scale is set on start, before the checkpoint resumes
         scale_init = ScaleFactorInitializer(segmenter, train_loader, image_key, max_batches=scale_batches)
@@ -451,24 +446,15 @@ def create_gms_trainer(
         save_dict["best_saver"] = best_saver
     for h in options.extra_handlers:
         h.attach(trainer)
-    checkpoint = attach_resumable_checkpoint(
-        trainer, output_dir, save_dict, train_loader, options.resume, seed, options.save_interval
-    )
-    return attach_handles(
-        trainer,
-        TrainerHandles(
-            options=options,
-            nan_guard=nan_guard,
-            checkpoint=checkpoint,
-            mlflow_handler=mlflow_handler,
-            evaluator=evaluator,
-            best_saver=best_saver,
-            lr_scheduler=scheduler,
-            prepare_batch=prepare,
-            loss=loss,
-            scale_init=scale_init,
-            model_path=model_path,
-        ),
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
+        evaluator=evaluator,
+        best_saver=best_saver,
+        lr_scheduler=scheduler,
+        prepare_batch=prepare,
+        loss=loss,
+        scale_init=scale_init,
+        model_path=model_path,
     )
 
 
