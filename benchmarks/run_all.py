@@ -88,12 +88,17 @@ def stages(out: Path, data: Path) -> list[Stage]:
               ["ctrl_genaug_brats.json"], needs="brats2013_deepmedic", out_flag=["--out_dir", o]),
         Stage("adaptdiff_phantoms", "adaptdiff_brats.py", ["--quick"], ["--data", "phantoms"],
               ["adaptdiff_phantoms.json"], out_flag=["--out", f"{o}/adaptdiff_phantoms.json"]),
+        Stage("adaptdiff_fundus", "adaptdiff_fundus.py", ["--quick", "--work_dir", f"{o}/work_adaptdiff_fundus"], [],
+              ["adaptdiff_fundus.json"], needs="chase_db1",
+              out_flag=["--data_dir", str(data), "--out", f"{o}/adaptdiff_fundus.json"]),
         Stage("adaptdiff_brats", "adaptdiff_brats.py", [], ["--data", "brats", "--brats_dir", brats],
               ["adaptdiff_brats.json"], needs="brats2013_deepmedic", out_flag=["--out", f"{o}/adaptdiff_brats.json"]),
         Stage("adaptdiff_brats_disjoint", "adaptdiff_brats.py", [], ["--data", "brats", "--brats_dir", brats, "--split",
                                                                       "disjoint", "--tag", "disjoint"],
               ["adaptdiff_brats_disjoint.json"], needs="brats2013_deepmedic",
               out_flag=["--out", f"{o}/adaptdiff_brats_disjoint.json"]),
+        Stage("shipped_weights", "shipped_weights.py", ["--jobs", "adaptdiff"], [], ["shipped_weights.json"],
+              envelope=False, out_flag=["--out", f"{o}/shipped_weights.json"]),
     ]
 
 

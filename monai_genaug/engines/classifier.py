@@ -478,6 +478,7 @@ def noisy_latent_accuracy(
     image_key: str = "image",
     label_key: str = "label",
     seed: int = 0,
+    balanced: bool = False,
 ) -> dict[int, float]:
     """Accuracy of a noisy-latent classifier at fixed noise levels: ``{t: accuracy}`` (posterior-mean latents).
 
@@ -490,6 +491,8 @@ def noisy_latent_accuracy(
         image_key: batch key of the images.
         label_key: batch key of the class index.
         seed: seed of the noise.
+        balanced: return the balanced accuracy (mean recall over the classes present), which is not fooled by a
+            majority-class guess on unbalanced data.
     """
     device = torch.device(device)
     classifier = classifier.to(device).eval()
@@ -498,18 +501,23 @@ def noisy_latent_accuracy(
     bad = [t for t in timesteps if not 0 <= int(t) < T]
     if bad:
         raise ValueError(f"timesteps {bad} are outside [0, {T - 1}].")
-    correct = dict.fromkeys((int(t) for t in timesteps), 0)
-    total = 0
+    hits: dict[int, list[torch.Tensor]] = {int(t): [] for t in timesteps}
+    targets: list[torch.Tensor] = []
     rng = torch.Generator().manual_seed(seed)
     for batch in loader:
         images, labels = ClassificationPrepareBatch(image_key, label_key)(batch, device)
         z0 = generator.encode(images)
-        total += labels.numel()
-        for t in correct:
+        targets.append(labels.cpu())
+        for t in hits:
             noise = torch.randn(z0.shape, generator=rng).to(z0)
             tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=device)
             z = generator.scheduler.add_noise(original_samples=z0, noise=noise, timesteps=tt) if t > 0 else z0
-            correct[t] += int((classifier(z, tt).argmax(1) == labels).sum())
-    if total == 0:
+            hits[t].append((classifier(z, tt).argmax(1) == labels).cpu())
+    if not targets:
         raise ValueError("the loader gave no samples.")
-    return {t: c / total for t, c in correct.items()}
+    y = torch.cat(targets)
+    out = {}
+    for t, h in hits.items():
+        ok = torch.cat(h).float()
+        out[t] = float(torch.stack([ok[y == c].mean() for c in torch.unique(y)]).mean()) if balanced else float(ok.mean())
+    return out

@@ -72,6 +72,9 @@ class Report:
     readme_rows: list[tuple[str, str, str]] = field(default_factory=list)  # (script, measured, result)
     bundle: dict[str, list[str]] = field(default_factory=dict)  # bundle name -> Markdown lines
     plots: list[Plot] = field(default_factory=list)
+    #: (file relative to the repository root, block name) -> Markdown lines written between
+    #: ``<!-- name:start -->`` and ``<!-- name:end -->`` of that file (the markers must exist there)
+    blocks: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def merge(self, other: Report) -> None:
         self.markdown.update(other.markdown)
@@ -79,6 +82,8 @@ class Report:
         for k, v in other.bundle.items():
             self.bundle.setdefault(k, []).extend(v)
         self.plots.extend(other.plots)
+        for k, v in other.blocks.items():
+            self.blocks.setdefault(k, []).extend(v)
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -185,12 +190,13 @@ def render_envelope(stem: str, obj: Mapping[str, Any]) -> Report:
         check = label_curve_rises(ltab, lm, **BOOT)
         d, rises = check["largest_minus_smallest"], check["rises"]
         lines += ["", "## Label curve of the learner (more real labels, same protocol)", ""]
-        lines += table(["real labels", "mean", "95 % interval"], [[n, f3(s["mean"]), interval(s)]
-                                                                   for n, s in zip(sizes, lsums.values())])
+        size_label = lc.get("size_label", "real labels")
+        lines += table([size_label, "mean", "95 % interval"], [[n, f3(s["mean"]), interval(s)]
+                                                                for n, s in zip(sizes, lsums.values())])
         lines += ["", f"{last} - {first}: {d['mean']:+.3f} {interval(d)}; the learner "
                       f"{'is' if rises else 'is NOT'} shown to gain from more labels on this task."]
         curve_line = (f"; label curve {' / '.join(f3(s['mean']) for s in lsums.values())} at "
-                      f"{' / '.join(map(str, sizes))} labels")
+                      f"{' / '.join(map(str, sizes))} {'labels' if size_label == 'real labels' else size_label}")
         rep.plots.append(Plot(f"{stem}_label_curve", f"{title}: label curve", "curve", lm, [str(s) for s in sizes],
                               [s["mean"] for s in lsums.values()], [s["low"] for s in lsums.values()],
                               [s["high"] for s in lsums.values()]))
@@ -232,6 +238,90 @@ def _value(v: Any) -> str:
     if isinstance(v, (dict, list)):
         return f"`{json.dumps(v)}`"
     return str(v)
+
+
+def render_adaptation(stem: str, obj: Mapping[str, Any]) -> Report:
+    """An envelope of a domain-adaptation benchmark (e.g. ``adaptdiff_fundus``): the generic sections, then every
+    secondary metric (``extra.secondary_metrics``) with paired differences, per-case means, the human ceiling
+    (``extra.human_ceiling.rows``: a second annotator against the reference) and the share of the gap between the
+    baseline and the ceiling method that the method closes (``extra.gap``)."""
+    rep = render_envelope(stem, obj)
+    extra, baseline = obj.get("extra", {}), obj.get("baseline")
+    tab = ResultsTable.from_rows(obj["rows"])
+    metric = obj.get("primary_metric", "score")
+    metrics = [metric, *[m for m in extra.get("secondary_metrics", []) if m in tab.metrics()]]
+    human = ResultsTable.from_rows(extra.get("human_ceiling", {}).get("rows", []))
+    lines: list[str] = []
+    for m in metrics[1:]:
+        sums = _summaries(tab, m)
+        lines += ["", f"## {m} (mean, {_describe_interval(next(iter(sums.values())))})", ""]
+        lines += table(["method", "mean", "95 % interval", "std over seeds"],
+                       [[k, f3(v["mean"]), interval(v), f3(v["std_seeds"])] for k, v in sums.items()])
+        if baseline in sums:
+            pairs = [(a, tab.paired(a, baseline, m, **BOOT)) for a in sums if a != baseline]
+            lines += [""] + table([f"{m}: difference", "mean", "95 % interval", "wins / losses / ties", "verdict"],
+                                  [[f"{a} - {baseline}", f"{d['mean']:+.3f}", interval(d),
+                                    f"{d['wins']} / {d['losses']} / {d['ties']}", _verdict(d)] for a, d in pairs])
+    human_sums = {m: human.summary(human.methods(m)[0], m, **BOOT) for m in metrics if human.methods(m)}
+    if human_sums:
+        lines += ["", "## Human ceiling (second observer against the first, per case)", ""]
+        lines += table(["metric", "mean", "95 % interval", "cases"],
+                       [[m, f3(v["mean"]), interval(v), v["num_cases"]] for m, v in human_sums.items()])
+    methods = tab.methods(metric)
+    grids = {(k, m): tab.values(k, m) for k in methods for m in metrics}
+    cases = grids[(methods[0], metric)][2]
+    header = ["case", *[f"{k} {m}" for m in metrics for k in methods]]
+    human_cells = {m: dict(zip(human.values(human.methods(m)[0], m)[2], human.values(human.methods(m)[0], m)[0][0]))
+                   for m in human_sums}
+    header += [f"second observer {m}" for m in human_cells]
+    rows = []
+    for c in cases:
+        row = [c]
+        for m in metrics:
+            for k in methods:
+                grid, _, cs = grids[(k, m)]
+                row.append(f3(grid[:, cs.index(c)].mean()) if c in cs else "n/a")
+        row += [f3(human_cells[m].get(c)) for m in human_cells]
+        rows.append(row)
+    lines += ["", "## Per case (mean over seeds)", ""] + table(header, rows)
+    gap = extra.get("gap")
+    summary_line = ""
+    if gap and {gap["baseline"], gap["method"], gap["ceiling"]} <= set(methods):
+        lines += ["", f"## Goal: {gap['method']} above {gap['baseline']} (paired 95 % interval above zero), closing "
+                      f"at least half the gap to {gap['ceiling']}", ""]
+        rows = []
+        for m in metrics:
+            d = tab.paired(gap["method"], gap["baseline"], m, **BOOT)
+            full = tab.paired(gap["ceiling"], gap["baseline"], m, **BOOT)
+            share = d["mean"] / full["mean"] if abs(full["mean"]) > 1e-12 else float("nan")
+            met = d["low"] > 0 and share >= 0.5
+            rows.append([m, f"{d['mean']:+.3f} {interval(d)}", f"{full['mean']:+.3f} {interval(full)}", f3(share),
+                         "met" if met else "not met"])
+            if m == metric:
+                summary_line = (f"; {gap['method']} - {gap['baseline']} {d['mean']:+.3f} {interval(d)}, "
+                                f"{f3(share)} of the gap to {gap['ceiling']} closed (goal {'met' if met else 'not met'})")
+        lines += table(["metric", f"{gap['method']} - {gap['baseline']}", f"{gap['ceiling']} - {gap['baseline']}",
+                        "share of the gap closed", "goal"], rows)
+    text = rep.markdown[f"{stem}.md"]
+    head, sep, tail = text.rpartition("\nPlot: `")
+    rep.markdown[f"{stem}.md"] = head + "\n".join(lines) + "\n" + sep + tail
+    if extra.get("bundle") and extra["bundle"] in rep.bundle:
+        first = rep.bundle[extra["bundle"]][0].rstrip(".")
+        ceiling = "".join(f"; second observer {m} {f3(v['mean'])}" for m, v in human_sums.items())
+        rep.bundle[extra["bundle"]][0] = f"{first}{summary_line}{ceiling}."
+    labels, means, lows, highs = [], [], [], []
+    for m in metrics:
+        for k, v in [*_summaries(tab, m).items(), *([("second observer", human_sums[m])] if m in human_sums else [])]:
+            labels.append(f"{k} ({m})")
+            means.append(v["mean"])
+            lows.append(v["low"])
+            highs.append(v["high"])
+    rep.plots = [Plot(stem, extra.get("title", stem), "bars", " / ".join(metrics), labels, means, lows, highs)]
+    return rep
+
+
+#: envelope files with their own renderer (by file stem); every other envelope goes to :func:`render_envelope`
+ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {"adaptdiff_fundus": render_adaptation}
 
 
 # ------------------------------------------------------------------------------------------------ older shapes
@@ -361,70 +451,6 @@ def render_ctrl_genaug(files: Mapping[str, Mapping[str, Any]]) -> Report:
                                  "([details](../../../benchmarks/results/ctrl_genaug.md)): " + "; ".join(readme) + ".",
                                  ""]
     rep.plots.append(Plot("ctrl_genaug", "Ctrl-GenAug: downstream accuracy (no interval)", "bars", "accuracy",
-                          labels, means))
-    return rep
-
-
-def render_histodiffusion(files: Mapping[str, Mapping[str, Any]]) -> Report:
-    rep = Report()
-    res = files["histodiffusion_lowlabel.json"]
-    st = res["settings"]
-    n_seeds = st["seeds"]
-    variants = ("real_only", "real+synthetic", "real+filtered", "real+filtered_clf")
-    lines = [
-        "# HistoDiffusion low-label benchmark", "",
-        f"`python benchmarks/histodiffusion_lowlabel.py{' --quick' if st.get('quick') else ''}` on {res['machine']}, "
-        f"{st['threads']} thread(s): {minutes(res['total_s'])} wall clock, {minutes(res['cpu_s'])} CPU (load average "
-        f"{res['load_average']}). Written before the evaluation protocol existed: downstream learner MONAI "
-        f"`Classifier` (16-32-64), the same number of iterations for every variant, mean ± std over {n_seeds} seeds, "
-        "no interval (the per-seed values were not stored). Unfiltered = a random subset of the generated samples "
-        "with the same per-class size as the filtered set.", "",
-    ]
-    rows, readme, labels, means = [], [], [], []
-    for name, r in res["datasets"].items():
-        d = r["downstream"]
-        cells = [mean_std(d["real_only"]["accuracy"], d["real_only"]["accuracy_std"])] + [
-            f"{mean_std(d[k]['accuracy'], d[k]['accuracy_std'])} (+{d[k]['num_synthetic']})" for k in variants[1:]]
-        bal = " / ".join(f3(d[k]["balanced_accuracy"]) for k in variants)
-        rows.append([name, f"{r['num_labelled']} / {r['num_test']}", *cells, bal])
-        readme.append(f"{name} " + " / ".join(f3(d[k]["accuracy"]) for k in variants[:3]))
-        for k in variants:
-            labels.append(f"{name}: {k}")
-            means.append(d[k]["accuracy"])
-    lines += table(["data", "labelled / test", "real only", "real + synthetic", "real + filtered (latent features)",
-                    "real + filtered (classifier features)", "balanced acc. (real / +syn / +filt / +filt clf)"], rows)
-    rows2 = []
-    for name, r in res["datasets"].items():
-        s = r["seconds_per_sample"]
-        a = " / ".join(f"{v:.2f}" for v in r["noisy_classifier_test_accuracy"].values())
-        t = " / ".join(r["noisy_classifier_test_accuracy"])
-        rows2.append([name, f"{s['guided']:.3f}", f"{s['unguided']:.3f}", f"{s['ratio']:.2f}", f"{a} (t = {t})",
-                      f3(r["synthetic"]["mean_target_probability"], 2),
-                      f3(r["synthetic"]["nearest_centroid_is_target"], 2),
-                      f"{list(r['synthetic']['kept_per_class'].values())} / "
-                      f"{list(r['synthetic']['kept_per_class_classifier_features'].values())}"])
-    lines += [""] + table(["data", "guided s / sample", "unguided s / sample", "ratio", "classifier accuracy",
-                           "p(target) of guided samples (guiding classifier: circular)", "nearest centroid = target",
-                           "kept per class (latent / classifier features)"], rows2)
-    lines += ["", "Data:", ""] + [f"- **{n}**: {r['description']}" for n, r in res["datasets"].items()]
-    lines += [
-        "", "Notes:", "",
-        "- p(target) is the guiding classifier's own probability of the intended class on its guided samples, a "
-        "circular score; `monai_genaug.evaluation.Oracle` (a model trained on all real labels) is the independent "
-        "check a rerun should report instead.",
-        "- The guided s / sample include the classifier's forward and backward pass at every step (the ratio is the "
-        "cost of guidance); unguided sampling uses the same sampler, steps and batch size.",
-        f"- Stored spread over seeds: the largest accuracy std in the table is "
-        f"{max(d2['accuracy_std'] for r in res['datasets'].values() for d2 in r['downstream'].values()):.3f}.",
-        "", f"Plot: `{_plot_name('histodiffusion')}`.", "",
-    ]
-    rep.markdown["histodiffusion.md"] = "\n".join(lines)
-    summary = "; ".join(readme) + f" ({n_seeds} seeds, no interval)"
-    rep.readme_rows.append(("`histodiffusion_lowlabel.py`", f"accuracy with {100 * st['labelled_fraction']:.0f} % "
-                            "labels: real only / + unfiltered synthetic / + centroid-filtered synthetic", summary))
-    rep.bundle["histodiffusion"] = ["Downstream accuracy, real only / + unfiltered / + filtered synthetic "
-                                    "([details](../../../benchmarks/results/histodiffusion.md)): " + summary + ".", ""]
-    rep.plots.append(Plot("histodiffusion", "HistoDiffusion: downstream accuracy (no interval)", "bars", "accuracy",
                           labels, means))
     return rep
 
@@ -639,20 +665,78 @@ def render_threads_busy(files: Mapping[str, Mapping[str, Any]]) -> Report:
                                                   f"{medians}.", ""])
     return rep
 
+def render_shipped_weights(files: Mapping[str, Mapping[str, Any]]) -> Report:
+    """``benchmarks/shipped_weights.py``'s JSON: what the shipped weights do on the embedded phantoms, written into
+    README.md (the main job's wall time) and the bundles' docs (``shipped-weights`` blocks)."""
+    rep = Report()
+    r = files["shipped_weights.json"]
+    jobs = r.get("jobs", {})
+    src = "measured by `python benchmarks/shipped_weights.py`, one run, one torch thread"
+
+    def load(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    lines = ["# Shipped weights on the embedded phantoms", "",
+             f"Written by `{r.get('command')}` ({r.get('machine')}, torch {r.get('torch')}, {r.get('cpu_count')} "
+             "cores). One run per job on the bundles' phantoms with the shipped, phantom-trained weights: what a user "
+             "sees on a fresh clone, not a measure of the methods (see the other benchmarks).", ""]
+    rows = [[job, run["command"], f"{run['seconds']:.1f}", load(run.get("load_average_before"))]
+            for job, j in jobs.items() for run in j["runs"]]
+    lines += table(["job", "command", "wall s", "load average before"], rows) + [""]
+    if "ttga" in jobs:
+        run = jobs["ttga"]["runs"][0]
+        rep.blocks[("README.md", "main-job")] = [
+            f"The main job took {run['seconds']:.0f} s on this machine's last measurement (one torch thread, 1-minute "
+            f"load average {load(run.get('load_average_before'))} before it; {src.split(', ', 1)[0]}).", ""]
+        s = jobs["ttga"]["results"]["summary"]
+        text = (f"With the shipped weights on the {s['num_cases']} phantom test images ({src}): Dice of the fused "
+                f"prediction {f3(s['dice_ttga'])} with the detail transfer (the default)")
+        if "ttga_plain_views" in jobs:
+            text += f", {f3(jobs['ttga_plain_views']['results']['summary']['dice_ttga'])} with plain views " \
+                    "(`--detail_weight 0`)"
+        text += (f", {f3(s['dice_baseline'])} for the segmenter alone; error-estimation AUC {f3(s['error_auc_ttga'])}"
+                 f" (TTGA entropy) vs {f3(s['error_auc_baseline'])} (the segmenter's own entropy).")
+        rep.blocks[("bundles/ttga/docs/README.md", "shipped-weights")] = [text, ""]
+        lines += [f"TTGA: {text}", ""]
+    if "adaptdiff" in jobs:
+        a = jobs["adaptdiff"]["results"]
+        block = [f"Result of `evaluate.json` on the {a['source_only']['num_items']} target test phantoms (anatomies "
+                 f"never seen in training), {src}:", ""]
+        block += table(["segmenter", "mean Dice", "global Dice"],
+                       [["source-only (`models/source_segmenter.pt`)", f3(a["source_only"]["mean_dice"]),
+                         f3(a["source_only"]["global_dice"])],
+                        ["AdaptDiff (`models/model.pt`)", f3(a["adaptdiff"]["mean_dice"]),
+                         f3(a["adaptdiff"]["global_dice"])]]) + [""]
+        rep.blocks[("bundles/adaptdiff/docs/README.md", "shipped-weights")] = block
+        lines += ["AdaptDiff:", "", *block]
+    if "ctrl_genaug" in jobs:
+        c = jobs["ctrl_genaug"]["results"]
+        accs = "; ".join(f"{k.replace('_', ' ')} {f3(v['accuracy'])} [{f3(v['accuracy_low'])}, "
+                         f"{f3(v['accuracy_high'])}] ({len(v['seeds'])} seeds)" for k, v in c["downstream"].items())
+        text = (f"With the shipped weights on the default phantoms ({src}; {c['num_test_clips']} test clips): the "
+                f"filter kept {c['kept']} of {c['total']} generated clips; temporal consistency (100 x mean "
+                f"consecutive-frame cosine) {c['temporal_consistency_real']:.1f} for real clips vs "
+                f"{c['temporal_consistency_synthetic']:.1f} for generated ones; downstream accuracy: {accs}.")
+        rep.blocks[("bundles/ctrl_genaug/docs/README.md", "shipped-weights")] = [text, ""]
+        lines += [f"Ctrl-GenAug: {text}", ""]
+    rep.markdown["shipped_weights.md"] = "\n".join(lines)
+    return rep
+
+
 #: older result shapes: renderer, JSON files it reads (a file in the envelope shape is rendered on its own instead)
 LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable[[str], bool]]] = [
     (render_sampler, lambda n: n == "sampler_overhead.json"),
     (render_ttga, lambda n: n in ("ttga_quality.json", "ttga_speed.json")),
     (render_gms, lambda n: n in ("gms_quality.json", "gms_speed.json")),
-    (render_histodiffusion, lambda n: n == "histodiffusion_lowlabel.json"),
     (render_adaptdiff, lambda n: n.startswith("adaptdiff_")),
     (render_ctrl_genaug, lambda n: n == "ctrl_genaug.json"),
     (render_device_check, lambda n: n == "device_check.json"),
     (render_hostile_inputs, lambda n: n == "hostile_inputs.json"),
     (render_threads_busy, lambda n: n == "threads_busy.json"),
+    (render_shipped_weights, lambda n: n == "shipped_weights.json"),
 ]
 #: renderers of shapes that are not benchmarks of a method (no "before the evaluation protocol" label)
-NOT_METHOD_BENCHMARKS = {render_device_check, render_hostile_inputs, render_threads_busy}
+NOT_METHOD_BENCHMARKS = {render_device_check, render_hostile_inputs, render_threads_busy, render_shipped_weights}
 
 
 def render_results(results_dir: str | Path) -> Report:
@@ -678,7 +762,7 @@ def render_results(results_dir: str | Path) -> Report:
             report.merge(old)
     for name, obj in objs.items():
         if obj.get("schema") == SCHEMA:
-            report.merge(render_envelope(Path(name).stem, obj))
+            report.merge(ENVELOPE_RENDERERS.get(Path(name).stem, render_envelope)(Path(name).stem, obj))
         elif name not in legacy_seen:
             raise ValueError(
                 f"{results_dir / name} has no renderer: write it with monai_genaug.evaluation.write_results "
@@ -754,7 +838,22 @@ def _outputs(results_dir: Path, readme: Path | None, bundles: Path | None) -> tu
             doc = bundles / name / "docs" / "README.md"
             if doc.is_file():
                 outputs[doc] = update_block(doc.read_text(), bundle_block(lines), BUNDLE_MARKERS, "## Performance")
+    for (target, name), lines in report.blocks.items():
+        first, _, rest = target.partition("/")
+        doc = readme if target == "README.md" else (bundles / rest if first == "bundles" and bundles else None)
+        if doc is None or not doc.is_file():
+            continue
+        text = outputs.get(doc, doc.read_text())
+        markers = (f"<!-- {name}:start -->", f"<!-- {name}:end -->")
+        outputs[doc] = update_block(text, "\n".join(lines), markers)
     return outputs, report
+
+
+def orphaned_outputs(results_dir: Path, outputs: Mapping[Path, str], report: Report) -> list[Path]:
+    """Generated-looking files of ``results_dir`` (``*.md``, ``plots/*.png``) that no JSON gives any more."""
+    expected = {p.resolve() for p in outputs} | {(results_dir / _plot_name(p.name)).resolve() for p in report.plots}
+    found = [*results_dir.glob("*.md"), *results_dir.glob("plots/*.png")]
+    return sorted(p for p in found if p.resolve() not in expected)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -772,14 +871,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundles = Path(args.bundles) if args.bundles else repo / "bundles"
     outputs, report = _outputs(results_dir, readme if args.readme != "none" and readme.is_file() else None,
                                bundles if args.bundles != "none" and bundles.is_dir() else None)
+    orphans = orphaned_outputs(results_dir, outputs, report)
     if args.check:
         stale = [p for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
         for p in stale:
             print(f"stale: {p} differs from what the JSON gives; run python -m monai_genaug.evaluation.report "
                   f"{args.results_dir}", file=sys.stderr)
-        if not stale:
+        for p in orphans:
+            print(f"orphan: {p} comes from no JSON (its JSON was removed); run python -m "
+                  f"monai_genaug.evaluation.report {args.results_dir} to delete it", file=sys.stderr)
+        if not stale and not orphans:
             print(f"{len(outputs)} files match the JSON results.")
-        return 1 if stale else 0
+        return 1 if stale or orphans else 0
+    for path in orphans:
+        path.unlink()
+        print(f"deleted {path} (no JSON gives it)")
     for path, text in outputs.items():
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)

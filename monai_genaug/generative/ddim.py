@@ -29,7 +29,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["CLEAN", "PREDICTION_TYPES", "alpha_bar", "prediction_type_of", "timestep_path", "to_epsilon_and_x0", "ddim_transition"]
+__all__ = [
+    "CLEAN",
+    "PREDICTION_TYPES",
+    "alpha_bar",
+    "timestep_for_alpha_bar",
+    "prediction_type_of",
+    "timestep_path",
+    "to_epsilon_and_x0",
+    "ddim_transition",
+]
 
 #: pseudo-timestep of the clean end of the chain
 CLEAN = -1
@@ -63,6 +72,21 @@ def alpha_bar(scheduler: torch.nn.Module, timestep: int) -> float:
     if timestep >= scheduler.num_train_timesteps:
         raise ValueError(f"timestep {timestep} is outside the schedule [0, {scheduler.num_train_timesteps - 1}].")
     return float(scheduler.alphas_cumprod[timestep])
+
+
+def timestep_for_alpha_bar(scheduler: torch.nn.Module, target: float) -> int:
+    """The timestep in ``[1, T - 1]`` whose cumulative alpha is nearest to ``target``: a noise level that means the same
+    on every schedule (TTGA's original code inverts to alpha-bar ~0.74; a raw index such as 300 is 0.74 on its own
+    table but 0.41 on a scaled-linear one).
+
+    Args:
+        scheduler: any scheduler with ``alphas_cumprod`` and ``num_train_timesteps``.
+        target: the wanted alpha-bar, in (0, 1).
+    """
+    if not 0.0 < float(target) < 1.0:
+        raise ValueError(f"an alpha-bar noise level must be in (0, 1) (1 = clean, 0 = pure noise), got {target}.")
+    bars = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64)[1 : int(scheduler.num_train_timesteps)]
+    return int(torch.argmin((bars - float(target)).abs()).item()) + 1
 
 
 def timestep_path(

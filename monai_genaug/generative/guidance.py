@@ -194,6 +194,8 @@ class ClassifierGuidance(Guidance):
         class_labels: the target class per sample, (B,) long, or one int for the batch.
         scale: guidance scale s (HistoDiffusion uses 10).
         base: the guidance that makes the unguided estimate (default :class:`NoGuidance`, e.g. CFG can be stacked).
+        max_timestep: apply the gradient only at timesteps ``t <= max_timestep`` (None: at every step), i.e. only
+            where the noisy classifier still carries class information (its accuracy per t tells where).
     """
 
     def __init__(
@@ -202,8 +204,14 @@ class ClassifierGuidance(Guidance):
         class_labels: torch.Tensor | int,
         scale: float = 10.0,
         base: Guidance | None = None,
+        max_timestep: int | None = None,
     ) -> None:
         check_finite(type(self).__name__, scale=scale)
+        if max_timestep is not None and int(max_timestep) < 0:
+            raise ValueError(
+                f"ClassifierGuidance: max_timestep must be >= 0 or None (got {max_timestep}); use scale=0 for "
+                "unguided sampling."
+            )
         if float(scale) < 0:
             raise ValueError(
                 f"ClassifierGuidance: scale must be >= 0 (got {scale}); a negative scale pushes samples away from the "
@@ -213,6 +221,11 @@ class ClassifierGuidance(Guidance):
         self.class_labels = class_labels
         self.scale = float(scale)
         self.base = base if base is not None else NoGuidance()
+        self.max_timestep = None if max_timestep is None else int(max_timestep)
+
+    def active(self, timestep: int) -> bool:
+        """Whether the classifier gradient is applied at ``timestep`` (scale > 0 and within ``max_timestep``)."""
+        return self.scale > 0.0 and (self.max_timestep is None or int(timestep) <= self.max_timestep)
 
     def branches(self, generator: DiffusionModel, condition: Condition | None, batch_size: int) -> list[Condition]:
         return self.base.branches(generator, condition, batch_size)
@@ -224,7 +237,7 @@ class ClassifierGuidance(Guidance):
         self, eps: torch.Tensor, x_t: torch.Tensor, timestep: int, a_t: float, generator: DiffusionModel
     ) -> torch.Tensor:
         eps = self.base.correct(eps, x_t, timestep, a_t, generator)
-        if self.scale == 0.0:
+        if not self.active(timestep):
             return eps
         labels = torch.as_tensor(self.class_labels, device=x_t.device).long().reshape(-1)
         if labels.numel() == 1:

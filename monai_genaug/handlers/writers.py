@@ -53,6 +53,7 @@ from monai_genaug.utils.io import atomic_write, atomic_write_bytes, atomic_write
 from monai_genaug.metrics.cases import case_metrics, flip_tta_probabilities
 from monai_genaug.transforms.validation import source_name
 from monai_genaug.metrics.uncertainty import uncertainty_maps
+from monai_genaug.metrics.view_diversity import DIVERSITY_KEYS
 from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.utils.images import save_image_grid
 
@@ -468,6 +469,12 @@ class SegmentationComparisonWriter:
         network: the segmenter, for flip TTA.
         preprocessing: the evaluator's pre-processing (its inverse maps flip-TTA probabilities to the label grid).
         image_key: network-resolution image key (flip TTA input).
+        reconstruction_gate: also segment the augmenter's identity-path reconstruction of every image
+            (``inferer.augmenter.reconstruct``, without any detail transfer) and report its Dice (``dice_reconstruction``
+            per case); ``summary.json`` gets ``reconstruction_gate_ratio`` = mean ``dice_reconstruction`` / mean
+            ``dice_baseline`` and ``reconstruction_gate_passed`` = ratio >= this value (TTGA issue #16: 0.98). A
+            generator that fails it cannot make views the segmenter reads like the image. ``None``: off. Needs
+            ``network``, ``preprocessing`` and the TTGA ``inferer``.
     """
 
     def __init__(
@@ -486,9 +493,18 @@ class SegmentationComparisonWriter:
         network: Any | None = None,
         preprocessing: Any | None = None,
         image_key: str = "image",
+        reconstruction_gate: float | None = None,
     ) -> None:
         if flip_tta_examples and (network is None or preprocessing is None):
             raise ValueError("flip_tta_examples > 0 needs the segmenter (network) and the preprocessing transform.")
+        if reconstruction_gate is not None:
+            if network is None or preprocessing is None or not hasattr(getattr(inferer, "augmenter", None),
+                                                                      "reconstruct"):
+                raise ValueError("reconstruction_gate needs the segmenter (network), the preprocessing transform and "
+                                 "the TTGA inferer (whose augmenter has reconstruct()).")
+            if not 0.0 < float(reconstruction_gate) <= 1.0:
+                raise ValueError(f"reconstruction_gate is a Dice ratio in (0, 1], e.g. 0.98; got {reconstruction_gate}.")
+        self.reconstruction_gate = None if reconstruction_gate is None else float(reconstruction_gate)
         self.output_dir = Path(output_dir)
         self.num_classes = int(num_classes)
         self.inferer = inferer
@@ -501,7 +517,7 @@ class SegmentationComparisonWriter:
         self.image_key = image_key
         self._invert = (
             Invertd(keys="_flip", transform=preprocessing, orig_keys=image_key, nearest_interp=False, to_tensor=True)
-            if self.flip_tta_examples
+            if self.flip_tta_examples or reconstruction_gate is not None
             else None
         )
         self.rows: list[dict[str, Any]] = []
@@ -524,14 +540,22 @@ class SegmentationComparisonWriter:
         out = getattr(aug, "last_output", None)
         if out is None:
             return {}
-        return {"iterations": int(out.state.iterations), "identity_loss": float(out.state.final_loss)}
+        return {"iterations": int(out.state.iterations), "identity_loss": float(out.state.final_loss),
+                "identity_fraction": float(out.identity_fraction.float().mean())}
+
+    def _view_diversity(self, index: int) -> dict[str, float]:
+        """The views' diversity of batch item ``index`` from the TTGA inferer's last call (empty without it)."""
+        last = getattr(self.inferer, "last_output", None) or {}
+        return {k: float(last[k][index]) for k in (*DIVERSITY_KEYS, "segmenter_calls")
+                if k in last and last[k].ndim == 1 and index < last[k].shape[0]}
 
     def __call__(self, engine) -> None:
         items = engine_items(engine)
         seconds = (time.perf_counter() - self._t0) / max(len(items), 1)
         diag = self._diagnostics()
-        for item in items:
-            row: dict[str, Any] = {"id": case_id(item, len(self.rows)), "seconds": round(seconds, 3), **diag}
+        for index, item in enumerate(items):
+            row: dict[str, Any] = {"id": case_id(item, len(self.rows)), "seconds": round(seconds, 3), **diag,
+                                   **self._view_diversity(index)}
             label = item.get(self.label_key)
             if label is not None and self.pred_key in item:
                 ttga = case_metrics(item[self.pred_key], label, self.num_classes, item.get(self.uncertainty_key))
@@ -542,12 +566,29 @@ class SegmentationComparisonWriter:
                     row.update({f"{k}_baseline": v for k, v in base.items()})
                 if self.flip_tta_examples:
                     row.update({f"{k}_flip": v for k, v in self._flip_metrics(item, label).items()})
+                if self.reconstruction_gate is not None:
+                    row["dice_reconstruction"] = self._reconstruction_metrics(item, label)["dice"]
             self.rows.append(row)
+
+    def _reconstruction_metrics(self, item: Mapping[str, Any], label: Any) -> dict[str, float]:
+        """Case metrics of the segmenter on the augmenter's identity-path reconstruction of the image."""
+        image = item[self.image_key]
+        device = next(self.network.parameters()).device
+        recon = self.inferer.augmenter.reconstruct(image)
+        with torch.no_grad():
+            logits = self.network(recon.to(device))
+        probs = torch.softmax(logits.float(), dim=1) if logits.shape[1] > 1 else torch.sigmoid(logits.float())
+        return self._inverted_metrics(item, label, probs)
 
     def _flip_metrics(self, item: Mapping[str, Any], label: Any) -> dict[str, float]:
         image = item[self.image_key]
         device = next(self.network.parameters()).device
         probs = flip_tta_probabilities(self.network, image, self.flip_tta_examples, device=device)
+        return self._inverted_metrics(item, label, probs)
+
+    def _inverted_metrics(self, item: Mapping[str, Any], label: Any, probs: torch.Tensor) -> dict[str, float]:
+        """Case metrics of probabilities (K, C, *spatial) on the network grid, fused and inverted to the label's."""
+        image = item[self.image_key]
         maps = uncertainty_maps(probs, normalize=True)
         stacked = torch.cat([maps["mean"], maps["entropy"]], dim=0)
         meta = dict(getattr(image, "meta", {}) or {})
@@ -566,6 +607,11 @@ class SegmentationComparisonWriter:
         for k in keys:
             vals = [float(r[k]) for r in self.rows if k in r and r[k] is not None and not math.isnan(float(r[k]))]
             means[k] = float(np.mean(vals)) if vals else None
+        if self.reconstruction_gate is not None and means.get("dice_reconstruction") is not None \
+                and means.get("dice_baseline"):
+            ratio = means["dice_reconstruction"] / means["dice_baseline"]
+            means["reconstruction_gate_ratio"] = float(ratio)
+            means["reconstruction_gate_passed"] = bool(ratio >= self.reconstruction_gate)
         return means
 
     def write(self, engine=None) -> Path | None:

@@ -32,20 +32,31 @@ What ``__call__`` returns (``output``):
 - ``"dict"``: ``{"pred", "entropy", "expected_entropy", "mutual_information", "variance", "views"}`` for Python use.
 
 If ``inputs`` is a ``MetaTensor`` the returned tensor carries its meta data (affine...), as ``SimpleInferer`` does.
+
+Views x flips (``flip_axes``): the generated views and flips are complementary augmentations (appearance vs
+geometry), so every member of the stack (the image and its views) can also be segmented flipped along each given set
+of spatial axes and flipped back; the ensemble then has ``(N + 1) x (1 + len(flip_axes))`` members for the cost of
+that many segmenter calls (the generation is unchanged). ``last_output["segmenter_calls"]`` counts them.
+
+With the original image in the ensemble, :attr:`GenerativeTTAInferer.last_output` also holds, per image, the views'
+diversity (:func:`~monai_genaug.metrics.view_diversity.view_diversity`: MAE / SSIM to the image, agreement of the
+predictions), so an ensemble of views that equal the input shows as such next to the Dice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import convert_to_dst_type
 
 from monai_genaug.generative.protocols import ViewGenerator
 from monai_genaug.metrics.uncertainty import uncertainty_maps
+from monai_genaug.metrics.view_diversity import DIVERSITY_KEYS, hard_prediction, view_diversity
 
 __all__ = ["CONCAT_UNCERTAINTY", "GenerativeTTAInferer"]
 
@@ -74,6 +85,14 @@ class GenerativeTTAInferer(Inferer):
         keep_views: keep the generated views in :attr:`last_output` (for visualisation).
         seed: if given, every call re-seeds the view generator with ``seed`` so the output is a deterministic
             function of the input; ``None`` uses the augmenter's running generator.
+        identity_dilation: take the identity region of the views from the segmenter itself instead of the generator's
+            cross-attention: its foreground on the image (argmax > 0, or > 0.5 per channel for sigmoid outputs),
+            united with its uncertain pixels (``identity_uncertainty``), dilated by this many pixels; the image is kept
+            there and augmented elsewhere. ``None``: the augmenter's own mask. Costs one more segmenter call.
+        identity_uncertainty: with ``identity_dilation``, pixels whose normalised predictive entropy exceeds this
+            value also join the identity region (``None``: foreground only).
+        flip_axes: views x flips: sets of spatial axes (0-based, e.g. ``[[0], [1], [0, 1]]`` in 2D) along which every
+            ensemble member is also segmented flipped (and flipped back); ``None``: no flips.
 
     Example::
 
@@ -95,6 +114,9 @@ class GenerativeTTAInferer(Inferer):
         view_batch_size: int | None = None,
         keep_views: bool = True,
         seed: int | None = None,
+        flip_axes: Sequence[Sequence[int]] | None = None,
+        identity_dilation: int | None = None,
+        identity_uncertainty: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(augmenter, ViewGenerator):
@@ -121,7 +143,55 @@ class GenerativeTTAInferer(Inferer):
         self.view_batch_size = view_batch_size
         self.keep_views = bool(keep_views)
         self.seed = seed
+        self.flip_axes = self._check_flip_axes(flip_axes, augmenter)
+        if identity_dilation is not None and int(identity_dilation) < 0:
+            raise ValueError(f"identity_dilation is a radius in pixels (>= 0) or None, got {identity_dilation}.")
+        if identity_uncertainty is not None and not 0.0 <= float(identity_uncertainty) <= 1.0:
+            raise ValueError(f"identity_uncertainty is a normalised entropy in [0, 1], got {identity_uncertainty}.")
+        if identity_uncertainty is not None and identity_dilation is None:
+            raise ValueError("identity_uncertainty only acts with identity_dilation (set it, e.g. 0).")
+        self.identity_dilation = None if identity_dilation is None else int(identity_dilation)
+        self.identity_uncertainty = None if identity_uncertainty is None else float(identity_uncertainty)
         self.last_output: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def _check_flip_axes(flip_axes: Sequence[Sequence[int]] | None, augmenter: Any) -> list[tuple[int, ...]]:
+        if not flip_axes:
+            return []
+        sd = getattr(getattr(augmenter, "generator", None), "spatial_dims", None)
+        out = []
+        for axes in flip_axes:
+            axes = (int(axes),) if isinstance(axes, int) else tuple(int(a) for a in axes)
+            if not axes or len(set(axes)) != len(axes) or min(axes) < 0 or (sd is not None and max(axes) >= sd):
+                raise ValueError(
+                    f"flip_axes must be a list of non-empty sets of distinct spatial axes in [0, {sd or 'spatial_dims'}"
+                    f"), e.g. [[0], [1], [0, 1]] in 2D; got {list(flip_axes)}."
+                )
+            out.append(axes)
+        return out
+
+    def _identity_region(self, image: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The segmenter's dilated foreground (and uncertain pixels) on one image (C, *spatial) -> (1, *spatial)."""
+        probs = self._activate(self._segment(image[None], network, *args, **kwargs))
+        binary = bool(self.binary) if self.binary is not None else probs.shape[1] == 1
+        fg = hard_prediction(probs, binary)
+        fg = (fg.any(dim=1, keepdim=True) if binary else fg > 0).float()
+        if self.identity_uncertainty is not None:
+            entropy = uncertainty_maps(probs[:, None], sample_dim=1, channel_dim=2, binary=binary, normalize=True)
+            fg = torch.maximum(fg, (entropy["entropy"].reshape(fg.shape) > self.identity_uncertainty).float())
+        r = self.identity_dilation or 0
+        if r:
+            pool = F.max_pool2d if fg.ndim == 4 else F.max_pool3d
+            fg = pool(fg, kernel_size=2 * r + 1, stride=1, padding=r)
+        return fg[0]
+
+    def _segment_with_flips(self, stack: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Probabilities of ``stack`` (K, ...) and of its flips, flipped back: (K * (1 + len(flip_axes)), C, ...)."""
+        probs = [self._activate(self._segment(stack, network, *args, **kwargs))]
+        for axes in self.flip_axes:
+            dims = [a + 2 for a in axes]
+            probs.append(self._activate(self._segment(stack.flip(dims), network, *args, **kwargs)).flip(dims))
+        return torch.cat(probs, dim=0)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.activation == "softmax":
@@ -165,15 +235,23 @@ class GenerativeTTAInferer(Inferer):
         rng = torch.Generator().manual_seed(int(self.seed)) if self.seed is not None else None
         results: dict[str, list[torch.Tensor]] = {}
         for image in plain:
-            views = self.augmenter(image, num_views=self.num_views, rng=rng)
+            extra = {}
+            if self.identity_dilation is not None:
+                extra["identity_region"] = self._identity_region(image, network, *args, **kwargs)
+            views = self.augmenter(image, num_views=self.num_views, rng=rng, **extra)
             stack = torch.cat([image[None].to(views), views], dim=0) if self.include_original else views
-            probs = self._activate(self._segment(stack, network, *args, **kwargs))
+            probs = self._segment_with_flips(stack, network, *args, **kwargs)
             maps = uncertainty_maps(
                 probs, sample_dim=0, channel_dim=1, binary=self.binary, normalize=self.normalize_uncertainty
             )
             maps["pred"] = maps.pop("mean")
             if self.include_original:  # the segmenter alone on the unaugmented image, already computed
                 maps["original"] = probs[0]
+                binary = bool(self.binary) if self.binary is not None else probs.shape[1] == 1
+                k = stack.shape[0]
+                diversity = view_diversity(image.to(views), views, probs[1:k], probs[0], binary=binary)
+                maps.update({key: torch.tensor(diversity[key]) for key in DIVERSITY_KEYS})
+            maps["segmenter_calls"] = torch.tensor(probs.shape[0] + (1 if extra else 0))
             if self.keep_views or self.output == "dict":
                 maps["views"] = views
             for k, v in maps.items():

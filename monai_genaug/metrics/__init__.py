@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from .topology import cl_dice, soft_skeleton
 from .uncertainty import (
     error_estimation_auc,
     error_estimation_dice,
@@ -27,6 +28,8 @@ from .uncertainty import (
 )
 
 __all__ = [
+    "cl_dice",
+    "soft_skeleton",
     "mean_probability",
     "predictive_entropy",
     "expected_entropy",

@@ -44,6 +44,7 @@ from .validation import (
     CheckLabelMapd,
 )
 from .pseudo_label import (
+    area_matched_threshold,
     PseudoLabeler,
     PseudoLabeld,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "source_name",
     "CheckLabelMapd",
     "PseudoLabeler",
+    "area_matched_threshold",
     "PseudoLabeld",
     "RandLabelCorruption",
     "RandLabelCorruptiond",

@@ -30,7 +30,39 @@ from torch import nn
 __all__ = [
     "PseudoLabeler",
     "PseudoLabeld",
+    "area_matched_threshold",
 ]
+
+
+def area_matched_threshold(
+    foreground_probability: torch.Tensor, area_fraction: float, region: torch.Tensor | None = None
+) -> float:
+    """The threshold at which ``foreground_probability > threshold`` covers ``area_fraction`` of the pixels.
+
+    A calibration of pseudo-labels that needs no target label: a source segmenter applied to another domain is
+    often under- or over-confident, so the argmax (0.5) labels far fewer (or more) pixels than the structure covers.
+    Matching the area to a known prior (e.g. the foreground fraction of the source labels) fixes the label amount.
+
+    Args:
+        foreground_probability: ``(B, 1, *spatial)`` (or any shape) probabilities of the foreground.
+        area_fraction: wanted foreground fraction in (0, 1).
+        region: boolean mask of the same shape; only its pixels count (e.g. a field of view); None: all pixels.
+
+    Returns:
+        the threshold, clipped to [1e-4, 1 - 1e-4] (a valid :class:`PseudoLabeler` threshold).
+    """
+    if not 0.0 < float(area_fraction) < 1.0:
+        raise ValueError(f"area_fraction must be in (0, 1), got {area_fraction}.")
+    p = torch.as_tensor(foreground_probability).float()
+    if region is not None:
+        region = torch.as_tensor(region).bool()
+        if region.shape != p.shape:
+            raise ValueError(f"region {tuple(region.shape)} must have the probabilities' shape {tuple(p.shape)}.")
+        p = p[region]
+        if p.numel() == 0:
+            raise ValueError("the region holds no pixel; nothing to calibrate the threshold on.")
+    q = torch.quantile(p.reshape(-1)[:: max(1, p.numel() // 4_000_000)], 1.0 - float(area_fraction))
+    return float(q.clamp(1e-4, 1.0 - 1e-4))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from monai.bundle import ConfigParser
 from PIL import Image
@@ -127,6 +128,10 @@ def test_inference_2d_default_with_mlflow(tmp_path):
     assert len(rows) == 1 and {"dice_ttga", "dice_baseline", "hd95_ttga", "error_auc_ttga"} <= set(rows[0])
     cid = rows[0]["id"]
     assert 0.0 <= float(rows[0]["dice_ttga"]) <= 1.0 and int(rows[0]["iterations"]) <= 2
+    # the views' diversity sits next to the Dice (a run whose views equal the input would show SSIM 1, agreement 1)
+    assert 0.0 < float(rows[0]["view_mae"]) and 0.0 < float(rows[0]["view_ssim"]) < 1.0
+    assert 0.0 <= float(rows[0]["view_agreement"]) <= 1.0 and int(rows[0]["segmenter_calls"]) >= 2
+    assert 0.0 <= float(rows[0]["identity_fraction"]) <= 1.0
     label = np.array(Image.open(out / f"{cid}_label.png"))
     src = np.array(Image.open(next((tmp_path / "phantoms").glob("*/images")) / f"{cid}.png"))
     assert label.shape == src.shape[:2] and set(np.unique(label)) <= {0, 255}
@@ -135,6 +140,19 @@ def test_inference_2d_default_with_mlflow(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["summary"]["num_cases"] == 1 and summary["settings"]["num_views"] == 2
     assert (out / "mlruns.db").is_file()
+
+
+def test_evaluate_reports_the_reconstruction_gate(tmp_path):
+    """evaluate.json segments the generator's identity-path reconstructions and reports the gate (issue #16)."""
+    out = tmp_path / "out"
+    _run("--config_file", "['bundles/ttga/configs/inference.json','bundles/ttga/configs/evaluate.json']",
+         "--output_dir", str(out), "--phantom_dir", str(tmp_path / "phantoms"), *TINY, "--flip_tta_examples", "0")
+    rows = _rows(out / "metrics.csv")
+    assert len(rows) == 1 and 0.0 <= float(rows[0]["dice_reconstruction"]) <= 1.0
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    ratio = summary["reconstruction_gate_ratio"]
+    assert ratio == pytest.approx(float(rows[0]["dice_reconstruction"]) / float(rows[0]["dice_baseline"]), rel=1e-4)
+    assert summary["reconstruction_gate_passed"] == (ratio >= 0.98)
 
 
 def test_inference_3d_default_writes_nifti_with_input_affine(tmp_path):

@@ -81,6 +81,12 @@ def test_check_flags_stale_markdown_and_blocks(tmp_path):
     main(args)
     readme.write_text(readme.read_text().replace("0.625", "0.999"))
     assert main(args + ["--check"]) == 1
+    main(args)
+    orphan = results / "removed_benchmark.md"  # its JSON was deleted: --check fails, a normal run deletes it
+    orphan.write_text("# old\n")
+    assert main(args + ["--check"]) == 1
+    assert main(args) == 0 and not orphan.exists() and (results / "toy.md").is_file()
+    assert main(args + ["--check"]) == 0
 
 
 def test_unknown_json_shape_is_refused(tmp_path):
@@ -122,3 +128,35 @@ def test_device_check_json_is_rendered(tmp_path):
     md = rep.markdown["device_check.md"]
     assert "| train.cached_it_per_s | 41.250 |" in md and "RuntimeError: out of memory" in md
     assert rep.readme_rows[0][2].startswith("gms_sd2 ok; ttga_sd15 error; total 13.5 s")
+
+
+def test_shipped_weights_numbers_are_written_between_their_markers(tmp_path):
+    """benchmarks/shipped_weights.py's JSON fills the README's main-job block and the bundles' shipped-weights blocks;
+    a block edited by hand is reported stale, and a missing job leaves its block alone."""
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    run = {"command": "python -m monai.bundle run ...", "seconds": 21.4, "load_average_before": 0.5}
+    summary = {"num_cases": 4, "dice_ttga": 0.94, "dice_baseline": 0.93, "error_auc_ttga": 0.98,
+               "error_auc_baseline": 0.97}
+    adapt = {"source_only": {"mean_dice": 0.406, "global_dice": 0.402, "num_items": 19},
+             "adaptdiff": {"mean_dice": 0.561, "global_dice": 0.556, "num_items": 19}}
+    result = {"benchmark": "shipped_weights", "command": "python benchmarks/shipped_weights.py", "machine": "x86_64",
+              "torch": "2", "cpu_count": 2, "jobs": {"ttga": {"runs": [run], "results": {"summary": summary}},
+                                                     "adaptdiff": {"runs": [run], "results": adapt}}}
+    (results / "shipped_weights.json").write_text(json.dumps(result))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- main-job:start -->\n<!-- main-job:end -->\n"
+                      "<!-- benchmark-table:start -->\n<!-- benchmark-table:end -->\n")
+    docs = {}
+    for name in ("ttga", "adaptdiff", "ctrl_genaug"):
+        docs[name] = tmp_path / "bundles" / name / "docs" / "README.md"
+        docs[name].parent.mkdir(parents=True)
+        docs[name].write_text(f"# {name}\n<!-- shipped-weights:start -->\nhand typed\n<!-- shipped-weights:end -->\n")
+    args = [str(results), "--readme", str(readme), "--bundles", str(tmp_path / "bundles"), "--no-plots"]
+    assert main(args) == 0 and main(args + ["--check"]) == 0
+    assert "The main job took 21 s" in readme.read_text()
+    assert "0.940 with the detail transfer" in docs["ttga"].read_text()
+    assert "| AdaptDiff (`models/model.pt`) | 0.561 | 0.556 |" in docs["adaptdiff"].read_text()
+    assert "hand typed" in docs["ctrl_genaug"].read_text()  # no ctrl_genaug job in this JSON: block untouched
+    docs["adaptdiff"].write_text(docs["adaptdiff"].read_text().replace("0.561", "0.600"))
+    assert main(args + ["--check"]) == 1

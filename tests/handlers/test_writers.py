@@ -221,3 +221,14 @@ def test_tracking_handlers_read_the_loss_of_dict_outputs(tmp_path):
     assert out == [mlflow, stats] and loss_tracking_handlers(None) == []
     assert mlflow.output_transform({"loss": torch.tensor(0.5)}) == 0.5  # the diffusion trainers' dict output
     assert mlflow.output_transform([{"loss": torch.tensor(0.25)}]) == 0.25  # a decollated list
+
+
+def test_reconstruction_gate_needs_its_inputs(tmp_path):
+    from monai_genaug.handlers.writers import SegmentationComparisonWriter
+
+    with pytest.raises(ValueError, match="reconstruction_gate needs"):
+        SegmentationComparisonWriter(tmp_path, reconstruction_gate=0.98)
+    with pytest.raises(ValueError, match="Dice ratio"):
+        SegmentationComparisonWriter(tmp_path, reconstruction_gate=1.5, network=torch.nn.Identity(),
+                                     preprocessing=lambda d: d,
+                                     inferer=type("I", (), {"augmenter": type("A", (), {"reconstruct": 1})()})())

@@ -122,3 +122,74 @@ def test_in_supervised_evaluator_with_dice(aug2d):
     dice = evaluator.state.metrics["val_mean_dice"]
     assert 0.0 <= dice <= 1.0
     assert evaluator.state.output[0]["pred"].shape == (2, 16, 16)
+
+
+def test_views_times_flips_fuses_every_flipped_member_and_counts_calls(aug2d):
+    """flip_axes: each ensemble member is also segmented flipped and flipped back; the fused probability is the mean
+    over (N + 1) x (1 + flips) members, and the cost shows in segmenter_calls."""
+    net = _segmenter(2)
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    flips = [[0], [1], [0, 1]]
+    inferer = GenerativeTTAInferer(aug2d, activation="softmax", seed=5, flip_axes=flips)
+    with torch.no_grad():
+        mean = inferer(x, net)
+        stack = torch.cat([x, inferer.last_output["views"][0]])
+        members = [torch.softmax(net(stack), 1)]
+        for axes in flips:
+            dims = [a + 2 for a in axes]
+            members.append(torch.softmax(net(stack.flip(dims)), 1).flip(dims))
+        ref = torch.cat(members).mean(0)
+    assert torch.allclose(mean[0], ref, atol=1e-5)
+    assert int(inferer.last_output["segmenter_calls"][0]) == 4 * 4
+    plain = GenerativeTTAInferer(aug2d, activation="softmax", seed=5)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x, net), mean, atol=1e-4)  # the flips change the ensemble
+    assert int(plain.last_output["segmenter_calls"][0]) == 4
+    for bad in ([[2]], [[]], [[0, 0]], [[-1]]):
+        with pytest.raises(ValueError, match="flip_axes"):
+            GenerativeTTAInferer(aug2d, flip_axes=bad)
+
+
+def test_view_diversity_is_reported_per_image(aug2d):
+    """The views' MAE / SSIM to the input and the predictions' agreement are in last_output, per image."""
+    net = _segmenter(2)
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    inferer = GenerativeTTAInferer(aug2d, activation="softmax", seed=1)
+    with torch.no_grad():
+        inferer(x, net)
+    last = inferer.last_output
+    for key in ("view_mae", "view_ssim", "view_agreement", "view_pairwise_agreement"):
+        assert last[key].shape == (2,)
+    views = last["views"]
+    assert torch.allclose(last["view_mae"][1], (views[1] - x[1]).abs().mean(), atol=1e-5)
+    assert float(last["view_mae"].min()) > 0 and float(last["view_ssim"].max()) < 1.0
+    assert 0.0 <= float(last["view_agreement"].min()) <= float(last["view_agreement"].max()) <= 1.0
+
+
+def test_identity_region_from_the_segmenter_sets_the_kept_area(aug2d):
+    """identity_dilation: the segmenter's dilated foreground becomes the views' identity region; a larger dilation
+    keeps more of the image, and the views equal the identity reconstruction where the region covers everything."""
+    net = _segmenter(2)
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    fractions = []
+    for r in (0, 2):
+        inferer = GenerativeTTAInferer(aug2d, activation="softmax", seed=2, identity_dilation=r)
+        with torch.no_grad():
+            inferer(x, net)
+            region = inferer._identity_region(x[0], net)
+        out = aug2d.last_output
+        assert region.shape == (1, 16, 16) and set(region.unique().tolist()) <= {0.0, 1.0}
+        fractions.append(float(out.identity_fraction.mean()))
+        assert int(inferer.last_output["segmenter_calls"][0]) == 4 + 1
+    assert fractions[1] >= fractions[0]
+    half = torch.zeros(16, 16)
+    half[:, :8] = 1
+    with torch.no_grad():
+        out = aug2d.generate(x[0], num_views=2, identity_region=half)
+    assert 0.0 < float(out.identity_fraction.mean()) < 1.0
+    with pytest.raises(ValueError, match="identity_region must have"):
+        aug2d.generate(x[0], num_views=1, identity_region=torch.ones(8, 8))
+    with pytest.raises(ValueError, match="identity_dilation"):
+        GenerativeTTAInferer(aug2d, identity_dilation=-1)
+    with pytest.raises(ValueError, match="only acts with identity_dilation"):
+        GenerativeTTAInferer(aug2d, identity_uncertainty=0.5)

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from monai_genaug.generative.ddim import alpha_bar
+from monai_genaug.generative.ddim import alpha_bar, timestep_for_alpha_bar
 from monai_genaug.generative.inversion import ddim_jump
 from monai_genaug.generative.latent_generator import LatentGenerator, generator_config
 from monai_genaug.methods.ttga import TTGAAugmenter, ttga_legacy_scheduler
@@ -200,6 +200,25 @@ def test_tau_fraction_and_legacy_schedule(gen2d, image):
         TTGAAugmenter(gen2d, legacy_schedule=True, scheduler=legacy)
 
 
+def test_noise_level_by_alpha_bar_means_the_same_on_every_schedule(gen2d):
+    """tau_alpha_bar picks the step whose alpha-bar is nearest: 300 on TTGA's own table, another index on the
+    generator's schedule, the same noise level on both."""
+    legacy = TTGAAugmenter(gen2d, legacy_schedule=True, tau_alpha_bar=0.737, num_views=1, **FAST)
+    assert legacy.tau == pytest.approx(300, abs=2)
+    own = TTGAAugmenter(gen2d, tau_alpha_bar=0.737, num_views=1, **FAST)
+    assert own.tau != legacy.tau
+    for aug in (legacy, own):
+        bars = aug.scheduler.alphas_cumprod
+        assert alpha_bar(aug.scheduler, aug.tau) == pytest.approx(0.737, abs=float(bars[1] - bars[2]) + 5e-3)
+        assert aug.config()["tau_alpha_bar"] == 0.737
+    assert timestep_for_alpha_bar(own.scheduler, 0.999999) == 1  # nearly clean: the first step
+    assert TTGAAugmenter(gen2d, num_views=1, **FAST).tau == 300  # neither given: the paper's index
+    with pytest.raises(ValueError, match="not both"):
+        TTGAAugmenter(gen2d, tau=300, tau_alpha_bar=0.74, **FAST)
+    with pytest.raises(ValueError, match="alpha-bar"):
+        TTGAAugmenter(gen2d, tau_alpha_bar=1.5, **FAST)
+
+
 def test_raw_context_generator_and_flash_attention_maps(image):
     cfg = generator_config("tiny", spatial_dims=2, image_channels=3)
     cfg["conditioning"]["cross_attention_dim"] = 16
@@ -296,3 +315,18 @@ def test_works_inside_inference_mode(gen2d, image):
         out = aug.generate(image)
     assert out.views.shape == (2, 3, 16, 16) and out.state.final_loss < out.state.initial_loss
     assert aug(image).shape == (2, 3, 16, 16)  # cached inference tensors are usable outside inference mode
+
+
+def test_identity_region_replaces_the_attention_mask(gen2d, image):
+    """A given identity region is the mask: all-ones keeps the identity path everywhere (views = reconstruction),
+    all-zeros nowhere, and lambda_i no longer moves it."""
+    aug = TTGAAugmenter(gen2d, num_views=2, mask_scheme="attention", **FAST)
+    spatial = image.shape[1:]
+    with torch.no_grad():
+        kept = aug.generate(image, identity_region=torch.ones(spatial))
+        recon = aug.reconstruct(image)
+        free = aug.generate(image, identity_region=torch.zeros(spatial), lambda_i=3.0)
+    assert float(kept.identity_fraction.min()) == 1.0 and float(free.identity_fraction.max()) == 0.0
+    assert torch.allclose(kept.views, recon.expand_as(kept.views), atol=1e-4)
+    with pytest.raises(ValueError, match="mask_scheme='none'"):
+        TTGAAugmenter(gen2d, num_views=1, mask_scheme="none", **FAST).generate(image, identity_region=torch.ones(spatial))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from .pipeline import (
     ADAPTDIFF_SCHEDULE,
+    DIFFUSION_LOSSES,
+    SAMPLERS,
     AdaptDiff,
     MaskConditionedInputd,
     PseudoLabeld,
@@ -31,6 +33,7 @@ from .pipeline import (
     histogram_match,
     labels_to_seg,
     source_augmentation,
+    spatial_augmentation,
 )
 from .data import (
     write_pairs,
@@ -48,6 +51,8 @@ from .data import (
 
 __all__ = [
     "ADAPTDIFF_SCHEDULE",
+    "DIFFUSION_LOSSES",
+    "SAMPLERS",
     "AdaptDiff",
     "MaskConditionedInputd",
     "PseudoLabeld",
@@ -62,6 +67,7 @@ __all__ = [
     "histogram_match",
     "labels_to_seg",
     "source_augmentation",
+    "spatial_augmentation",
     "write_pairs",
     "make_pseudo_labels",
     "write_pseudo_labels",

@@ -37,6 +37,7 @@ from monai_genaug.data.folders import (
     split_datalist,
     split_name,
 )
+from monai_genaug.data.fundus import child_of
 from monai_genaug.data.phantoms import MANIFEST_NAME, phantom_affine, write_phantom_dataset
 from monai_genaug.data.pipelines import segmentation_2d_transforms, volume_3d_transforms
 from monai_genaug.data.synthetic import SYNTHETIC_KEY, synthetic_name
@@ -67,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: the left / right eye of one subject: ``<subject ending in a digit><L|R>`` (CHASE_DB1: ``Image_01L``)
+EYE_PAIR_PATTERN = r"^(.*\d)[LR]$"
 
 # ----------------------------------------------------------------------------------------------------------------
 # files and data of the bundle stages
@@ -242,23 +245,68 @@ def write_synthetic_pairs(
     return entries
 
 
+def _link_layout(source_dir: Any, target_dir: Any, layout_dir: Path) -> str:
+    """``layout_dir/source`` and ``layout_dir/target`` as symbolic links to two separate data set folders."""
+    for role, folder in (("source", source_dir), ("target", target_dir)):
+        path = Path(folder).expanduser().resolve()
+        need = ("images", "masks") if role == "source" else ("images",)
+        missing = [n for n in need if not (path / n).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"{role}_dir '{path}' must hold {' and '.join(f'{n}/' for n in need)} (e.g. DRIVE as source, "
+                f"CHASE_DB1 as target); missing: {missing}."
+            )
+        link = layout_dir / role
+        layout_dir.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            if link.is_symlink() and link.resolve() == path:
+                continue
+            if not link.is_symlink():
+                raise FileExistsError(f"'{link}' exists and is not a link; choose another output_dir.")
+            link.unlink()
+        link.symlink_to(path, target_is_directory=True)
+    return str(layout_dir)
+
+
 def adaptdiff_data_dir(
     dataset_dir: str | os.PathLike | None,
     phantom_dir: str | os.PathLike | None = None,
     num: int = 96,
     spatial_size: Sequence[int] = (64, 64),
     seed: int = 0,
+    source_dir: str | os.PathLike | None = None,
+    target_dir: str | os.PathLike | None = None,
+    layout_dir: str | os.PathLike | None = None,
 ) -> str:
-    """The data folder of an AdaptDiff run: ``dataset_dir`` when given, else two-modality phantoms written once.
+    """The data folder of an AdaptDiff run: ``dataset_dir`` when given; else ``source_dir`` + ``target_dir`` (two
+    separate data sets, e.g. DRIVE -> CHASE_DB1, linked into ``layout_dir``); else two-modality phantoms written once.
 
     Layout (the one :func:`~monai_genaug.data.phantoms.write_phantom_dataset` writes for ``"two_modality"``):
     ``source/images`` + ``source/masks`` (labelled source modality), ``target/images`` (unlabelled target modality)
     and optionally ``target/masks`` (only used to evaluate). Phantoms go to
     ``phantom_dir/two_modality_<num>_<size>_s<seed>`` and are reused when its manifest matches.
 
+    ``source_dir`` needs ``images/`` + ``masks/`` (other folders such as DRIVE's ``fov/`` are ignored), ``target_dir``
+    ``images/`` and optionally ``masks/`` (evaluation only); ``layout_dir`` (default ``<phantom_dir>/../data_layout``)
+    receives the links ``source`` and ``target``, so no data is copied.
+
     Raises:
-        FileNotFoundError: ``dataset_dir`` does not exist or lacks ``source/`` / ``target/``.
+        FileNotFoundError: ``dataset_dir`` does not exist or lacks ``source/`` / ``target/``, or ``source_dir`` /
+            ``target_dir`` lack their folders.
+        ValueError: only one of ``source_dir`` and ``target_dir``, or together with ``dataset_dir``.
     """
+    separate = [d for d in (source_dir, target_dir) if not is_empty_path(d)]
+    if separate:
+        if len(separate) != 2 or not is_empty_path(dataset_dir):
+            raise ValueError(
+                "give source_dir and target_dir together (two data sets), or dataset_dir alone (one folder with "
+                "source/ and target/), not a mix."
+            )
+        if is_empty_path(layout_dir):
+            if phantom_dir is None:
+                raise ValueError("with source_dir / target_dir, pass layout_dir (or phantom_dir) for the links.")
+            layout_dir = Path(phantom_dir).parent / "data_layout"
+        return _link_layout(source_dir, target_dir, Path(layout_dir))
     if not is_empty_path(dataset_dir):
         path = Path(dataset_dir).expanduser()
         missing = [p for p in ("source/images", "source/masks", "target/images") if not (path / p).is_dir()]
@@ -285,8 +333,10 @@ def adaptdiff_data_dir(
 
 
 def _group_of(stem: str) -> str:
-    """Items named ``<group>__<rest>`` (e.g. slices ``<patient>__z070``) belong to ``<group>``; others to themselves."""
-    return stem.split("__", 1)[0]
+    """Items named ``<group>__<rest>`` (e.g. slices ``<patient>__z070``) belong to ``<group>``; the eyes
+    ``<subject><digit>L`` / ``<subject><digit>R`` of one subject (CHASE_DB1's ``Image_01L`` / ``Image_01R``) to the
+    subject; others to themselves."""
+    return child_of(stem.split("__", 1)[0], EYE_PAIR_PATTERN)
 
 
 def _image_only_datalist(folder: Path) -> list[dict]:
@@ -313,8 +363,9 @@ def adaptdiff_split(
 ) -> list[dict]:
     """One role of a fixed, seeded split of an AdaptDiff data folder (see :func:`adaptdiff_data_dir`).
 
-    Items are grouped by id (``<group>__<rest>`` ids, e.g. the slices of one patient, form one group) and every group
-    goes to one role only, so no anatomy is seen both labelled and unlabelled, or in training and test:
+    Items are grouped by id (``<group>__<rest>`` ids, e.g. the slices of one patient, form one group; so do the two
+    eyes ``<subject>L`` / ``<subject>R`` of a subject whose id ends in a digit, e.g. CHASE_DB1's children) and every
+    group goes to one role only, so no anatomy is seen both labelled and unlabelled, or in training and test:
 
     - ``"target_test"``: ``test_fraction`` of the target groups that have masks (final numbers only);
     - ``"target_train"``: unlabelled target images of ``target_fraction`` of the remaining target groups when source and

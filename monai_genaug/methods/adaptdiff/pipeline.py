@@ -60,6 +60,8 @@ from monai.transforms import (
     Compose,
     OneOf,
     RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
     RandGaussianNoised,
     RandGaussianSharpend,
     RandGaussianSmoothd,
@@ -90,7 +92,7 @@ from monai_genaug.methods.adaptdiff.data import (
 from monai_genaug.transforms.conditioning import MaskConditionedInputd
 from monai_genaug.transforms.intensity import RandIntensityInversiond
 from monai_genaug.transforms.label_corruption import RandLabelCorruption, RandLabelCorruptiond
-from monai_genaug.transforms.pseudo_label import PseudoLabeld, PseudoLabeler
+from monai_genaug.transforms.pseudo_label import PseudoLabeld, PseudoLabeler, area_matched_threshold
 from monai_genaug.utils.checkpoint import to_json_config
 from monai_genaug.utils.config import merge_config
 from monai_genaug.utils.images import from_unit_range, to_unit_range
@@ -98,6 +100,8 @@ from monai_genaug.utils.labels import check_label_map, labels_to_seg
 
 __all__ = [
     "ADAPTDIFF_SCHEDULE",
+    "DIFFUSION_LOSSES",
+    "SAMPLERS",
     "AdaptDiff",
     "MaskConditionedInputd",
     "PseudoLabeld",
@@ -112,6 +116,7 @@ __all__ = [
     "histogram_match",
     "labels_to_seg",
     "source_augmentation",
+    "spatial_augmentation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,6 +130,17 @@ ADAPTDIFF_SCHEDULE: dict[str, Any] = {
 }
 
 
+#: named samplers of :meth:`AdaptDiff.synthesize`: the paper's ancestral DDPM over all T steps (every ``x_t`` clamped)
+#: and deterministic DDIM with 50 steps (``eta = 0``; an extension for faster synthesis, not in the paper)
+SAMPLERS: dict[str, dict[str, Any]] = {
+    "ddpm": {"num_inference_steps": None, "eta": 1.0},
+    "ddim50": {"num_inference_steps": 50, "eta": 0.0},
+}
+
+#: diffusion losses of :meth:`AdaptDiff.diffusion_trainer`: the package trainer's MSE, or the release's L1 on the noise
+DIFFUSION_LOSSES = ("mse", "l1")
+
+
 def adaptdiff_generator_config(
     preset: str = "tiny",
     spatial_dims: int = 2,
@@ -135,6 +151,7 @@ def adaptdiff_generator_config(
     prediction_type: str = "epsilon",
     schedule: Mapping[str, Any] | None = None,
     unet: Mapping[str, Any] | None = None,
+    spade_channels: int | None = None,
 ) -> dict[str, Any]:
     """Config of AdaptDiff's mask-conditioned generator: a SPADE diffusion UNet taking one-hot masks.
 
@@ -148,7 +165,12 @@ def adaptdiff_generator_config(
         prediction_type: ``"epsilon"`` (paper), ``"v_prediction"`` or ``"sample"``.
         schedule: noise schedule (default :data:`ADAPTDIFF_SCHEDULE`).
         unet: overrides of the UNet entries (e.g. ``{"channels": [16, 32, 64], "norm_num_groups": 8}``).
+        spade_channels: hidden width of the SPADE mask branches (``spade_intermediate_channels``; the release: 128),
+            independent of the preset (whose CPU-sized ``"tiny"`` width, 16, can limit how well the mask is
+            followed); None keeps the preset's (or ``unet``'s) value.
     """
+    if spade_channels is not None and int(spade_channels) < 1:
+        raise ValueError(f"spade_channels must be a positive width (the release: 128), got {spade_channels}.")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes counts foreground classes and must be >= 1, got {num_classes}.")
     sched = {**ADAPTDIFF_SCHEDULE, **dict(schedule or {})}
@@ -166,6 +188,8 @@ def adaptdiff_generator_config(
     )
     if unet:
         cfg["unet"] = merge_config(cfg["unet"], unet)
+    if spade_channels is not None:
+        cfg["unet"]["spade_intermediate_channels"] = int(spade_channels)
     levels = len(cfg["unet"]["channels"])
     if not attention:
         cfg["unet"]["attention_levels"] = [False] * levels
@@ -269,7 +293,47 @@ def source_augmentation(
     )
 
 
-def finetune_augmentation(image_key: str = "image", value_range: Sequence[float] = (0.0, 1.0)) -> Compose:
+def spatial_augmentation(
+    keys: Sequence[str] = ("image", "label"),
+    flip_prob: float = 0.5,
+    affine_prob: float = 0.8,
+    rotate: float = 0.3,
+    scale: float = 0.15,
+    spatial_dims: int = 2,
+) -> list:
+    """Random flips and small affine changes of image and label (bilinear / nearest), for every segmenter of the
+    pipeline (source, fine-tuning, upper bound): a list of MONAI transforms to put before the intensity ones.
+
+    Args:
+        keys: image key first, then the label key(s) (resampled with nearest neighbours).
+        flip_prob: probability of a flip along each spatial axis.
+        affine_prob: probability of a random rotation / scaling.
+        rotate: largest rotation in radians (around every axis in 3D).
+        scale: largest relative scaling.
+        spatial_dims: 2 or 3.
+    """
+    keys = list(keys)
+    modes = ("bilinear",) + ("nearest",) * (len(keys) - 1)
+    return [
+        *[RandFlipd(keys, prob=flip_prob, spatial_axis=a) for a in range(int(spatial_dims))],
+        RandAffined(
+            keys,
+            prob=affine_prob,
+            rotate_range=[rotate] * (1 if int(spatial_dims) == 2 else 3),
+            scale_range=[scale] * int(spatial_dims),
+            mode=modes,
+            padding_mode="zeros",
+        ),
+    ]
+
+
+def finetune_augmentation(
+    image_key: str = "image",
+    value_range: Sequence[float] = (0.0, 1.0),
+    spatial: bool = True,
+    label_key: str = "label",
+    spatial_dims: int = 2,
+) -> Compose:
     """The release's fine-tuning augmentation, approximated with MONAI transforms (one of, per sample):
 
     ====== ===================================================================
@@ -281,14 +345,20 @@ def finetune_augmentation(image_key: str = "image", value_range: Sequence[float]
     0.2    Gaussian blur only
     ====== ===================================================================
 
-    then clipping to ``value_range``.
+    then clipping to ``value_range``; before it (``spatial``), the random flips and affine changes of
+    :func:`spatial_augmentation` on image and label, as the source segmenter gets them (the release augments intensity
+    only).
 
     Args:
         image_key: key of the image.
         value_range: intensity range of the images.
+        spatial: add :func:`spatial_augmentation` of image and ``label_key``.
+        label_key: key of the label map (moved with the image).
+        spatial_dims: 2 or 3.
     """
     lo, hi = float(value_range[0]), float(value_range[1])
     span = hi - lo
+    moves = spatial_augmentation((image_key, label_key), spatial_dims=spatial_dims) if spatial else []
 
     def sharpen() -> RandGaussianSharpend:
         return RandGaussianSharpend(
@@ -300,6 +370,7 @@ def finetune_augmentation(image_key: str = "image", value_range: Sequence[float]
 
     return Compose(
         [
+            *moves,
             OneOf(
                 [
                     RandGaussianNoised(image_key, prob=1.0, std=0.15 * span),
@@ -390,10 +461,17 @@ class AdaptDiff:
         self._segmenter = segmenter.to(self.device) if segmenter is not None else None
         self._generator = generator.to(self.device) if generator is not None else None
         self.adapted: nn.Module | None = None
+        self.pseudo_threshold: float | None = None
         if cfg is not None:
             self.spatial_dims, self.image_channels = int(cfg["spatial_dims"]), int(cfg["in_channels"])
-        else:
+        elif generator is not None:
             self.spatial_dims, self.image_channels = generator.spatial_dims, int(generator.image_channels)
+        else:
+            raise ValueError(
+                "the segmenter has no segmenter_config (spatial_dims, in_channels, num_classes) and there is no "
+                "generator to read them from; build it with build_segmenter(segmenter_config(...)) or set the "
+                "attribute segmenter_config."
+            )
 
     @property
     def segmenter(self) -> nn.Module:
@@ -543,6 +621,8 @@ class AdaptDiff:
         image_key: str = "image",
         inferer: Inferer | None = None,
         batch_size: int = 16,
+        area_fraction: float | None = None,
+        region_key: str | None = None,
     ) -> list[dict]:
         """(b) Cached pseudo-labels: ``[{"image", "label", "id"}]`` for unlabelled target images.
 
@@ -555,6 +635,12 @@ class AdaptDiff:
             image_key: image key of the items.
             inferer: MONAI inferer of the segmenter.
             batch_size: images per segmenter call.
+            area_fraction: calibrate the threshold instead of using ``threshold``: the one at which the
+                pseudo-labels cover this fraction of the target pixels (e.g. the source labels' foreground fraction;
+                :func:`~monai_genaug.transforms.pseudo_label.area_matched_threshold`). The chosen threshold is
+                logged and kept in ``self.pseudo_threshold``.
+            region_key: key of a boolean mask of the items (e.g. a field of view) inside which the area is counted
+                and outside which pseudo-labels are background; None counts every pixel.
 
         Raises:
             ValueError: no target image, wrong channels / dimensions, or an empty pseudo-label set (no foreground in
@@ -562,8 +648,19 @@ class AdaptDiff:
         """
         images = _images_of(target, image_key, "target").float()
         self._check_images(images, "target images")
+        region = _images_of(target, region_key, "region").bool() if region_key is not None else None
         labeler = self.pseudo_labeler(threshold, inferer, batch_size=batch_size)
-        return make_pseudo_labels(labeler, target, corruption, min_foreground, image_key)
+        if area_fraction is not None:
+            fg = 1.0 - labeler.probabilities(images)[:, :1].cpu()
+            labeler.threshold = area_matched_threshold(fg, area_fraction, region)
+            logger.info(f"pseudo-label threshold {labeler.threshold:.4f} covers {area_fraction:.4f} of the target.")
+        self.pseudo_threshold = labeler.threshold
+        pairs = make_pseudo_labels(labeler, target, corruption, min_foreground, image_key)
+        if region is not None:
+            keep = {str(v): r for v, r in zip(_ids_of(target, images.shape[0], "target_"), region)}
+            for p in pairs:
+                p["label"] = p["label"] * keep[p["id"]].long()
+        return pairs
 
     # ------------------------------------------------------------------ (c) mask-conditioned diffusion
     def autoencoder_trainer(
@@ -652,13 +749,24 @@ class AdaptDiff:
         )
 
     def diffusion_trainer(
-        self, train_loader: Any, max_epochs: int, output_dir: str | os.PathLike, lr: float = 1e-3, **kwargs: Any
+        self,
+        train_loader: Any,
+        max_epochs: int,
+        output_dir: str | os.PathLike,
+        lr: float = 1e-3,
+        loss: str = "mse",
+        **kwargs: Any,
     ):
         """(c) A ``SupervisedTrainer`` of the mask-conditioned diffusion model (batches from :meth:`diffusion_loader`).
 
-        ``kwargs`` go to :func:`~monai_genaug.engines.diffusion.create_diffusion_trainer` (``ema_decay``,
+        ``loss``: ``"mse"`` (the package trainer's default) or ``"l1"`` (the release regresses the noise with L1);
+        an explicit ``loss_function`` in ``kwargs`` wins. ``kwargs`` go to :func:`~monai_genaug.engines.diffusion.create_diffusion_trainer` (``ema_decay``,
         ``sample_size``, ``tracking``...); the condition ``seg`` is read from the batch key ``"seg"``.
         """
+        if loss not in DIFFUSION_LOSSES:
+            raise ValueError(f"loss must be one of {DIFFUSION_LOSSES} (the release: 'l1'), got {loss!r}.")
+        if loss == "l1":
+            kwargs.setdefault("loss_function", nn.L1Loss())
         kwargs.setdefault("experiment_name", "adaptdiff_diffusion")
         kwargs.setdefault("condition_keys", {"seg": "seg"})
         trainer = create_diffusion_trainer(
@@ -681,6 +789,7 @@ class AdaptDiff:
         label_key: str = "label",
         template: torch.Tensor | None = None,
         progress: bool = False,
+        sampler: str | None = None,
     ) -> PairedSynthesisResult:
         """(d) Target-modality images drawn for (real source) masks.
 
@@ -699,10 +808,17 @@ class AdaptDiff:
             label_key: key of the masks in items.
             template: optional target image for :func:`histogram_match` of every sample.
             progress: progress bar.
+            sampler: a named sampler of :data:`SAMPLERS` (``"ddpm"``: the paper's; ``"ddim50"``: DDIM, 50 steps,
+                ``eta = 0``) replacing ``num_inference_steps`` and ``eta``; None uses those two.
 
         Raises:
-            ValueError: empty mask set, masks with unexpected values or a size the generator cannot take.
+            ValueError: empty mask set, masks with unexpected values or a size the generator cannot take, or an
+                unknown sampler name.
         """
+        if sampler is not None:
+            if sampler not in SAMPLERS:
+                raise ValueError(f"sampler must be one of {sorted(SAMPLERS)} or None, got {sampler!r}.")
+            num_inference_steps, eta = SAMPLERS[sampler]["num_inference_steps"], SAMPLERS[sampler]["eta"]
         labels = _images_of(masks, label_key, "mask")
         labels = check_label_map(labels, self.num_classes, self.generator.spatial_dims, name="synthesis masks")
         ids = _ids_of(masks, labels.shape[0], "mask_")

@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """HistoDiffusion (Ye et al., arXiv:2308.04020): the class-guided synthesizer on the generative core (:mod:`.pipeline`)
-and its data / evaluation / filtering glue (:mod:`.data`).
+its data / evaluation / filtering glue (:mod:`.data`) and the choice of the guidance on a validation split by an
+independent oracle (:mod:`.selection`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from .pipeline import (
     ClassifierFeatures,
     HistoDiffusion,
     LatentFeatures,
+    PenultimateFeatures,
     ClassSynthesisResult,
     estimate_scale_factor,
     histodiffusion_generator_config,
+    informative_max_timestep,
     load_autoencoder_weights,
 )
 from .data import (
@@ -30,20 +33,27 @@ from .data import (
     default_downstream_network,
     evaluate_synthetic_augmentation,
     filter_synthetic_datalist,
+    train_real_feature_network,
 )
+from .selection import AgreementScorer, select_guidance
 
 __all__ = [
     "HISTODIFFUSION_SCHEDULE",
     "ClassifierFeatures",
     "HistoDiffusion",
     "LatentFeatures",
+    "PenultimateFeatures",
     "ClassSynthesisResult",
     "estimate_scale_factor",
     "histodiffusion_generator_config",
+    "informative_max_timestep",
     "load_autoencoder_weights",
     "prepare_histodiffusion_data",
     "materialize",
     "default_downstream_network",
     "evaluate_synthetic_augmentation",
     "filter_synthetic_datalist",
+    "train_real_feature_network",
+    "AgreementScorer",
+    "select_guidance",
 ]

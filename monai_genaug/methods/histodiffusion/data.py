@@ -32,8 +32,9 @@ from monai_genaug.data.folders import class_folder_datalist, load_datalist, spli
 from monai_genaug.data.phantoms import write_phantom_dataset
 from monai_genaug.data.synthetic import SYNTHETIC_KEY, mix_synthetic_datalist
 from monai_genaug.evaluation.downstream import evaluate_training_sets, variant_summaries
+from monai_genaug.evaluation.learners import classification_learner, train_learner
 from monai_genaug.filters.centroid import CentroidFilter
-from monai_genaug.methods.histodiffusion.pipeline import HistoDiffusion
+from monai_genaug.methods.histodiffusion.pipeline import HistoDiffusion, PenultimateFeatures
 from monai_genaug.utils.io import atomic_write_json
 from monai_genaug.utils.paths import is_empty_path
 
@@ -43,6 +44,7 @@ __all__ = [
     "default_downstream_network",
     "evaluate_synthetic_augmentation",
     "filter_synthetic_datalist",
+    "train_real_feature_network",
 ]
 
 logger = logging.getLogger(__name__)
@@ -261,6 +263,43 @@ def evaluate_synthetic_augmentation(
     return results
 
 
+def train_real_feature_network(
+    images: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    num_classes: int,
+    iterations: int = 300,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Train the evaluation protocol's classifier (:class:`~monai_genaug.evaluation.GlobalPoolCNN`) on the labelled
+    **real** images: the feature network of the ``"real_classifier"`` centroid-filter features
+    (:class:`~monai_genaug.methods.histodiffusion.pipeline.PenultimateFeatures`), independent of the generator and of
+    the guidance classifier.
+
+    Args:
+        images: ``(N, C, *spatial)`` labelled real images.
+        labels: ``(N,)`` class indices.
+        num_classes: number of classes.
+        iterations: training steps (random flips / 90-degree rotations).
+        batch_size: images per step.
+        lr: AdamW learning rate.
+        seed: seed of the initialisation and the batches.
+        device: device.
+
+    Returns:
+        The trained network in eval mode (its ``head`` input is the feature vector).
+    """
+    images = torch.as_tensor(images).float()
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    if images.ndim not in (4, 5) or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty (N, C, *spatial) batch, got shape {tuple(images.shape)}.")
+    torch.manual_seed(int(seed))
+    net = classification_learner(images.ndim - 2, images.shape[1], int(num_classes))
+    return train_learner(net, images, labels, "classification", iterations, batch_size, lr, seed=seed, device=device)
+
+
 def filter_synthetic_datalist(
     pipeline: HistoDiffusion,
     reference: Sequence[Mapping[str, Any]],
@@ -274,6 +313,8 @@ def filter_synthetic_datalist(
     centroid_source: str = "real",
     reference_class_names: Sequence[str] | None = None,
     batch_size: int = 32,
+    feature_iterations: int = 300,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Centroid-filter a synthetic datalist on disk (the bundle's ``filter.json``).
 
@@ -286,7 +327,8 @@ def filter_synthetic_datalist(
         reference: real labelled datalist (the centroids).
         synthetic: synthetic datalist or the path of ``synthetic_datalist.json``.
         output_dir: output folder.
-        features: ``"latent"``, ``"classifier"`` or a feature module.
+        features: ``"real_classifier"`` (the penultimate layer of a classifier trained here on ``reference``:
+            independent of the generator and of the guide), ``"latent"``, ``"classifier"`` or a feature module.
         transform: loads datalist items (e.g. ``classification_2d_transforms``).
         max_per_class: cap per class.
         ratio_to_real: cap per class relative to the real count.
@@ -294,6 +336,8 @@ def filter_synthetic_datalist(
         centroid_source: ``"real"`` or ``"real+synthetic"``.
         reference_class_names: class names of ``reference`` (must equal the pipeline's, when given).
         batch_size: images per feature call.
+        feature_iterations: training steps of the ``"real_classifier"`` feature network.
+        seed: seed of the ``"real_classifier"`` feature network.
 
     Returns:
         ``{"total", "kept", "per_class": {name: [kept, total]}, "datalist", "scores"}``.
@@ -308,8 +352,16 @@ def filter_synthetic_datalist(
     synthetic = list(synthetic)
     if not synthetic:
         raise ValueError("the synthetic datalist is empty; run the synthesis first.")
+    extractor = features
+    if features == "real_classifier":
+        real = materialize(reference, transform)
+        network = train_real_feature_network(
+            torch.stack([i["image"] for i in real]), [i["label"] for i in real], pipeline.num_classes,
+            iterations=feature_iterations, seed=seed, device=pipeline.device,
+        )
+        extractor = PenultimateFeatures(network)
     flt = pipeline.centroid_filter(
-        features,
+        extractor,
         max_per_class=max_per_class,
         ratio_to_real=ratio_to_real,
         metric=metric,

@@ -69,9 +69,11 @@ __all__ = [
     "ClassifierFeatures",
     "HistoDiffusion",
     "LatentFeatures",
+    "PenultimateFeatures",
     "ClassSynthesisResult",
     "estimate_scale_factor",
     "histodiffusion_generator_config",
+    "informative_max_timestep",
     "load_autoencoder_weights",
 ]
 
@@ -195,6 +197,69 @@ class ClassifierFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier.features(self.generator.encode(images), self.timestep)
+
+
+class PenultimateFeatures(nn.Module):
+    """Filter features from a network trained on the labelled **real** images: the input of its last layer
+    (``layer``, e.g. :class:`~monai_genaug.evaluation.GlobalPoolCNN`'s ``head``: the pooled convolution features).
+
+    Independent of the generator and of the guidance classifier, as the paper's centroid filter on the features of a
+    separately (self-)supervised backbone; build one with
+    :func:`~monai_genaug.methods.histodiffusion.data.train_real_feature_network`.
+
+    Args:
+        network: the trained network (kept in eval mode).
+        layer: dotted name of the last layer whose input is the feature vector.
+
+    Raises:
+        ValueError: ``network`` has no module ``layer``.
+    """
+
+    def __init__(self, network: nn.Module, layer: str = "head") -> None:
+        super().__init__()
+        try:
+            self.layer = network.get_submodule(layer)
+        except AttributeError as err:
+            raise ValueError(
+                f"the feature network has no module {layer!r}; name its last (classification) layer."
+            ) from err
+        self.network = network.eval()
+        self.layer_name = layer
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        handle = self.layer.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
+        try:
+            self.network.eval()
+            self.network(images)
+        finally:
+            handle.remove()
+        return captured[0].flatten(1)
+
+
+def informative_max_timestep(
+    accuracy: Mapping[int, float], chance: float, margin: float = 0.05
+) -> int | None:
+    """The largest timestep up to which the noisy classifier is informative: every tested ``t <=`` it scores at least
+    ``chance + margin`` (e.g. balanced accuracy on the validation split, chance ``1 / K``).
+
+    Args:
+        accuracy: ``{timestep: accuracy}`` of the noisy classifier on validation latents.
+        chance: chance level of that accuracy.
+        margin: required lead over chance.
+
+    Returns:
+        The timestep (guidance then acts at ``t <=`` it), or None when the classifier is not informative even at the
+        smallest tested timestep (then guide nowhere: use scale 0).
+    """
+    if not accuracy:
+        raise ValueError("accuracy is empty; give the classifier's accuracy at one or more timesteps.")
+    best = None
+    for t in sorted(int(k) for k in accuracy):
+        if float(accuracy[t]) < float(chance) + float(margin):
+            break
+        best = t
+    return best
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
@@ -466,8 +531,11 @@ class HistoDiffusion:
             raise ValueError(f"classes has duplicates: {classes}.")
         return classes
 
-    def guidance(self, label: int | torch.Tensor, scale: float = 10.0) -> ClassifierGuidance | NoGuidance:
-        """The classifier-guidance plug-in for ``label`` (plain :class:`NoGuidance` when ``scale == 0``)."""
+    def guidance(
+        self, label: int | torch.Tensor, scale: float = 10.0, max_timestep: int | None = None
+    ) -> ClassifierGuidance | NoGuidance:
+        """The classifier-guidance plug-in for ``label`` (plain :class:`NoGuidance` when ``scale == 0``), acting
+        only at timesteps ``<= max_timestep`` when given (see :func:`informative_max_timestep`)."""
         if not float(scale) >= 0:
             raise ValueError(f"guidance scale must be >= 0, got {scale}.")
         if float(scale) == 0.0:
@@ -475,7 +543,7 @@ class HistoDiffusion:
         if self.classifier is None:
             raise ValueError("classifier guidance needs a classifier; train one or set guidance_scale=0.")
         self.classifier.eval()
-        return ClassifierGuidance(self.classifier, class_labels=label, scale=float(scale))
+        return ClassifierGuidance(self.classifier, class_labels=label, scale=float(scale), max_timestep=max_timestep)
 
     def sample_latents(
         self,
@@ -487,13 +555,16 @@ class HistoDiffusion:
         num_inference_steps: int = 50,
         rng: torch.Generator | None = None,
         progress: bool = False,
+        guidance_max_timestep: int | None = None,
     ) -> torch.Tensor:
-        """``num_samples`` latents guided towards class ``label`` (one batch)."""
+        """``num_samples`` latents guided towards class ``label`` (one batch); the classifier gradient acts only at
+        timesteps ``<= guidance_max_timestep`` when given."""
         self._check_classes([label])
         self.generator.eval()
         sampler = DiffusionSampler(num_inference_steps=num_inference_steps, eta=eta, progress=progress)
         shape = (int(num_samples), *self.generator.latent_shape(tuple(spatial_size)))
-        return sampler(self.generator, shape=shape, guidance=self.guidance(int(label), guidance_scale), rng=rng)
+        guidance = self.guidance(int(label), guidance_scale, guidance_max_timestep)
+        return sampler(self.generator, shape=shape, guidance=guidance, rng=rng)
 
     def synthesize(
         self,
@@ -510,6 +581,7 @@ class HistoDiffusion:
         value_range: tuple[float, float] = (0.0, 1.0),
         keep_images: bool = True,
         progress: bool = False,
+        guidance_max_timestep: int | None = None,
     ) -> ClassSynthesisResult:
         """Class-guided synthesis, one class per batch, optionally written to disk with a datalist.
 
@@ -531,14 +603,19 @@ class HistoDiffusion:
             value_range: intensity range of the images (decoded images are clamped to it).
             keep_images: return the decoded images in the result.
             progress: show the sampler's progress bar.
+            guidance_max_timestep: apply the classifier gradient only at timesteps ``<= guidance_max_timestep``
+                (None: at every step; choose it where the classifier beats chance, :func:`informative_max_timestep`).
 
         Raises:
-            ValueError: class out of range, negative guidance scale or count, no classifier for a scale > 0.
+            ValueError: class out of range, negative guidance scale or count, no classifier for a scale > 0,
+                negative ``guidance_max_timestep``.
         """
         if not float(guidance_scale) >= 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if guidance_max_timestep is not None and int(guidance_max_timestep) < 0:
+            raise ValueError(f"guidance_max_timestep must be >= 0 or None, got {guidance_max_timestep}.")
         if isinstance(num_per_class, Mapping):
             counts = {class_indices([c], self.class_names)[0]: int(n) for c, n in num_per_class.items()}
             classes = self._check_classes(classes if classes is not None else sorted(counts))
@@ -562,7 +639,9 @@ class HistoDiffusion:
                 n = min(batch_size, counts[c] - i0)
                 batch_seed = int(np.random.SeedSequence([seed + i0, c]).generate_state(1)[0])
                 rng = torch.Generator().manual_seed(batch_seed)
-                z = self.sample_latents(c, n, spatial_size, guidance_scale, eta, num_inference_steps, rng, progress)
+                z = self.sample_latents(
+                    c, n, spatial_size, guidance_scale, eta, num_inference_steps, rng, progress, guidance_max_timestep
+                )
                 with torch.no_grad():
                     x = self.generator.decode(z).clamp(*value_range).cpu()
                 batch_seeds = list(range(seed + i0, seed + i0 + n))
@@ -577,6 +656,7 @@ class HistoDiffusion:
         seconds = time.perf_counter() - start
         settings = {
             "guidance_scale": float(guidance_scale),
+            "guidance_max_timestep": None if guidance_max_timestep is None else int(guidance_max_timestep),
             "eta": float(eta),
             "num_inference_steps": int(num_inference_steps),
             "batch_size": int(batch_size),
@@ -608,16 +688,26 @@ class HistoDiffusion:
         )
 
     # ------------------------------------------------------------------ filtering
-    def feature_extractor(self, kind: str = "latent") -> nn.Module:
-        """A filter feature extractor: ``"latent"`` (:class:`LatentFeatures`) or ``"classifier"``
-        (:class:`ClassifierFeatures`)."""
+    def feature_extractor(self, kind: str = "latent", network: nn.Module | None = None) -> nn.Module:
+        """A filter feature extractor: ``"real_classifier"`` (:class:`PenultimateFeatures` of ``network``, a model
+        trained on the labelled real images: independent of the generator and of the guide), ``"latent"``
+        (:class:`LatentFeatures`) or ``"classifier"`` (:class:`ClassifierFeatures`: the guide itself, circular)."""
+        if kind == "real_classifier":
+            if network is None:
+                raise ValueError(
+                    "real_classifier features need the network trained on the labelled real images "
+                    "(train_real_feature_network)."
+                )
+            return PenultimateFeatures(network)
         if kind == "latent":
             return LatentFeatures(self.generator)
         if kind == "classifier":
             if self.classifier is None:
                 raise ValueError("classifier features need a classifier.")
             return ClassifierFeatures(self.classifier, self.generator)
-        raise ValueError(f"unknown feature extractor {kind!r}; use 'latent', 'classifier' or pass a module.")
+        raise ValueError(
+            f"unknown feature extractor {kind!r}; use 'real_classifier', 'latent', 'classifier' or pass a module."
+        )
 
     def centroid_filter(self, features: str | nn.Module | Callable = "latent", **kwargs: Any) -> CentroidFilter:
         """A :class:`~monai_genaug.filters.centroid.CentroidFilter` for this pipeline's classes (not fitted).

@@ -70,7 +70,7 @@ from monai.networks.blocks import CrossAttentionBlock
 from monai.networks.schedulers import DDPMScheduler
 from tqdm.auto import tqdm
 
-from monai_genaug.generative.ddim import alpha_bar, prediction_type_of
+from monai_genaug.generative.ddim import alpha_bar, prediction_type_of, timestep_for_alpha_bar
 from monai_genaug.generative.guidance import MultiConditionGuidance
 from monai_genaug.generative.inversion import ddim_invert, ddim_jump, predict_epsilon
 from monai_genaug.generative.latent_generator import LatentGenerator
@@ -262,7 +262,11 @@ class TTGAAugmenter:
         null_context: the unconditional context (L, D) / (1, L, D) for the null branch and the identity
             initialisation; ``None`` uses the generator's null prompt (zeros for raw-context generators).
         num_views: N, views per call (TTGA: 10; demo: 5).
-        tau: the designated timestep: an int index on the schedule, or a float in (0, 1) as a fraction of T.
+        tau: the designated timestep: an int index on the schedule, or a float in (0, 1) as a fraction of T
+            (default 300 when ``tau_alpha_bar`` is not given either).
+        tau_alpha_bar: the designated noise level as a cumulative alpha in (0, 1) instead of an index: tau is the
+            timestep of the (possibly overriding) schedule nearest to it. TTGA's original code inverts to about 0.74
+            (index 300 on its own table); index 300 of a scaled-linear schedule is 0.41. Excludes ``tau``.
         inversion_stride: DDIM inversion stride ``Δf`` (spec: 10; the demo uses 100).
         denoising_stride: denoising stride ``Δd``; path ``tau, tau - Δd, ..., 0`` (100 gives 3 steps at tau 300).
         guidance_scale: g, CFG scale between identity and prompt (optimisation and ``eps_id``).
@@ -312,7 +316,8 @@ class TTGAAugmenter:
         prompt: int | torch.Tensor | None = 0,
         null_context: torch.Tensor | None = None,
         num_views: int = 10,
-        tau: int | float = 300,
+        tau: int | float | None = None,
+        tau_alpha_bar: float | None = None,
         inversion_stride: int = 10,
         denoising_stride: int = 100,
         guidance_scale: float = 2.0,
@@ -389,7 +394,14 @@ class TTGAAugmenter:
         # handed to the inversion, the jumps and the sampler (the generator keeps its training schedule)
         self._scheduler = scheduler if scheduler is not None else generator.scheduler
         self.num_train_timesteps = int(self._scheduler.num_train_timesteps)
-        self.tau = self._resolve_tau(tau)
+        if tau is not None and tau_alpha_bar is not None:
+            raise ValueError(
+                f"give tau ({tau}) or tau_alpha_bar ({tau_alpha_bar}), not both; in a bundle set the other to null."
+            )
+        if tau_alpha_bar is not None:
+            tau = timestep_for_alpha_bar(self._scheduler, tau_alpha_bar)
+        self.tau = self._resolve_tau(300 if tau is None else tau)
+        self.tau_alpha_bar = tau_alpha_bar
         self.prompt = prompt
         self.null_context_override = null_context
         self.num_views = int(num_views)
@@ -779,6 +791,32 @@ class TTGAAugmenter:
             m = m + w * a
         return (m >= 0).float()
 
+    def _region_to_latent(
+        self, region: torch.Tensor, geometry: _Geometry, latent_spatial: Sequence[int], n: int
+    ) -> torch.Tensor:
+        """An identity region given in image space ((1, *spatial) or (*spatial), 1 = keep) on the latent grid:
+        resized and padded like the image (padding is augmented), then a latent cell is identity when any of its
+        pixels is (adaptive max pooling), (n, 1, *latent_spatial)."""
+        r = region.as_tensor() if hasattr(region, "as_tensor") else torch.as_tensor(region)
+        r = r.to(self.device, torch.float32)
+        if r.ndim == len(geometry.spatial_shape) + 1 and r.shape[0] == 1:
+            r = r[0]
+        if tuple(r.shape) != tuple(geometry.spatial_shape):
+            raise ValueError(
+                f"identity_region must have the image's spatial shape {tuple(geometry.spatial_shape)} (optionally with "
+                f"one leading channel), got {tuple(region.shape)}."
+            )
+        r = (r > 0.5).float()[None, None]
+        if geometry.resized_shape != geometry.spatial_shape:
+            r = F.interpolate(r, size=geometry.resized_shape, mode="nearest")
+        flat: list[int] = []
+        for before, after in reversed(geometry.pad):
+            flat += [before, after]
+        if any(flat):
+            r = F.pad(r, flat, value=0.0)
+        pool = F.adaptive_max_pool2d if len(latent_spatial) == 2 else F.adaptive_max_pool3d
+        return pool(r, tuple(latent_spatial)).expand(n, 1, *latent_spatial).contiguous()
+
     def _query_length(self, latent_spatial: Sequence[int]) -> int | None:
         if self.attention_factor is None:
             return None
@@ -799,6 +837,7 @@ class TTGAAugmenter:
         image_id: str | None = None,
         lambda_i: float | Sequence[float] | torch.Tensor | None = None,
         prompt: int | torch.Tensor | None = None,
+        identity_region: torch.Tensor | None = None,
     ) -> TTGAOutput:
         """Generate ``num_views`` views of one image (C, *spatial) in one batch, with diagnostics.
 
@@ -809,6 +848,10 @@ class TTGAAugmenter:
             image_id: cache key (default: hash of the image).
             lambda_i: override the identity weight (float or one value per view).
             prompt: override the prompt.
+            identity_region: an identity region in image space ((1, *spatial) or (*spatial), 1 = keep the image there)
+                that replaces the cross-attention mask, e.g. the frozen segmenter's dilated foreground (see
+                :class:`~monai_genaug.inferers.generative_tta.GenerativeTTAInferer` ``identity_dilation``); the
+                ``bernoulli`` / ``hybrid`` flips still apply on top. Not with ``mask_scheme="none"``.
         """
         n = self.num_views if num_views is None else int(num_views)
         if n < 1:
@@ -829,7 +872,12 @@ class TTGAAugmenter:
         x_tau = state.x_tau.expand(n, *state.x_tau.shape[1:]).contiguous()
         eps_id = state.eps_id.expand_as(x_tau)
         path = self.timesteps()
-        use_attention = self.mask_scheme in ("attention", "hybrid")
+        region = None
+        if identity_region is not None:
+            if self.mask_scheme == "none":
+                raise ValueError("identity_region needs an identity path; mask_scheme='none' has none.")
+            region = self._region_to_latent(identity_region, state.geometry, latent_spatial, n)
+        use_attention = self.mask_scheme in ("attention", "hybrid") and region is None
         use_flips = self.mask_scheme in ("bernoulli", "hybrid") and self.drop_p > 0
         u1 = u2 = None
         if use_flips:
@@ -843,7 +891,9 @@ class TTGAAugmenter:
         def merge(step: SamplerStep) -> torch.Tensor | None:
             if self.mask_scheme == "none":
                 return None
-            if use_attention:
+            if region is not None:
+                mask = region.to(step.x_next.device)
+            elif use_attention:
                 mask = self._attention_mask(recorder.take(), guidance.weights, n, latent_spatial, recorder.seen)
             else:
                 mask = torch.ones((n, 1, *latent_spatial), device=step.x_next.device)
@@ -886,9 +936,12 @@ class TTGAAugmenter:
         rng: torch.Generator | None = None,
         image_id: str | None = None,
         lambda_i: float | Sequence[float] | torch.Tensor | None = None,
+        identity_region: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The views (N, C, *spatial) of one image; see :meth:`generate`."""
-        return self.generate(image, num_views=num_views, rng=rng, image_id=image_id, lambda_i=lambda_i).views
+        return self.generate(
+            image, num_views=num_views, rng=rng, image_id=image_id, lambda_i=lambda_i, identity_region=identity_region
+        ).views
 
     def config(self) -> Mapping[str, Any]:
         """The TTGA hyper-parameters (JSON-like), e.g. for logging."""
@@ -900,7 +953,7 @@ class TTGAAugmenter:
             "max_iterations": self.max_iterations, "early_stop_loss": self.early_stop_loss,
             "early_stop_tau_factor": self.early_stop_tau_factor, "legacy_schedule": self.legacy_schedule,
             "num_views": self.num_views, "attention_factor": self.attention_factor,
-            "alpha_bar_tau": alpha_bar(self.scheduler, self.tau),
+            "alpha_bar_tau": alpha_bar(self.scheduler, self.tau), "tau_alpha_bar": self.tau_alpha_bar,
         }
 
 
