@@ -280,7 +280,7 @@ def run(args) -> dict:
         aug = with_spatial(source_augmentation(invert_prob=args.invert_prob), args.size)
         ad.source_trainer(make_loader(oversample(source, over), aug, args.batch_size, seed=seed), args.seg_epochs,
                           out_dir / f"source_{seed}", loss_function=seg_loss(), lr=args.seg_lr, cosine_lr=True,
-                          seed=seed).run()
+                          options=TrainingOptions(seed=seed)).run()
         tick("source_segmenters", t0)
 
     table = ResultsTable()
@@ -307,7 +307,7 @@ def run(args) -> dict:
     t0 = time.time()
     ad0.diffusion_trainer(ad0.diffusion_loader(oversample(pseudo, over), batch_size=args.batch_size, seed=args.seed),
                           args.diff_epochs, out_dir / "diffusion", lr=args.diff_lr, ema_decay=args.ema,
-                          ema_warmup_iters=100, seed=args.seed).run()
+                          ema_warmup_iters=100, options=TrainingOptions(seed=args.seed)).run()
     tick("diffusion", t0)
     t0 = time.time()
     synth = ad0.synthesize(source, num_inference_steps=args.steps, eta=args.eta, batch_size=64, seed=args.seed)
@@ -325,7 +325,8 @@ def run(args) -> dict:
         set_determinism(seed)
         ad.finetune_trainer(make_loader(oversample(synth.items(), over), finetune_augmentation(), args.batch_size,
                                         seed=seed), args.ft_epochs, out_dir / f"finetune_{seed}",
-                            loss_function=seg_loss(), lr=args.ft_lr, lr_step_size=args.ft_step, seed=seed).run()
+                            loss_function=seg_loss(), lr=args.ft_lr, lr_step_size=args.ft_step,
+                            options=TrainingOptions(seed=seed)).run()
         tick("finetunes", t0)
         score("adaptdiff", ad.adapted, seed)
         # upper bound: the same segmenter trained on the target training images with their labels
