@@ -407,54 +407,6 @@ def render_adaptdiff(files: Mapping[str, Mapping[str, Any]]) -> Report:
     return rep
 
 
-def render_ctrl_genaug(files: Mapping[str, Mapping[str, Any]]) -> Report:
-    rep = Report()
-    res = files["ctrl_genaug.json"]
-    titles = {"phantoms": "Phantom sequences (disk vs elongated moving object)",
-              "brats": "BRATS 2013 FLAIR slice stacks (tumour vs no tumour), split by patient"}
-    lines = ["# Ctrl-GenAug benchmark", "",
-             "Written by `benchmarks/ctrl_genaug_sequences.py` (settings in `ctrl_genaug.json`), before the "
-             "evaluation protocol existed: mean ± std over the seeds, no interval (the per-seed values were not "
-             "stored); the real+filtered row is not compared with a random subset of the same size.", ""]
-    readme, labels, means = [], [], []
-    for key, r in res.items():
-        n_seeds = r["settings"]["seeds"]
-        dl = r["diffusion_loss"]
-        lines += [f"## {titles.get(key, key)}", "",
-                  f"{r['num_frames']} frames of {r['frame_size'][0]} x {r['frame_size'][1]}; {r['num_train']} training "
-                  f"clips ({r['train_positive_fraction']:.2f} class 1), {r['num_test']} test clips "
-                  f"({r['test_positive_fraction']:.2f} class 1); {r['num_synthetic']} generated clips, "
-                  f"{r['num_kept']} kept by the three filters. Diffusion loss frames {f3(dl['frames_first'])} -> "
-                  f"{f3(dl['frames_last'])}, clips {f3(dl['clips_first'])} -> {f3(dl['clips_last'])}. "
-                  f"{minutes(r['seconds']['total'])} on {r.get('device', 'n/a')}.", ""]
-        rows = []
-        for k, v in r["downstream"].items():
-            rows.append([k, mean_std(v["accuracy"], v["accuracy_std"]), f"{n_seeds} seeds, no interval",
-                         f3(v["balanced_accuracy"]), f"{v['num_train']} ({v['num_synthetic']} synthetic)"])
-            labels.append(f"{key}: {k}")
-            means.append(v["accuracy"])
-        lines += table(["training set", "accuracy (mean ± std over seeds)", "interval", "balanced accuracy",
-                        "clips"], rows)
-        tc = r["temporal_consistency"]
-        lines += ["", "Temporal consistency (100 x mean cosine of consecutive frames, pixels): real training "
-                      f"{tc['real_mean']:.2f} ± {tc['real_std']:.2f} (test {tc['real_test_mean']:.2f}), generated "
-                      f"{tc['generated_mean']:.2f} ± {tc['generated_std']:.2f}, kept {f3(tc.get('kept_mean'), 2)}.", ""]
-        acc = " / ".join(f3(v["accuracy"]) for v in r["downstream"].values())
-        readme.append(f"{key} {acc} ({n_seeds} seeds, no interval); consistency {tc['real_mean']:.1f} vs "
-                      f"{tc['generated_mean']:.1f}")
-    lines += [f"Plot: `{_plot_name('ctrl_genaug')}`.", ""]
-    rep.markdown["ctrl_genaug.md"] = "\n".join(lines)
-    rep.readme_rows.append(("`ctrl_genaug_sequences.py`", "sequence classification accuracy: real only / + all "
-                            "synthetic clips / + filtered clips; temporal consistency real vs generated",
-                            "; ".join(readme)))
-    rep.bundle["ctrl_genaug"] = ["Sequence classification accuracy, real only / + all synthetic / + filtered "
-                                 "([details](../../../benchmarks/results/ctrl_genaug.md)): " + "; ".join(readme) + ".",
-                                 ""]
-    rep.plots.append(Plot("ctrl_genaug", "Ctrl-GenAug: downstream accuracy (no interval)", "bars", "accuracy",
-                          labels, means))
-    return rep
-
-
 _TTGA_METHODS = ("baseline", "flip", "ttga_plain", "ttga")
 
 
@@ -729,7 +681,6 @@ LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable
     (render_ttga, lambda n: n in ("ttga_quality.json", "ttga_speed.json")),
     (render_gms, lambda n: n in ("gms_quality.json", "gms_speed.json")),
     (render_adaptdiff, lambda n: n.startswith("adaptdiff_")),
-    (render_ctrl_genaug, lambda n: n == "ctrl_genaug.json"),
     (render_device_check, lambda n: n == "device_check.json"),
     (render_hostile_inputs, lambda n: n == "hostile_inputs.json"),
     (render_threads_busy, lambda n: n == "threads_busy.json"),
