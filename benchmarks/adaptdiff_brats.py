@@ -412,8 +412,10 @@ def run(args) -> dict:
         data_title += f", 3D {args.size}^3 volumes"
     extra = {
         "title": f"AdaptDiff: {data_title}",
-        "description": "Target-modality Dice per test case (BRATS: per patient over all its axial slices; phantoms: "
-                       "per image) of the source-only segmenter, the same segmenter fine-tuned on synthetic "
+        "description": "Target-modality Dice per test case ("
+                       + ("per test volume (BRATS: patient)" if args.spatial_dims == 3 else
+                          "BRATS: per patient over all its axial slices; phantoms: per image")
+                       + ") of the source-only segmenter, the same segmenter fine-tuned on synthetic "
                        "target-style images drawn for the source masks by a SPADE diffusion model trained on target "
                        "pseudo-labels (AdaptDiff), and an upper bound trained with the target labels. The generator "
                        "path (source segmenter, pseudo-labels, diffusion, synthesis) runs once with the first seed; "
