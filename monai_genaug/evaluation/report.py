@@ -321,7 +321,10 @@ def render_adaptation(stem: str, obj: Mapping[str, Any]) -> Report:
 
 
 #: envelope files with their own renderer (by file stem); every other envelope goes to :func:`render_envelope`
-ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {"adaptdiff_fundus": render_adaptation}
+ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {
+    "adaptdiff_fundus": render_adaptation,
+    "adaptdiff_brats3d": render_adaptation,
+}
 
 
 # ------------------------------------------------------------------------------------------------ older shapes
