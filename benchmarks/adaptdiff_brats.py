@@ -10,7 +10,7 @@
 # limitations under the License.
 """AdaptDiff cross-modality adaptation benchmark: source-only vs AdaptDiff-fine-tuned vs a target-label upper bound.
 
-Hu et al., arXiv:2410.04648. Two settings, both in 2D on a CPU budget:
+Hu et al., arXiv:2410.04648. Two settings, in 2D (default) or 3D (``--spatial_dims 3``) on a CPU budget:
 
 - ``--data brats``: the six BRATS 2013 cases in ``../shared/data/brats2013_deepmedic``. FLAIR is the **labelled
   source**, T1c the **unlabelled target**, whole tumour (labels 1-4; ``--structure tumour_core``: 1, 3, 4) the
@@ -28,6 +28,12 @@ Hu et al., arXiv:2410.04648. Two settings, both in 2D on a CPU budget:
   pseudo-labels; fine-tune: the synthesis masks). Score: whole-tumour Dice per test patient over all its slices
   (slice-sampled volumetric Dice), mean of patients; ``source_on_source_modality`` is the source segmenter on the
   test patients' FLAIR (a check that the set-up learns at all).
+- ``--spatial_dims 3`` (BRATS): whole volumes instead of slices. Each volume is normalised as above, cropped to
+  the cube around its brain mask's bounding box (zero-padded where the cube leaves the grid) and resized to
+  ``--size``\ :sup:`3` voxels (32: about 6 mm voxels; area for images, area + 0.5 threshold for labels); the same
+  patients, stages and networks (3D MONAI UNet segmenter, 3D SPADE diffusion UNet), one synthetic volume per source
+  mask. Training sets repeat every volume ``--oversample`` times per epoch (default 8). Score: whole-tumour Dice
+  per test volume. Phantoms in 3D: ``--size``\ :sup:`3` two-modality vessel volumes.
 - ``--data phantoms``: two-modality vessel phantoms (bright vessels on dark background vs dark, blurred vessels on a
   bright vignetted background), disjoint anatomies for source / target / test. Score: mean Dice over test images.
 
@@ -37,10 +43,12 @@ small affine changes) everywhere:
 **source-only** (trained on source with :func:`~monai_genaug.methods.adaptdiff.source_augmentation`), **AdaptDiff** (pseudo-labels of the target ->
 mask-conditioned SPADE diffusion -> target-style images for the source masks -> fine-tune the source segmenter), and
 the **upper bound** (the same segmenter trained on the target training images with their true labels).
+The diffusion model samples with its EMA weights.
 
     python benchmarks/adaptdiff_brats.py --data brats      # writes benchmarks/results/adaptdiff_brats.json
     python benchmarks/adaptdiff_brats.py --data brats --split disjoint --tag disjoint
     python benchmarks/adaptdiff_brats.py --data phantoms   # writes benchmarks/results/adaptdiff_phantoms.json
+    python benchmarks/adaptdiff_brats.py --data brats --spatial_dims 3 --seeds 0  # adaptdiff_brats3d.json
 
 Each writes its results envelope (per-case rows over five training seeds); ``python -m
 monai_genaug.evaluation.report benchmarks/results`` writes the Markdown. ``--quick`` is a one-minute smoke run.
@@ -60,6 +68,7 @@ from monai.losses import DiceCELoss
 from monai.transforms import Compose, RandAffined, RandFlipd
 from monai.utils import set_determinism
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.data.phantoms import make_two_modality_phantoms
 from monai_genaug.engines.segmentation import (
     build_segmenter,
@@ -98,29 +107,27 @@ SPLITS = {
 STRUCTURES = {"whole_tumour": (1, 2, 3, 4), "tumour_core": (1, 3, 4)}
 
 
-#: per-data defaults of the options left unset (BRATS: 64 px slices; the run fits ~20 minutes on a shared 2-core CPU)
+#: per-data defaults of the options left unset (BRATS: 64 px slices; the run fits ~20 minutes on a shared 2-core CPU;
+#: BRATS 3D: 32^3 volumes, planned for <= 25 minutes of one core with one seed)
 DEFAULTS = {
-    "brats": {"size": 64, "seg_epochs": 30, "diff_epochs": 25, "ft_epochs": 15, "steps": 25, "gen_channels": [16, 32, 64]},
-    "phantoms": {"size": 32, "seg_epochs": 60, "diff_epochs": 40, "ft_epochs": 20, "steps": 50, "gen_channels": [16, 32]},
+    "brats": {"size": 64, "seg_epochs": 30, "diff_epochs": 25, "ft_epochs": 15, "steps": 25, "gen_channels": [16, 32, 64],
+              "batch_size": 16},
+    "phantoms": {"size": 32, "seg_epochs": 60, "diff_epochs": 40, "ft_epochs": 20, "steps": 50, "gen_channels": [16, 32],
+                 "batch_size": 16},
+    "brats3d": {"size": 32, "seg_epochs": 40, "diff_epochs": 25, "ft_epochs": 20, "steps": 25,
+                "gen_channels": [16, 32, 64], "batch_size": 4, "oversample": 8},
+    "phantoms3d": {"size": 16, "seg_epochs": 20, "diff_epochs": 20, "ft_epochs": 10, "steps": 25,
+                   "gen_channels": [16, 32], "batch_size": 4, "oversample": 1},
 }
 
 
-def brats_slices(
-    root: Path,
-    case: str,
-    modality: str,
-    size: int,
-    step: int,
-    min_brain: float = 0.1,
-    structure: str = "whole_tumour",
-    percentiles: tuple[float, float] = (0.5, 99.5),
-) -> list[dict]:
-    """Axial 2D slices of one case: ``{"image": (1, size, size) in [0, 1], "label": 0/1, "id", "group"}``.
+def load_case(
+    root: Path, case: str, modality: str, structure: str = "whole_tumour", percentiles: tuple[float, float] = (0.5, 99.5)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One case's normalised ``modality`` volume, brain mask and binary ``structure`` label (same grid).
 
-    Per-volume normalisation inside the brain mask: the ``percentiles`` of the brain voxels are mapped to [0, 1]
-    (clipped), everything outside the brain is 0 (the files' background is the z-score of air, about -3.6, not 0).
-    Slices are cropped to a square around the brain (bounding box of the brain mask over the volume) and kept when
-    the brain covers at least ``min_brain`` of the crop.
+    The ``percentiles`` of the brain voxels are mapped to [0, 1] (clipped), everything outside the brain is 0 (the
+    files' background is the z-score of air, about -3.6, not 0).
     """
     import nibabel as nib
 
@@ -135,6 +142,46 @@ def brats_slices(
     label = np.isin(labels, STRUCTURES[structure])
     lo, hi = np.percentile(vol[brain], percentiles)
     vol = (np.clip((vol - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * brain).astype(np.float32)
+    return vol, brain, label
+
+
+def brats_volume(
+    root: Path, case: str, modality: str, size: int, structure: str = "whole_tumour",
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> dict:
+    """One case as a 3D item ``{"image": (1, size, size, size) in [0, 1], "label": 0/1, "id", "group"}``: the cube
+    around the brain mask's bounding box (zero-padded outside the grid), resized (area; labels area + 0.5)."""
+    vol, brain, label = load_case(root, case, modality, structure, percentiles)
+    idx = np.nonzero(brain)
+    lo, hi = np.array([i.min() for i in idx]), np.array([i.max() for i in idx]) + 1
+    side = int((hi - lo).max())
+    start = (lo + hi) // 2 - side // 2
+    cubes = []
+    for arr in (vol, label.astype(np.float32)):
+        cube = np.zeros((side,) * 3, np.float32)
+        src = tuple(slice(max(s, 0), min(s + side, n)) for s, n in zip(start, arr.shape))
+        dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
+        cube[dst] = arr[src]
+        cubes.append(F.interpolate(torch.from_numpy(cube)[None, None], size=(size,) * 3, mode="area")[0])
+    return {"image": cubes[0], "label": (cubes[1] > 0.5).long(), "id": case, "group": case}
+
+
+def brats_slices(
+    root: Path,
+    case: str,
+    modality: str,
+    size: int,
+    step: int,
+    min_brain: float = 0.1,
+    structure: str = "whole_tumour",
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> list[dict]:
+    """Axial 2D slices of one case: ``{"image": (1, size, size) in [0, 1], "label": 0/1, "id", "group"}``.
+
+    Per-volume normalisation inside the brain mask (:func:`load_case`). Slices are cropped to a square around the brain (bounding box of the brain mask over the volume) and kept when
+    the brain covers at least ``min_brain`` of the crop.
+    """
+    vol, brain, label = load_case(root, case, modality, structure, percentiles)
     # square crop around the brain (its bounding box over all slices, from the brain mask only)
     rows, cols = np.where(brain.any(axis=2))
     centre = ((rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2)
@@ -167,6 +214,8 @@ def brats_sets(args) -> dict[str, list[dict]]:
     split = SPLITS[args.split]
 
     def load(cases, modality, step):
+        if args.spatial_dims == 3:
+            return [brats_volume(root, c, modality, args.size, args.structure) for c in cases]
         return [
             s
             for c in cases
@@ -185,7 +234,7 @@ def brats_sets(args) -> dict[str, list[dict]]:
 
 def phantom_sets(args) -> dict[str, list[dict]]:
     n = args.phantoms
-    data = make_two_modality_phantoms(n, (args.size, args.size), seed=args.seed)
+    data = make_two_modality_phantoms(n, (args.size,) * args.spatial_dims, seed=args.seed)
     k_src, k_tgt = int(0.4 * n), int(0.8 * n)
 
     def items(idx, modality):
@@ -256,6 +305,7 @@ def run(args) -> dict:
     def new_pipeline() -> AdaptDiff:
         return AdaptDiff.from_preset(
             "tiny",
+            spatial_dims=args.spatial_dims,
             segmenter_channels=tuple(args.seg_channels),
             segmenter_kwargs=seg_kwargs,
             generator_kwargs={"unet": {"channels": list(args.gen_channels), "norm_num_groups": args.gen_groups,
@@ -279,7 +329,7 @@ def run(args) -> dict:
         aug = with_spatial(source_augmentation(invert_prob=args.invert_prob), args.size)
         ad.source_trainer(make_loader(oversample(source, over), aug, args.batch_size, seed=seed), args.seg_epochs,
                           out_dir / f"source_{seed}", loss_function=seg_loss(), lr=args.seg_lr, cosine_lr=True,
-                          seed=seed).run()
+                          options=TrainingOptions(seed=seed)).run()
         tick("source_segmenters", t0)
 
     table = ResultsTable()
@@ -304,15 +354,18 @@ def run(args) -> dict:
     tick("pseudo_labels", t0)
     # (c) mask-conditioned diffusion on target images + pseudo-labels, (d) target-style images for the source masks
     t0 = time.time()
-    ad0.diffusion_trainer(ad0.diffusion_loader(oversample(pseudo, over), batch_size=args.batch_size, seed=args.seed),
-                          args.diff_epochs, out_dir / "diffusion", lr=args.diff_lr, ema_decay=args.ema,
-                          ema_warmup_iters=100, seed=args.seed).run()
+    trainer = ad0.diffusion_trainer(
+        ad0.diffusion_loader(oversample(pseudo, over), batch_size=args.batch_size, seed=args.seed), args.diff_epochs,
+        out_dir / "diffusion", lr=args.diff_lr, ema_decay=args.ema, ema_warmup_iters=100,
+        options=TrainingOptions(seed=args.seed))
+    trainer.run()
     tick("diffusion", t0)
     t0 = time.time()
-    synth = ad0.synthesize(source, num_inference_steps=args.steps, eta=args.eta, batch_size=64, seed=args.seed)
+    with trainer.handles.ema.use_ema_weights():  # sample with the EMA weights
+        synth = ad0.synthesize(source, num_inference_steps=args.steps, eta=args.eta, batch_size=64, seed=args.seed)
     tick("synthesis", t0)
     save_image_grid(torch.cat([synth.images[:8], synth.labels[:8].float(), torch.stack([it["image"] for it in test[:8]])]),
-                    out_dir / "synthetic_grid.png", nrow=8)
+                    out_dir / "synthetic_grid.png", nrow=8)  # 3D: the middle slice along the last axis
     upper0 = None
     for seed in args.seeds:
         ad = ad0 if seed == args.seed else new_pipeline()
@@ -322,19 +375,21 @@ def run(args) -> dict:
         # (e) fine-tune this seed's source segmenter on the synthetic pairs
         t0 = time.time()
         set_determinism(seed)
-        ad.finetune_trainer(make_loader(oversample(synth.items(), over), finetune_augmentation(), args.batch_size,
+        ad.finetune_trainer(make_loader(oversample(synth.items(), over), finetune_augmentation(spatial_dims=args.spatial_dims), args.batch_size,
                                         seed=seed), args.ft_epochs, out_dir / f"finetune_{seed}",
-                            loss_function=seg_loss(), lr=args.ft_lr, lr_step_size=args.ft_step, seed=seed).run()
+                            loss_function=seg_loss(), lr=args.ft_lr, lr_step_size=args.ft_step,
+                            options=TrainingOptions(seed=seed)).run()
         tick("finetunes", t0)
         score("adaptdiff", ad.adapted, seed)
         # upper bound: the same segmenter trained on the target training images with their labels
         t0 = time.time()
         set_determinism(seed)
-        upper = build_segmenter(segmenter_config(2, 1, 1, channels=tuple(args.seg_channels), **seg_kwargs))
+        upper = build_segmenter(segmenter_config(args.spatial_dims, 1, 1, channels=tuple(args.seg_channels), **seg_kwargs))
         upper_aug = with_spatial(source_augmentation(invert_prob=0.0), args.size)
         create_segmentation_trainer(
             upper, make_loader(oversample(target_lab, over), upper_aug, args.batch_size, seed=seed), args.seg_epochs,
-            out_dir / f"upper_{seed}", loss_function=seg_loss(), lr=args.seg_lr, cosine_lr=True, seed=seed).run()
+            out_dir / f"upper_{seed}", loss_function=seg_loss(), lr=args.seg_lr, cosine_lr=True,
+            options=TrainingOptions(seed=seed)).run()
         tick("upper_bounds", t0)
         score("upper_bound", upper, seed)
         upper0 = upper0 or upper
@@ -357,10 +412,14 @@ def run(args) -> dict:
     })
     data_title = ("BRATS 2013 FLAIR -> T1c, " + args.structure.replace("_", " ") + f", {args.split} patients"
                   if args.data == "brats" else "two-modality vessel phantoms")
+    if args.spatial_dims == 3:
+        data_title += f", 3D {args.size}^3 volumes"
     extra = {
         "title": f"AdaptDiff: {data_title}",
-        "description": "Target-modality Dice per test case (BRATS: per patient over all its axial slices; phantoms: "
-                       "per image) of the source-only segmenter, the same segmenter fine-tuned on synthetic "
+        "description": "Target-modality Dice per test case ("
+                       + ("per test volume (BRATS: patient)" if args.spatial_dims == 3 else
+                          "BRATS: per patient over all its axial slices; phantoms: per image")
+                       + ") of the source-only segmenter, the same segmenter fine-tuned on synthetic "
                        "target-style images drawn for the source masks by a SPADE diffusion model trained on target "
                        "pseudo-labels (AdaptDiff), and an upper bound trained with the target labels. The generator "
                        "path (source segmenter, pseudo-labels, diffusion, synthesis) runs once with the first seed; "
@@ -372,6 +431,7 @@ def run(args) -> dict:
         "oracle": {"rows": oracle_table.to_rows(), "test_score": oracle.test_score(
             torch.stack([it["image"] for it in test]), torch.stack([it["label"] for it in test]))},
         "diagnostics": diagnostics,
+        "gap": {"baseline": "source_only", "method": "adaptdiff", "ceiling": "upper_bound"},
     }
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "out"}
     return {"table": table, "extra": extra, "settings": settings, "timing": timer.stop(), "seconds": time.time() - t_start}
@@ -380,6 +440,7 @@ def run(args) -> dict:
 def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=("brats", "phantoms"), default="brats")
+    p.add_argument("--spatial_dims", type=int, choices=(2, 3), default=2, help="2: slices / 2D phantoms; 3: volumes")
     p.add_argument("--brats_dir", default=None, help="default: <shared data>/brats2013_deepmedic")
     p.add_argument("--split", choices=tuple(SPLITS), default="shared", help="BRATS patient roles (see above)")
     p.add_argument("--tag", default="", help="suffix of the result file name (several runs of one data set)")
@@ -391,7 +452,8 @@ def main(argv=None) -> Path:
         "--oversample",
         type=int,
         default=None,
-        help="repeat training items with foreground (tumour slices) this many times; default 2 (BRATS), 1 (phantoms)",
+        help="repeat training items with foreground (tumour slices) this many times; default 2 (BRATS), 1 (phantoms), "
+        "8 (BRATS 3D: every volume has tumour, so an epoch is 8 passes over the volumes)",
     )
     p.add_argument(
         "--batch_dice",
@@ -408,7 +470,7 @@ def main(argv=None) -> Path:
     p.add_argument("--seg_epochs", type=int, default=None)
     p.add_argument("--seg_lr", type=float, default=3e-3)
     p.add_argument("--invert_prob", type=float, default=0.5, help="source augmentation: contrast inversion prob.")
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--threshold", type=float, default=0.5, help="pseudo-label threshold")
     p.add_argument("--gen_channels", type=int, nargs="+", default=None)
     p.add_argument("--gen_groups", type=int, default=8)
@@ -427,13 +489,14 @@ def main(argv=None) -> Path:
     if args.quick:
         args.data, args.phantoms, args.size, args.seeds = "phantoms", 10, 16, [0, 1]
         args.seg_epochs, args.diff_epochs, args.ft_epochs, args.steps = 1, 1, 1, 2
-    for key, value in DEFAULTS[args.data].items():
+    data_key = f"{args.data}{'3d' if args.spatial_dims == 3 else ''}"
+    for key, value in DEFAULTS[data_key].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.seed not in args.seeds:
         p.error(f"--seed {args.seed} must be one of --seeds {args.seeds} (its segmenter is reused).")
     res = run(args)
-    out = Path(args.out) if args.out else RESULTS / f"adaptdiff_{args.data}{'_' + args.tag if args.tag else ''}.json"
+    out = Path(args.out) if args.out else RESULTS / f"adaptdiff_{data_key}{'_' + args.tag if args.tag else ''}.json"
     path = write_results(out, out.stem, res["settings"], args.seeds, res["table"], res["timing"],
                          primary_metric="dice", baseline="source_only", extra=res["extra"], quick=args.quick)
     print(f"wrote {path} in {res['seconds']:.0f} s; python -m monai_genaug.evaluation.report {path.parent} writes the "

@@ -70,6 +70,7 @@ from monai.losses import DiceCELoss
 from monai.transforms import Compose
 from monai.utils import set_determinism
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.data.fundus import chase_datalist, drive_datalist, load_fundus, random_fov_crops
 from monai_genaug.engines.segmentation import build_segmenter, create_segmentation_trainer, segmenter_config
 from monai_genaug.evaluation import BenchmarkTimer, Oracle, ResultsTable, write_results
@@ -235,7 +236,8 @@ def run(args) -> dict:
             set_determinism(seed)
             ad.source_trainer(make_loader(source_crops, src_aug(), args.batch_size, seed=seed),
                               epochs_for(len(source_crops), args.seg_iters), cache.folder / f"run_source_{seed}",
-                              loss_function=loss(), lr=args.seg_lr, cosine_lr=True, seed=seed, resume=False).run()
+                              loss_function=loss(), lr=args.seg_lr, cosine_lr=True,
+                              options=TrainingOptions(seed=seed, resume=False)).run()
             cache.save(f"source_{seed}", ad.segmenter.state_dict())
             tick("source_segmenters", t0)
         else:
@@ -275,10 +277,10 @@ def run(args) -> dict:
         trainer = ad0.diffusion_trainer(
             ad0.diffusion_loader(diff_crops, batch_size=args.diff_batch, seed=args.seed),
             epochs_for(len(diff_crops), args.diff_iters, args.diff_batch), cache.folder / "run_diffusion",
-            lr=args.diff_lr, loss=args.diff_loss, ema_decay=args.ema, ema_warmup_iters=100, seed=args.seed,
-            resume=False)
+            lr=args.diff_lr, loss=args.diff_loss, ema_decay=args.ema, ema_warmup_iters=100,
+            options=TrainingOptions(seed=args.seed, resume=False))
         trainer.run()
-        with trainer.ema.use_ema_weights():  # sample with the EMA weights
+        with trainer.handles.ema.use_ema_weights():  # sample with the EMA weights
             state = {k: v.clone() for k, v in ad0.generator.state_dict().items()}
         ad0.generator.load_state_dict(state)
         cache.save("generator", state)
@@ -316,8 +318,8 @@ def run(args) -> dict:
             set_determinism(seed)
             ad.finetune_trainer(make_loader(synth.items(), finetune_augmentation(), args.batch_size, seed=seed),
                                 epochs_for(len(synth.items()), args.ft_iters), cache.folder / f"run_ft_{seed}",
-                                loss_function=loss(), lr=args.ft_lr, lr_step_size=None, seed=seed,
-                                resume=False).run()
+                                loss_function=loss(), lr=args.ft_lr, lr_step_size=None,
+                                options=TrainingOptions(seed=seed, resume=False)).run()
             cache.save(f"adapted_{seed}", ad.adapted.state_dict())
             tick("finetunes", t0)
         else:
@@ -333,7 +335,8 @@ def run(args) -> dict:
                 create_segmentation_trainer(
                     upper, make_loader(upper_crops[f], src_aug(), args.batch_size, seed=seed),
                     epochs_for(len(upper_crops[f]), args.seg_iters), cache.folder / f"run_upper_{seed}_{f}",
-                    loss_function=loss(), lr=args.seg_lr, cosine_lr=True, seed=seed, resume=False).run()
+                    loss_function=loss(), lr=args.seg_lr, cosine_lr=True,
+                    options=TrainingOptions(seed=seed, resume=False)).run()
                 cache.save(f"upper_{seed}_{f}", upper.state_dict())
                 tick("upper_bounds", t0)
             else:

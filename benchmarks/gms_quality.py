@@ -52,6 +52,7 @@ from monai.networks.utils import one_hot
 from monai.optimizers import WarmupCosineSchedule
 from monai.utils import set_determinism
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.engines import BestModelSaver, create_dice_evaluator
 from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
 from monai_genaug.handlers.tracking import loss_from_output
@@ -164,8 +165,8 @@ def main(argv=None) -> dict:
     seg = GMSSegmenter.from_config(config)
     t = time.time()
     ae_trainer = create_gms_autoencoder_trainer(
-        seg.autoencoder, train_loader, args.ae_epochs, work / "ae", 1, config, val_loader=val_loader, seed=args.seed,
-        resume=False, grid=False,
+        seg.autoencoder, train_loader, args.ae_epochs, work / "ae", 1, config, val_loader=val_loader, grid=False,
+        options=TrainingOptions(seed=args.seed, resume=False),
     )
     ae_trainer.run()
     ae_seconds = time.time() - t
@@ -173,11 +174,11 @@ def main(argv=None) -> dict:
     t = time.time()
     gms_trainer = create_gms_trainer(
         seg, train_loader, args.epochs, work / "gms", val_loader=val_loader, lr=args.lr,
-        warmup_epochs=args.warmup_epochs, seed=args.seed, resume=False,
+        warmup_epochs=args.warmup_epochs, options=TrainingOptions(seed=args.seed, resume=False),
     )
     gms_trainer.run()
     gms_seconds = time.time() - t
-    best = GMSSegmenter.load(gms_trainer.model_path)
+    best = GMSSegmenter.load(gms_trainer.handles.model_path)
     gms_test = evaluate(best, test_loader)
 
     # ---- UNet, same data, epochs, batch, augmentation, schedule and validation-based selection
@@ -198,7 +199,7 @@ def main(argv=None) -> dict:
             "parameters": _params(seg.autoencoder, trainable=False),
             "epochs": args.ae_epochs,
             "train_seconds": round(ae_seconds, 1),
-            "best_val_mask_dice": ae_trainer.best_saver.best,
+            "best_val_mask_dice": ae_trainer.handles.best_saver.best,
             "test_mask_reconstruction": upper,
         },
         "gms": {
@@ -207,9 +208,9 @@ def main(argv=None) -> dict:
             "mapping_channels": args.mapping_channels,
             "lr": args.lr,
             "train_seconds": round(gms_seconds, 1),
-            "best_val_dice": gms_trainer.best_saver.best,
-            "best_epoch": gms_trainer.best_saver.best_epoch,
-            "latent_cache": repr(gms_trainer.prepare.cache),
+            "best_val_dice": gms_trainer.handles.best_saver.best,
+            "best_epoch": gms_trainer.handles.best_saver.best_epoch,
+            "latent_cache": repr(gms_trainer.handles.prepare_batch.cache),
             "test": gms_test,
         },
         "unet": {"trainable_parameters": _params(unet), "lr": args.unet_lr, **unet_info, "test": unet_test},

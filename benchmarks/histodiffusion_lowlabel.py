@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import DataLoader, Dataset
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.data.folders import class_folder_datalist, nifti_case_datalist
 from monai_genaug.data.phantoms import write_phantom_dataset
 from monai_genaug.data.pipelines import classification_2d_transforms
@@ -286,7 +287,7 @@ def _pretrain(hd: HistoDiffusion, fold: dict, args: argparse.Namespace, out: Pat
     trainer = hd.diffusion_trainer(unl, epochs, out / "ldm", lr=1e-3, ema_decay=0.995,
                                    epoch_length=args.ldm_iterations // epochs, **common)
     trainer.run()
-    with trainer.ema.use_ema_weights():  # sample with the EMA weights, as the paper
+    with trainer.handles.ema.use_ema_weights():  # sample with the EMA weights, as the paper
         ema_state = {k: v.clone() for k, v in hd.generator.unet.state_dict().items()}
     hd.generator.unet.load_state_dict(ema_state)
     timings["diffusion_s"] = time.perf_counter() - t
@@ -318,8 +319,9 @@ def run_fold(fold: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[
     t = time.perf_counter()
     lab = _loader(fold["labelled"], 16, args.seed, keys=("image", "label"))
     hd.classifier_trainer(
-        lab, 10, out / "clf", lr=2e-3, weight_decay=0.05, epoch_length=args.clf_iterations // 10, resume=False,
-        save_interval=10_000, seed=args.seed, max_timestep=min(args.clf_max_timestep, horizon - 1),
+        lab, 10, out / "clf", lr=2e-3, weight_decay=0.05, epoch_length=args.clf_iterations // 10,
+        options=TrainingOptions(seed=args.seed, resume=False, save_interval=10_000),
+        max_timestep=min(args.clf_max_timestep, horizon - 1),
     ).run()
     timings["classifier_s"] = time.perf_counter() - t
     val_bacc = _accuracy_per_t(hd, fold["validation"], True, horizon)

@@ -97,6 +97,9 @@ def stages(out: Path, data: Path) -> list[Stage]:
                                                                       "disjoint", "--tag", "disjoint"],
               ["adaptdiff_brats_disjoint.json"], needs="brats2013_deepmedic",
               out_flag=["--out", f"{o}/adaptdiff_brats_disjoint.json"]),
+        Stage("adaptdiff_brats3d", "adaptdiff_brats.py", [], ["--data", "brats", "--brats_dir", brats, "--spatial_dims",
+                                                              "3", "--seeds", "0"],
+              ["adaptdiff_brats3d.json"], needs="brats2013_deepmedic", out_flag=["--out", f"{o}/adaptdiff_brats3d.json"]),
         Stage("shipped_weights", "shipped_weights.py", ["--jobs", "adaptdiff"], [], ["shipped_weights.json"],
               envelope=False, out_flag=["--out", f"{o}/shipped_weights.json"]),
     ]

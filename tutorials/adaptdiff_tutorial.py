@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from monai.utils import set_determinism
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.data.phantoms import make_two_modality_phantoms
 from monai_genaug.engines.segmentation import save_segmenter
 from monai_genaug.methods.adaptdiff import (
@@ -130,7 +131,7 @@ def main(argv=None) -> dict:
         s["seg_epochs"],
         out / "source",
         lr=1e-2 if quick else 3e-3,
-        seed=args.seed,
+        options=TrainingOptions(seed=args.seed),
     ).run()
     scores = ad.evaluate(test_loader)
     print(f"(a) source-only Dice on the target test images: {scores['source_only']['mean_dice']:.3f}")
@@ -151,7 +152,7 @@ def main(argv=None) -> dict:
         out / "diffusion",
         lr=2e-3 if quick else 1e-3,
         ema_decay=None if quick else 0.995,
-        seed=args.seed,
+        options=TrainingOptions(seed=args.seed),
     ).run()
 
     # (d) target-style images for the real source masks
@@ -178,7 +179,7 @@ def main(argv=None) -> dict:
         s["ft_epochs"],
         out / "finetune",
         lr_step_size=None if quick else 3,
-        seed=args.seed,
+        options=TrainingOptions(seed=args.seed),
     ).run()
     scores = ad.evaluate(test_loader)
     summary["source_only_dice"] = scores["source_only"]["mean_dice"]

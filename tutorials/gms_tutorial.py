@@ -41,6 +41,7 @@ from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from monai.utils import set_determinism
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.methods.gms import (
     create_gms_autoencoder_trainer,
     create_gms_trainer,
@@ -114,13 +115,14 @@ def main(argv=None) -> dict:
     ae_trainer = create_gms_autoencoder_trainer(
         segmenter.autoencoder, train_loader, max_epochs=4 if quick else 40, output_dir=out / "autoencoder",
         num_classes=1, config=config, val_loader=val_loader, lr=2e-3 if quick else 1e-3, device=args.device,
-        seed=args.seed, resume=False,
+        options=TrainingOptions(seed=args.seed, resume=False),
     )
     ae_trainer.run()
     upper = dice_on(test_loader_labels(lists["test"], eval_xf), MaskReconstructor(segmenter.autoencoder, 1), 1,
                     SimpleInferer(), args.device)
     summary["mask_reconstruction_dice_test"] = upper
-    print(f"tokenizer: best validation mask-reconstruction Dice {ae_trainer.best_saver.best:.3f}, test {upper:.3f}")
+    best_ae = ae_trainer.handles.best_saver.best
+    print(f"tokenizer: best validation mask-reconstruction Dice {best_ae:.3f}, test {upper:.3f}")
 
     # 3. the mapping network -----------------------------------------------------------------------------------------
     # Only the mapping network is trained (autoencoder frozen). GMSPrepareBatch encodes image and mask once per
@@ -129,16 +131,17 @@ def main(argv=None) -> dict:
     trainer = create_gms_trainer(
         segmenter, train_loader, max_epochs=6 if quick else 60, output_dir=out / "gms", val_loader=val_loader,
         loss=GMSLoss(w_rec=1.0, w_dice=1.0), lr=2e-3, warmup_epochs=1 if quick else 5, device=args.device,
-        seed=args.seed, resume=False,
+        options=TrainingOptions(seed=args.seed, resume=False),
     )
     trainer.run()
-    print(f"mapping network: {trainable} trainable parameters, best validation Dice {trainer.best_saver.best:.3f} "
-          f"(epoch {trainer.best_saver.best_epoch}), latent cache {trainer.prepare.cache}")
-    summary.update(trainable_parameters=trainable, best_val_dice=trainer.best_saver.best)
+    best_saver = trainer.handles.best_saver
+    print(f"mapping network: {trainable} trainable parameters, best validation Dice {best_saver.best:.3f} "
+          f"(epoch {best_saver.best_epoch}), latent cache {trainer.handles.prepare_batch.cache}")
+    summary.update(trainable_parameters=trainable, best_val_dice=best_saver.best)
 
     # 4. test metrics through any MONAI inferer ----------------------------------------------------------------------
     # The saved model is a plain network: images in, class probabilities (B, K + 1, H, W) out.
-    best = GMSSegmenter.load(trainer.model_path).to(args.device)
+    best = GMSSegmenter.load(trainer.handles.model_path).to(args.device)
     test_dice = dice_on(test_loader, best, 1, SimpleInferer(), args.device)
     window = SlidingWindowInferer(roi_size=size, sw_batch_size=4, overlap=0.25)
     test_dice_sw = dice_on(test_loader, best, 1, window, args.device)
@@ -162,18 +165,20 @@ def main(argv=None) -> dict:
     cfg3 = gms_config(preset, spatial_dims=3, image_channels=2, num_classes=3, use_flash_attention=True)
     seg3 = GMSSegmenter.from_config(cfg3)
     create_gms_autoencoder_trainer(seg3.autoencoder, tl3, 3 if quick else 30, out / "autoencoder_3d", 3, cfg3,
-                                   val_loader=vl3, lr=2e-3, device=args.device, resume=False, grid=False).run()
+                                   val_loader=vl3, lr=2e-3, device=args.device, grid=False,
+                                   options=TrainingOptions(resume=False)).run()
     tr3 = create_gms_trainer(seg3, tl3, 3 if quick else 40, out / "gms_3d", val_loader=vl3, warmup_epochs=1,
-                             loss=GMSLoss(dice_levels=("out",)), device=args.device, resume=False)
+                             loss=GMSLoss(dice_levels=("out",)), device=args.device,
+                             options=TrainingOptions(resume=False))
     tr3.run()
     case = next(iter(vl3))
     with torch.no_grad():
         probs = seg3(case["image"].to(args.device))
     labels = probs.argmax(1)
     assert probs.shape[1] == 4 and torch.allclose(probs.sum(1), torch.ones_like(probs[:, 0]), atol=1e-4)
-    summary.update(multiclass_probabilities_shape=list(probs.shape), multiclass_val_dice=tr3.best_saver.best,
+    summary.update(multiclass_probabilities_shape=list(probs.shape), multiclass_val_dice=tr3.handles.best_saver.best,
                    labels_present=sorted(labels.unique().tolist()))
-    print(f"3D multi-class: probabilities {tuple(probs.shape)}, validation Dice {tr3.best_saver.best:.3f}")
+    print(f"3D multi-class: probabilities {tuple(probs.shape)}, validation Dice {tr3.handles.best_saver.best:.3f}")
 
     summary["seconds"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
         images, 10, out / "diffusion", lr=1e-3, ema_decay=0.99, epoch_length=it["diffusion"] // 10, **common
     )
     diffusion.run()
-    with diffusion.ema.use_ema_weights():  # sample with the EMA weights
+    with diffusion.handles.ema.use_ema_weights():  # sample with the EMA weights
         hd.generator.save(str(out / "generator.pt"))
     hd.generator.load_weights(str(out / "generator.pt"))
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from monai.data import DataLoader, Dataset
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.data import make_class_phantoms
 from monai_genaug.engines import create_autoencoder_trainer, create_diffusion_trainer
 from monai_genaug.generative import ClassifierFreeGuidance, DiffusionSampler, LatentGenerator, generator_config
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         gen.autoencoder, loader, max_epochs=ae_epochs, output_dir=out / "autoencoder", lr=2e-3, device=args.device,
         discriminator_layers=2, adv_weight=0.01, adv_start_iteration=2 * len(loader), kl_weight=1e-6,
         config=config["autoencoder"], grid_images=torch.stack([d["image"] for d in data[:8]]),
-        sample_every=max(1, ae_epochs // 2), seed=args.seed,
+        sample_every=max(1, ae_epochs // 2), options=TrainingOptions(seed=args.seed),
     )
     ae_trainer.run()
 
@@ -83,13 +84,16 @@ def main(argv: list[str] | None = None) -> dict:
         gen, loader, max_epochs=dm_epochs, output_dir=out / "diffusion", lr=2e-3, device=args.device,
         condition_keys={"class_labels": "class_labels"}, condition_dropout=0.15, sample_posterior=False,
         ema_decay=0.99, sample_size=(size, size), sample_every=max(1, dm_epochs // 3), num_inference_steps=10,
-        sample_condition={"class_labels": torch.tensor([0, 0, 1, 1])}, tracking=True,
-        tracking_uri=f"sqlite:///{(out / 'mlruns.db').resolve()}", experiment_name="latent_diffusion_phantoms",
-        params={"tutorial": "latent_diffusion_phantoms", "quick": args.quick}, seed=args.seed,
+        sample_condition={"class_labels": torch.tensor([0, 0, 1, 1])},
+        options=TrainingOptions(
+            seed=args.seed, tracking=True, tracking_uri=f"sqlite:///{(out / 'mlruns.db').resolve()}",
+            experiment_name="latent_diffusion_phantoms", params={"tutorial": "latent_diffusion_phantoms", "quick": args.quick},
+        ),
+
     )
     dm_trainer.run()
     losses = dm_trainer.state.metrics if hasattr(dm_trainer.state, "metrics") else {}
-    with dm_trainer.ema.use_ema_weights():
+    with dm_trainer.handles.ema.use_ema_weights():
         gen.save(str(out / "generator.pt"))
 
     # 6. sample: one row per (class, guidance scale)

@@ -190,13 +190,13 @@ def tracking_requested(config: Any = None, alias: bool | None = False) -> bool:
 
 def track_config(trainer: Any, config: str | os.PathLike | None = None) -> Any:
     """Add the executed config file to the artifacts (and its settings to the parameters) of the MLflow handler of a
-    package-built trainer (``trainer.mlflow_handler``); return the trainer.
+    package-built trainer (``trainer.handles.mlflow_handler``); return the trainer.
 
     Args:
         trainer: a trainer from the package's factories (no MLflow handler: unchanged).
         config: the executed config file (``@save_execute_config``).
     """
-    handler = getattr(trainer, "mlflow_handler", None)
+    handler = getattr(getattr(trainer, "handles", None), "mlflow_handler", None)
     if isinstance(handler, MLFlowHandler) and config is not None:
         tracked_handlers([handler], config)
     return trainer

@@ -12,11 +12,23 @@
 """Ignite workflows: prepare-batch classes, the shared trainer wiring, diffusion / sequence diffusion / autoencoder / LoRA /
 classifier / segmentation trainers, validation (mean-Dice evaluator, best-model selection), DDP helpers. The handlers
 (EMA, sample grids, NaN guard, resumable checkpoints, MLflow tracking) live in :mod:`monai_genaug.handlers` and are
-re-exported here; method trainers (GMS, ...) live in ``monai_genaug.methods.<name>.training``."""
+re-exported here; method trainers (GMS, ...) live in ``monai_genaug.methods.<name>.training``. Every trainer factory
+takes its own arguments plus ``options=TrainingOptions(...)`` (seed, AMP, resume, intervals, NaN policy, tracking,
+extra handlers) and exposes what it built in the typed ``trainer.handles`` (:mod:`.options`)."""
 
 from __future__ import annotations
 
 from .prepare_batch import LatentDiffusionPrepareBatch
+from .options import (
+    TRAINING_OPTION_NAMES,
+    HandledSupervisedTrainer,
+    HandlesMixin,
+    TrainerHandles,
+    TrainingOptions,
+    attach_handles,
+    pop_training_options,
+    resolve_training_options,
+)
 from .workflow import (
     CHECKPOINT_NAME,
     TrainingHandlers,
@@ -116,6 +128,14 @@ __all__ = [
     "LatentDiffusionPrepareBatch",
     "CHECKPOINT_NAME",
     "TrainingHandlers",
+    "TrainingOptions",
+    "TRAINING_OPTION_NAMES",
+    "resolve_training_options",
+    "pop_training_options",
+    "TrainerHandles",
+    "HandlesMixin",
+    "HandledSupervisedTrainer",
+    "attach_handles",
     "standard_training_handlers",
     "PeriodicValidation",
     "create_supervised_trainer",

@@ -49,7 +49,12 @@ from monai_genaug.handlers.sample_grid import ReconstructionSamples
 from monai_genaug.handlers.savers import FinalAutoencoderSaver
 from monai_genaug.handlers.sample_grid import SampleGridHandler
 from monai_genaug.handlers.tracking import loss_from_output
-from monai_genaug.engines.workflow import attach_resumable_checkpoint, standard_training_handlers
+from monai_genaug.engines.options import (
+    HandlesMixin,
+    TrainingOptions,
+    resolve_training_options,
+)
+from monai_genaug.engines.workflow import finish_trainer, options_training_handlers
 
 __all__ = [
     "kl_divergence",
@@ -107,7 +112,7 @@ def _last(logits: Any) -> Any:
     return logits[-1] if isinstance(logits, (list, tuple)) else logits
 
 
-class AutoencoderKLTrainer(AdversarialTrainer):
+class AutoencoderKLTrainer(HandlesMixin, AdversarialTrainer):
     """Train a MONAI ``AutoencoderKL`` with reconstruction, KL, patch-adversarial and optional perceptual losses.
 
     Generator loss: ``recon + kl_weight * KL + perceptual_weight * perceptual + adv_weight * adversarial`` (the
@@ -363,23 +368,16 @@ def create_autoencoder_trainer(
     grid_images: torch.Tensor | None = None,
     sample_every: int = 1,
     config: dict | None = None,
-    tracking: bool = False,
-    tracking_uri: str | None = None,
-    experiment_name: str = "monai_genaug",
-    run_name: str | None = None,
-    params: dict | None = None,
-    amp: bool = False,
-    seed: int = 0,
-    resume: bool = True,
-    save_interval: int = 1,
-    nan_raise: bool = True,
-    extra_handlers: Sequence[Any] | None = None,
+    prepare_batch: Callable | None = None,
+    recon_loss_function: Callable | None = None,
+    options: TrainingOptions | None = None,
+    **deprecated: Any,
 ) -> AutoencoderKLTrainer:
     """Build a ready :class:`AutoencoderKLTrainer` with NaN guard, stats, MLflow, reconstruction grids, final file
     (``output_dir/autoencoder_final.pt``) and a resumable checkpoint (``output_dir/checkpoint_last.pt``).
 
-    Handlers are exposed as trainer attributes: ``nan_guard``, ``checkpoint``, ``mlflow_handler``, ``sample_grid``,
-    ``final_saver``.
+    The handlers are in the typed ``trainer.handles`` (:class:`~monai_genaug.engines.options.TrainerHandles`):
+    ``nan_guard``, ``checkpoint``, ``mlflow_handler``, ``sample_grid``, ``final_saver``.
 
     Args:
         autoencoder: a MONAI ``AutoencoderKL``.
@@ -403,18 +401,15 @@ def create_autoencoder_trainer(
         grid_images: fixed images whose reconstructions are written as PNG grids every ``sample_every`` epochs.
         sample_every: epochs between reconstruction grids.
         config: JSON config of the autoencoder, stored in the final file and logged to MLflow.
-        tracking: log to MLflow (also on whenever ``tracking_uri`` is given).
-        tracking_uri: MLflow URI; default ``sqlite:///<output_dir>/mlruns.db``. Unreachable -> warning, no tracking.
-        experiment_name: MLflow experiment.
-        run_name: MLflow run name.
-        params: extra hyper-parameters to log.
-        amp: automatic mixed precision (CUDA).
-        seed: seed of the global RNGs at a fresh start (posterior sampling uses the global RNG).
-        resume: continue from ``output_dir/checkpoint_last.pt`` when it exists.
-        save_interval: epochs between checkpoints.
-        nan_raise: raise on a non-finite loss (True) or terminate with an error log (False).
-        extra_handlers: more handlers, attached before the checkpoint handler.
+        prepare_batch: batch parser of the trainer (default :func:`prepare_image_batch`: the images only).
+        recon_loss_function: reconstruction loss (default L1).
+        options: the shared training options (seed of the global RNGs at a fresh start - posterior sampling uses the
+            global RNG -, AMP, resume, checkpoint interval, NaN policy, MLflow tracking, extra handlers); default
+            ``TrainingOptions()``.
+        **deprecated: the old keywords of ``options`` (``amp=``, ``seed=``, ``tracking=``, ...), accepted for one
+            release with a ``DeprecationWarning``.
     """
+    options = resolve_training_options("create_autoencoder_trainer", options, deprecated)
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
     if perceptual_loss is not None and perceptual_weights_path is not None:
@@ -445,10 +440,10 @@ def create_autoencoder_trainer(
         d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=d_lr or lr)
     g_optimizer = torch.optim.Adam(autoencoder.parameters(), lr=lr)
 
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "autoencoder",
-        params={
+        {
             "lr": lr,
             "d_lr": d_lr or lr,
             "max_epochs": max_epochs,
@@ -458,16 +453,10 @@ def create_autoencoder_trainer(
             "adv_start_iteration": adv_start_iteration,
             "perceptual": perceptual_loss is not None,
             "perceptual_weight": perceptual_weight,
-            "amp": amp,
-            "seed": seed,
             "autoencoder": config or {},
-            **dict(params or {}),
         },
-        nan_raise=nan_raise,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        run_name=run_name,
+        options,
+        "monai_genaug",
     )
     handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     sample_grid = None
@@ -484,7 +473,7 @@ def create_autoencoder_trainer(
         handlers.append(sample_grid)
     final_saver = FinalAutoencoderSaver(autoencoder, output_dir, discriminator=discriminator, config=config)
     handlers.append(final_saver)
-    handlers.extend(extra_handlers or [])
+    handlers.extend(options.extra_handlers)
 
     trainer = AutoencoderKLTrainer(
         device=device,
@@ -502,25 +491,17 @@ def create_autoencoder_trainer(
         epoch_length=epoch_length,
         train_handlers=handlers,
         key_train_metric={"epoch_loss": Average(output_transform=loss_from_output)},
-        amp=amp,
+        amp=options.amp,
+        prepare_batch=prepare_batch,
+        recon_loss_function=recon_loss_function,
     )
     save_dict: dict[str, Any] = {"autoencoder": autoencoder, "g_optimizer": g_optimizer}
     if discriminator is not None:
         save_dict.update(discriminator=discriminator, d_optimizer=d_optimizer)
-    checkpoint = attach_resumable_checkpoint(
-        trainer,
-        output_dir,
-        save_dict,
-        train_loader,
-        resume,
-        seed,
-        save_interval,
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
         grad_scalers={"g_scaler": (trainer.state, "g_scaler"), "d_scaler": (trainer.state, "d_scaler")},
+        sample_grid=sample_grid,
+        final_saver=final_saver,
+        prepare_batch=trainer.prepare_batch,
     )
-
-    trainer.nan_guard = standard.nan_guard
-    trainer.checkpoint = checkpoint
-    trainer.mlflow_handler = mlflow_handler
-    trainer.sample_grid = sample_grid
-    trainer.final_saver = final_saver
-    return trainer

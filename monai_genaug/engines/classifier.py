@@ -47,11 +47,12 @@ from monai_genaug.handlers.savers import FinalClassifierSaver
 from monai_genaug.handlers.nan_guard import NaNGuard
 from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
 from monai_genaug.handlers.validation import PeriodicValidation
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    create_supervised_trainer,
-    standard_training_handlers,
+from monai_genaug.engines.options import (
+    HandledSupervisedTrainer,
+    TrainingOptions,
+    resolve_training_options,
 )
+from monai_genaug.engines.workflow import create_supervised_trainer, finish_trainer, options_training_handlers
 from monai_genaug.evaluation.statistics import confusion_metrics
 
 __all__ = [
@@ -189,20 +190,10 @@ def create_noisy_classifier_trainer(
     sample_posterior: bool = False,
     max_timestep: int | None = None,
     val_loader: Any | None = None,
-    val_interval: int = 1,
     class_names: Sequence[str] | None = None,
-    tracking: bool = False,
-    tracking_uri: str | None = None,
-    experiment_name: str = "monai_genaug",
-    run_name: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    amp: bool = False,
-    seed: int = 0,
-    resume: bool = True,
-    save_interval: int = 1,
-    nan_raise: bool = True,
-    extra_handlers: Sequence[Any] | None = None,
-) -> SupervisedTrainer:
+    options: TrainingOptions | None = None,
+    **deprecated: Any,
+) -> HandledSupervisedTrainer:
     """Build a ready ``SupervisedTrainer`` for a noisy-latent classifier on a frozen ``LatentGenerator``'s latents.
 
     Loss: cross-entropy of ``classifier(z_t, t)``. Optimiser: AdamW(lr, weight_decay), linearly annealed to 0 over
@@ -210,8 +201,8 @@ def create_noisy_classifier_trainer(
     LR schedule, validation (``val_accuracy`` on noisy validation latents with fixed-seed noise and timesteps), the
     final file ``output_dir/classifier_final.pt`` (with ``class_names``, ``noised`` and the generator's
     ``num_train_timesteps`` in its extra dict) and a resumable checkpoint ``output_dir/checkpoint_last.pt``.
-    Exposed as trainer attributes: ``nan_guard``, ``checkpoint``, ``mlflow_handler``, ``final_saver``, ``evaluator``,
-    ``prepare_batch``.
+    The typed ``trainer.handles`` (:class:`~monai_genaug.engines.options.TrainerHandles`) holds ``nan_guard``,
+    ``checkpoint``, ``mlflow_handler``, ``final_saver``, ``evaluator``, ``prepare_batch``.
 
     Args:
         classifier: e.g. :class:`~monai_genaug.networks.noisy_classifier.NoisyLatentClassifier`; its ``in_channels``
@@ -232,24 +223,19 @@ def create_noisy_classifier_trainer(
         sample_posterior: encode with posterior samples (the original) or means (default, see
             :class:`NoisyLatentPrepareBatch`).
         max_timestep: largest training timestep of noised training (default ``T - 1``).
-        val_loader: validation loader (``val_accuracy`` every ``val_interval`` epochs, noised like training).
-        val_interval: epochs between validations.
+        val_loader: validation loader (``val_accuracy`` every ``options.val_interval`` epochs, noised like training).
         class_names: class names stored with the final weights.
-        tracking: log to MLflow (also on when ``tracking_uri`` is given).
-        tracking_uri: MLflow URI; default ``sqlite:///<output_dir>/mlruns.db``.
-        experiment_name: MLflow experiment.
-        run_name: MLflow run name.
-        params: extra hyper-parameters to log.
-        amp: automatic mixed precision (CUDA).
-        seed: seed of the global RNGs at a fresh start and of the timestep / noise draws (validation: ``seed + 1``).
-        resume: continue from ``output_dir/checkpoint_last.pt`` when it exists.
-        save_interval: epochs between checkpoints.
-        nan_raise: raise on a non-finite loss (True) or stop with an error log (False).
-        extra_handlers: more handlers, attached before the checkpoint handler.
+        options: the shared training options (seed of the global RNGs at a fresh start and of the timestep / noise draws
+            - validation: ``seed + 1`` -, AMP, resume, checkpoint and validation intervals, NaN policy, MLflow tracking,
+            extra handlers); default ``TrainingOptions()``.
+        **deprecated: the old keywords of ``options`` (``amp=``, ``seed=``, ``tracking=``, ...), accepted for one
+            release with a ``DeprecationWarning``.
 
     Raises:
         ValueError: bad argument values, or the classifier's input channels differ from the generator's latents.
     """
+    options = resolve_training_options("create_noisy_classifier_trainer", options, deprecated)
+    seed, amp = options.seed, options.amp
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
     if lr <= 0 or weight_decay < 0:
@@ -288,10 +274,10 @@ def create_noisy_classifier_trainer(
     if anneal_lr:
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=_LinearAnneal(max(iterations, 1)))
 
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "noisy_latent_classifier",
-        params={
+        {
             "lr": lr,
             "weight_decay": weight_decay,
             "anneal_lr": anneal_lr,
@@ -299,16 +285,11 @@ def create_noisy_classifier_trainer(
             "max_epochs": max_epochs,
             "batch_size": getattr(train_loader, "batch_size", None),
             "sample_posterior": sample_posterior,
-            "seed": seed,
             "classifier": getattr(classifier, "config", {}),
             "class_names": list(class_names) if class_names is not None else None,
-            **dict(params or {}),
         },
-        nan_raise=nan_raise,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        run_name=run_name,
+        options,
+        "monai_genaug",
     )
     handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     if lr_scheduler is not None:
@@ -337,7 +318,7 @@ def create_noisy_classifier_trainer(
             decollate=False,
         )
         evaluator.add_event_handler(Events.STARTED, lambda _: val_prepare.reset())
-        handlers.append(PeriodicValidation(evaluator, val_interval, mlflow_handler))
+        handlers.append(PeriodicValidation(evaluator, options.val_interval, mlflow_handler))
     extra = {
         "class_names": list(class_names) if class_names is not None else None,
         "noised": bool(noised),
@@ -346,7 +327,7 @@ def create_noisy_classifier_trainer(
     }
     final_saver = FinalClassifierSaver(classifier, output_dir, extra=extra)
     handlers.append(final_saver)
-    handlers.extend(extra_handlers or [])
+    handlers.extend(options.extra_handlers)
 
     trainer = create_supervised_trainer(
         device,
@@ -363,15 +344,13 @@ def create_noisy_classifier_trainer(
     save_dict: dict[str, Any] = {"classifier": classifier, "optimizer": optimizer, "prepare_batch": prepare_batch}
     if lr_scheduler is not None:
         save_dict["lr_scheduler"] = lr_scheduler
-    checkpoint = attach_resumable_checkpoint(trainer, output_dir, save_dict, train_loader, resume, seed, save_interval)
-
-    trainer.nan_guard = standard.nan_guard
-    trainer.checkpoint = checkpoint
-    trainer.mlflow_handler = mlflow_handler
-    trainer.final_saver = final_saver
-    trainer.evaluator = evaluator
-    trainer.prepare_batch = prepare_batch
-    return trainer
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
+        final_saver=final_saver,
+        evaluator=evaluator,
+        lr_scheduler=lr_scheduler,
+        prepare_batch=prepare_batch,
+    )
 
 
 class _LinearAnneal:

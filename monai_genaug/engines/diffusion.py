@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from ignite.engine import Events
 from ignite.metrics import Loss
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines import SupervisedEvaluator
 from monai.handlers import LrScheduleHandler
 from monai.inferers import SimpleInferer
 from torch import nn
@@ -47,11 +47,12 @@ from monai_genaug.handlers.ema import EMAHandler
 from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
 from monai_genaug.handlers.sample_grid import SampleGridHandler
 from monai_genaug.handlers.validation import PeriodicValidation
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    create_supervised_trainer,
-    standard_training_handlers,
+from monai_genaug.engines.options import (
+    HandledSupervisedTrainer,
+    TrainingOptions,
+    resolve_training_options,
 )
+from monai_genaug.engines.workflow import create_supervised_trainer, finish_trainer, options_training_handlers
 from monai_genaug.networks.lora import has_lora
 
 __all__ = [
@@ -96,25 +97,15 @@ def create_diffusion_trainer(
     ema_decay: float | None = 0.999,
     ema_warmup_iters: int | None = None,
     val_loader: Any | None = None,
-    val_interval: int = 1,
     sample_fn: Callable[[], torch.Tensor] | None = None,
     sample_size: Sequence[int] | None = None,
     sample_every: int = 1,
     num_grid_samples: int = 4,
     num_inference_steps: int = 10,
     sample_condition: Mapping[str, torch.Tensor] | None = None,
-    tracking: bool = False,
-    tracking_uri: str | None = None,
-    experiment_name: str = "monai_genaug",
-    run_name: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    amp: bool = False,
-    seed: int = 0,
-    resume: bool = True,
-    save_interval: int = 1,
-    nan_raise: bool = True,
-    extra_handlers: Sequence[Any] | None = None,
-) -> SupervisedTrainer:
+    options: TrainingOptions | None = None,
+    **deprecated: Any,
+) -> HandledSupervisedTrainer:
     """Build a ready MONAI ``SupervisedTrainer`` for (latent, conditional) diffusion training or LoRA fine-tuning.
 
     The autoencoder is frozen (eval mode, no gradients); only ``generator.trainable_parameters()`` (UNet, prompt
@@ -122,8 +113,8 @@ def create_diffusion_trainer(
     MLflow, LR scheduler, validation (``val_loss``), sample grid (``output_dir/samples_epochNNNN.png``), final
     generator files, resumable checkpoint (``output_dir/checkpoint_last.pt``, resumed on start when ``resume``).
     MLflow metrics: ``train_loss`` per iteration, ``epoch_loss`` (epoch mean) and ``val_loss`` per epoch.
-    Handlers are exposed as trainer attributes: ``ema``, ``nan_guard``, ``checkpoint``, ``mlflow_handler``,
-    ``sample_grid``, ``final_saver``, ``evaluator``.
+    The handlers are in the typed ``trainer.handles`` (:class:`~monai_genaug.engines.options.TrainerHandles`):
+    ``ema``, ``nan_guard``, ``checkpoint``, ``mlflow_handler``, ``sample_grid``, ``final_saver``, ``evaluator``.
 
     Args:
         generator: the ``LatentGenerator`` (pixel or latent space, any conditioning).
@@ -145,9 +136,8 @@ def create_diffusion_trainer(
         sample_posterior: encode with posterior samples (True) or means.
         ema_decay: EMA decay of the trained weights; None disables the EMA.
         ema_warmup_iters: ramp the EMA decay from 0 to ``ema_decay`` over this many iterations (None: no ramp).
-        val_loader: validation loader; the validation loss (``val_loss``) is computed every ``val_interval`` epochs
-            with its own fixed-seed noise.
-        val_interval: epochs between validations.
+        val_loader: validation loader; the validation loss (``val_loss``) is computed every ``options.val_interval``
+            epochs with its own fixed-seed noise (``options.seed + 1``).
         sample_fn: callable returning images for the sample grid; default :class:`GeneratorSamples` when
             ``sample_size`` is given; no grid when both are None.
         sample_size: spatial image size of the default sample grid.
@@ -155,23 +145,17 @@ def create_diffusion_trainer(
         num_grid_samples: samples per default grid.
         num_inference_steps: sampler steps of the default grid.
         sample_condition: condition of the default grid samples (needed for SPADE / concat generators).
-        tracking: log to MLflow (also on whenever ``tracking_uri`` is given).
-        tracking_uri: MLflow URI; default ``sqlite:///<output_dir>/mlruns.db``. Unreachable -> warning, no tracking.
-        experiment_name: MLflow experiment.
-        run_name: MLflow run name.
-        params: extra hyper-parameters to log (the generator config and training settings are always logged).
-        amp: automatic mixed precision (CUDA).
-        seed: seed of the global RNGs at a fresh start, of the noise / timestep draws (``seed``) and of the
-            validation noise (``seed + 1``).
-        resume: continue from ``output_dir/checkpoint_last.pt`` when it exists.
-        save_interval: epochs between checkpoints.
-        nan_raise: on a non-finite loss raise :class:`~monai_genaug.handlers.nan_guard.NonFiniteLossError` (True) or
-            terminate quietly with an error log (False).
-        extra_handlers: more handlers (with ``attach(engine)``), attached before the checkpoint handler.
+        options: the shared training options (seed of the global RNGs at a fresh start and of the noise / timestep
+            draws, AMP, resume, checkpoint and validation intervals, NaN policy, MLflow tracking, extra handlers);
+            default ``TrainingOptions()``.
+        **deprecated: the old keywords of ``options`` (``amp=``, ``seed=``, ``tracking=``, ...), accepted for one
+            release with a ``DeprecationWarning``.
 
     Raises:
         ValueError: the generator has no trainable parameters, or bad argument values.
     """
+    options = resolve_training_options("create_diffusion_trainer", options, deprecated)
+    seed, amp = options.seed, options.amp
     loss_function = loss_function if loss_function is not None else nn.MSELoss()
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
@@ -197,10 +181,10 @@ def create_diffusion_trainer(
         sample_posterior=sample_posterior,
         seed=seed,
     )
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "diffusion",
-        params={
+        {
             "lr": optimizer.param_groups[0]["lr"],
             "max_epochs": max_epochs,
             "batch_size": getattr(train_loader, "batch_size", None),
@@ -210,18 +194,12 @@ def create_diffusion_trainer(
             "prediction_type": prediction_type_of(generator.scheduler),
             "num_train_timesteps": prepare_batch.num_train_timesteps,
             "lora": has_lora(generator.unet),
-            "amp": amp,
-            "seed": seed,
             "generator": getattr(generator, "config", {}),
-            **dict(params or {}),
         },
-        nan_raise=nan_raise,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        run_name=run_name,
+        options,
+        "monai_genaug",
     )
-    handlers, nan_guard, mlflow_handler = standard.handlers, standard.nan_guard, standard.mlflow_handler
+    handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     ema = None
     if ema_decay is not None:
         ema = EMAHandler(
@@ -257,7 +235,7 @@ def create_diffusion_trainer(
             decollate=False,
         )
         evaluator.add_event_handler(Events.STARTED, val_prepare.reset)
-        handlers.append(PeriodicValidation(evaluator, val_interval, mlflow_handler))
+        handlers.append(PeriodicValidation(evaluator, options.val_interval, mlflow_handler))
 
     sample_grid = None
     if sample_fn is None and sample_size is not None:
@@ -276,7 +254,7 @@ def create_diffusion_trainer(
         handlers.append(sample_grid)
     final_saver = FinalGeneratorSaver(generator, output_dir, ema=ema)
     handlers.append(final_saver)
-    handlers.extend(extra_handlers or [])
+    handlers.extend(options.extra_handlers)
 
     trainer = create_supervised_trainer(
         device,
@@ -295,13 +273,12 @@ def create_diffusion_trainer(
         save_dict["ema"] = ema
     if lr_scheduler is not None:
         save_dict["lr_scheduler"] = lr_scheduler
-    checkpoint = attach_resumable_checkpoint(trainer, output_dir, save_dict, train_loader, resume, seed, save_interval)
-
-    trainer.ema = ema
-    trainer.nan_guard = nan_guard
-    trainer.checkpoint = checkpoint
-    trainer.mlflow_handler = mlflow_handler
-    trainer.sample_grid = sample_grid
-    trainer.final_saver = final_saver
-    trainer.evaluator = evaluator
-    return trainer
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
+        ema=ema,
+        sample_grid=sample_grid,
+        final_saver=final_saver,
+        evaluator=evaluator,
+        prepare_batch=prepare_batch,
+        loss=loss_function,
+    )

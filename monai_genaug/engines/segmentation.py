@@ -48,11 +48,12 @@ from monai_genaug.engines.validation import (
     attach_model_selection,
     create_dice_evaluator,
 )
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    create_supervised_trainer,
-    standard_training_handlers,
+from monai_genaug.engines.options import (
+    HandledSupervisedTrainer,
+    TrainingOptions,
+    resolve_training_options,
 )
+from monai_genaug.engines.workflow import create_supervised_trainer, finish_trainer, options_training_handlers
 from monai_genaug.utils.checkpoint import (
     register_checkpoint_format,
     atomic_save,
@@ -317,7 +318,6 @@ def create_segmentation_trainer(
     lr_gamma: float = 0.5,
     cosine_lr: bool = False,
     val_loader: Any | None = None,
-    val_interval: int = 1,
     val_inferer: Inferer | None = None,
     model_path: str | os.PathLike | None = None,
     save_fn: Callable[[str], Any] | None = None,
@@ -325,24 +325,16 @@ def create_segmentation_trainer(
     label_key: str = "label",
     device: str | torch.device = "cpu",
     epoch_length: int | None = None,
-    tracking: bool = False,
-    tracking_uri: str | None = None,
-    experiment_name: str = "segmentation",
-    run_name: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    amp: bool = False,
-    seed: int = 0,
-    resume: bool = True,
-    save_interval: int = 1,
-    nan_raise: bool = True,
-    extra_handlers: Sequence[Any] | None = None,
-) -> SupervisedTrainer:
+    options: TrainingOptions | None = None,
+    **deprecated: Any,
+) -> HandledSupervisedTrainer:
     """Build a ready MONAI ``SupervisedTrainer`` for a segmenter returning ``num_classes + 1`` logits.
 
     Handlers, in firing order: NaN guard, stats, MLflow, LR schedule, validation (``val_mean_dice``; the best model
     is written to ``model_path``), final model (``model_path`` when there is no validation or it never ran),
     resumable checkpoint
-    ``output_dir/checkpoint_last.pt``. Exposed as trainer attributes: ``evaluator``, ``best_saver``, ``nan_guard``,
+    ``output_dir/checkpoint_last.pt``. The typed ``trainer.handles``
+    (:class:`~monai_genaug.engines.options.TrainerHandles`) holds ``evaluator``, ``best_saver``, ``nan_guard``,
     ``mlflow_handler``, ``checkpoint``, ``lr_scheduler``, ``model_path``.
 
     Args:
@@ -361,7 +353,6 @@ def create_segmentation_trainer(
         lr_gamma: factor of the step schedule.
         cosine_lr: cosine decay to 0 over the run, per iteration (ignored when ``lr_step_size`` is set).
         val_loader: a **validation** loader (never the test split); the best ``val_mean_dice`` model is saved.
-        val_interval: epochs between validations.
         val_inferer: inferer of the validation evaluator.
         model_path: file of the best (or final) model; default ``output_dir/model.pt``.
         save_fn: called with the model path to write the model; default :func:`save_segmenter`.
@@ -369,18 +360,13 @@ def create_segmentation_trainer(
         label_key: batch key of the label maps.
         device: training device.
         epoch_length: iterations per epoch (default ``len(train_loader)``).
-        tracking: log to MLflow (also on whenever ``tracking_uri`` is given).
-        tracking_uri: MLflow URI; default ``sqlite:///<output_dir>/mlruns.db``.
-        experiment_name: MLflow experiment.
-        run_name: MLflow run name.
-        params: extra hyper-parameters to log.
-        amp: automatic mixed precision (CUDA).
-        seed: seed of the global RNGs at a fresh start.
-        resume: continue from ``output_dir/checkpoint_last.pt`` when it exists.
-        save_interval: epochs between checkpoints.
-        nan_raise: raise on a non-finite loss (True) or stop with an error log (False).
-        extra_handlers: more trainer handlers (attached before the checkpoint).
+        options: the shared training options (seed of the global RNGs at a fresh start, AMP, resume, checkpoint and
+            validation intervals, NaN policy, MLflow tracking - experiment ``segmentation`` unless named -, extra
+            handlers); default ``TrainingOptions()``.
+        **deprecated: the old keywords of ``options`` (``amp=``, ``seed=``, ``tracking=``, ...), accepted for one
+            release with a ``DeprecationWarning``.
     """
+    options = resolve_training_options("create_segmentation_trainer", options, deprecated)
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
     if int(num_classes) < 1:
@@ -396,10 +382,10 @@ def create_segmentation_trainer(
     save_fn = save_fn if save_fn is not None else (lambda p: save_segmenter(network, p))
     steps = int(epoch_length or len(train_loader))
 
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "segmentation",
-        params={
+        {
             "lr": optimizer.param_groups[0]["lr"],
             "weight_decay": weight_decay,
             "max_epochs": max_epochs,
@@ -408,18 +394,12 @@ def create_segmentation_trainer(
             "lr_step_size": lr_step_size,
             "lr_gamma": lr_gamma,
             "cosine_lr": cosine_lr,
-            "amp": amp,
-            "seed": seed,
             "segmenter": getattr(network, "segmenter_config", None),
-            **dict(params or {}),
         },
-        nan_raise=nan_raise,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        run_name=run_name,
+        options,
+        "segmentation",
     )
-    handlers, nan_guard, mlflow_handler = standard.handlers, standard.nan_guard, standard.mlflow_handler
+    handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     lr_scheduler = None
     if lr_step_size is not None:
         if lr_step_size < 1:
@@ -440,7 +420,7 @@ def create_segmentation_trainer(
         SegmentationPrepareBatch(num_classes, image_key, label_key),
         handlers,
         epoch_length,
-        amp=amp,
+        amp=options.amp,
     )
     save_dict: dict[str, Any] = {"network": network, "optimizer": optimizer}
     if lr_scheduler is not None:
@@ -452,28 +432,27 @@ def create_segmentation_trainer(
         model_path,
         num_classes,
         val_loader,
-        val_interval,
+        options.val_interval,
         device,
         inferer=val_inferer,
         prepare_batch=SegmentationPrepareBatch(num_classes, image_key, label_key),
         mlflow_handler=mlflow_handler,
-        amp=amp,
+        amp=options.amp,
         what="segmenter",
     )
     if best_saver is not None:
         save_dict["best_saver"] = best_saver
-    for h in extra_handlers or []:
+    for h in options.extra_handlers:
         h.attach(trainer)
-    checkpoint = attach_resumable_checkpoint(trainer, output_dir, save_dict, train_loader, resume, seed, save_interval)
-
-    trainer.evaluator = evaluator
-    trainer.best_saver = best_saver
-    trainer.nan_guard = nan_guard
-    trainer.mlflow_handler = mlflow_handler
-    trainer.checkpoint = checkpoint
-    trainer.lr_scheduler = lr_scheduler
-    trainer.model_path = model_path
-    return trainer
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
+        evaluator=evaluator,
+        best_saver=best_saver,
+        lr_scheduler=lr_scheduler,
+        prepare_batch=trainer.prepare_batch,
+        loss=loss_function,
+        model_path=model_path,
+    )
 
 
 @torch.no_grad()

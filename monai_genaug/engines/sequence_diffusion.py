@@ -44,11 +44,12 @@ from monai_genaug.handlers.ema import EMAHandler
 from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
 from monai_genaug.handlers.sample_grid import SampleGridHandler
 from monai_genaug.handlers.savers import FinalModelHandler
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    create_supervised_trainer,
-    standard_training_handlers,
+from monai_genaug.engines.options import (
+    HandledSupervisedTrainer,
+    TrainingOptions,
+    resolve_training_options,
 )
+from monai_genaug.engines.workflow import create_supervised_trainer, finish_trainer, options_training_handlers
 from monai_genaug.networks.motion_encoder import check_motion, estimate_motion
 from monai_genaug.networks.sequence_unet import set_trainable_modules
 
@@ -258,27 +259,18 @@ def create_sequence_diffusion_trainer(
     sample_guidance_scale: float = 1.0,
     final_path: str | os.PathLike | None = None,
     final_extra: Mapping[str, Any] | None = None,
-    tracking: bool = False,
-    tracking_uri: str | None = None,
-    experiment_name: str = "ctrl_genaug",
-    run_name: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    amp: bool = False,
-    seed: int = 0,
-    resume: bool = True,
-    save_interval: int = 1,
-    nan_raise: bool = True,
-    extra_handlers: Sequence[Any] | None = None,
-) -> SupervisedTrainer:
+    options: TrainingOptions | None = None,
+    **deprecated: Any,
+) -> HandledSupervisedTrainer:
     """Build a ready MONAI ``SupervisedTrainer`` for one Ctrl-GenAug training stage of a ``SequenceGenerator``.
 
     Handlers, in firing order: NaN guard, EMA (optional), stats, MLflow (optional), LR scheduler, sample sheet
     (optional, ``output_dir/samples_epochNNNN.png``, one clip per row), final generator file (only when every
     iteration ran and the weights are finite), resumable checkpoint (``output_dir/checkpoint_last.pt``, with the
     prepare-batch's and the loader's generators; resumed on start when ``resume``). Gradients are clipped to
-    ``grad_clip`` after every backward pass (not with ``amp``). Exposed as trainer attributes: ``prepare_batch``,
-    ``ema``, ``nan_guard``,
-    ``checkpoint``, ``mlflow_handler``, ``sample_grid``, ``final_path``.
+    ``grad_clip`` after every backward pass (not with ``options.amp``). The typed ``trainer.handles``
+    (:class:`~monai_genaug.engines.options.TrainerHandles`) holds ``prepare_batch``, ``ema``, ``nan_guard``,
+    ``checkpoint``, ``mlflow_handler``, ``sample_grid``, ``model_path`` (the final generator file).
 
     Args:
         generator: the ``SequenceGenerator``.
@@ -314,21 +306,18 @@ def create_sequence_diffusion_trainer(
         sample_guidance_scale: classifier-free guidance scale of the sheet.
         final_path: file of the final generator (default ``output_dir/generator_final.pt``).
         final_extra: extra JSON entries stored in the final file.
-        tracking: log to MLflow (also on whenever ``tracking_uri`` is given).
-        tracking_uri: MLflow URI; default ``sqlite:///<output_dir>/mlruns.db``.
-        experiment_name: MLflow experiment.
-        run_name: MLflow run name.
-        params: extra hyper-parameters to log.
-        amp: automatic mixed precision (CUDA).
-        seed: seed of the global RNGs at a fresh start and of the noise / timestep / dropout draws.
-        resume: continue from ``output_dir/checkpoint_last.pt`` when it exists.
-        save_interval: epochs between checkpoints.
-        nan_raise: raise on a non-finite loss (True) or stop with an error log (False).
-        extra_handlers: more handlers (with ``attach(engine)``), attached before the checkpoint handler.
+        options: the shared training options (seed of the global RNGs at a fresh start and of the noise / timestep /
+            dropout draws, AMP - no gradient clipping with AMP -, resume, checkpoint interval, NaN policy, MLflow
+            tracking - experiment ``ctrl_genaug`` and run name ``stage`` unless named -, extra handlers); default
+            ``TrainingOptions()``.
+        **deprecated: the old keywords of ``options`` (``amp=``, ``seed=``, ``tracking=``, ...), accepted for one
+            release with a ``DeprecationWarning``.
 
     Raises:
         ValueError: bad ``stage`` / ``max_epochs``, or no parameter left to train.
     """
+    options = resolve_training_options("create_sequence_diffusion_trainer", options, deprecated)
+    seed, amp = options.seed, options.amp
     if stage not in ("frames", "clips"):
         raise ValueError(f"stage must be 'frames' (pre-training on single frames) or 'clips', got '{stage}'.")
     if max_epochs < 1:
@@ -346,10 +335,10 @@ def create_sequence_diffusion_trainer(
         keep_all_p, drop_all_p, drop_each_p, seed,
     )
     final_path = Path(final_path) if final_path is not None else output_dir / "generator_final.pt"
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "sequence_diffusion",
-        params={
+        {
             "stage": stage,
             "lr": optimizer.param_groups[0]["lr"],
             "max_epochs": max_epochs,
@@ -359,15 +348,10 @@ def create_sequence_diffusion_trainer(
             "condition_dropout": {"keep_all": keep_all_p, "drop_all": drop_all_p, "drop_each": drop_each_p},
             "grad_clip": grad_clip,
             "ema_decay": ema_decay,
-            "seed": seed,
             "generator": getattr(generator, "config", {}),
-            **dict(params or {}),
         },
-        nan_raise=nan_raise,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        run_name=run_name or stage,
+        options.replace(run_name=options.run_name or stage),
+        "ctrl_genaug",
     )
     handlers = standard.handlers
     ema = None
@@ -405,7 +389,7 @@ def create_sequence_diffusion_trainer(
         logger.info(f"saved the {stage}-stage generator to '{final_path}'.")
 
     handlers.append(FinalModelHandler(save_final, {"generator": generator}, what="generator"))
-    handlers.extend(extra_handlers or [])
+    handlers.extend(options.extra_handlers)
     trainer = create_supervised_trainer(
         device, max_epochs, train_loader, generator, optimizer, nn.MSELoss(), prepare_batch, handlers, epoch_length,
         amp=amp,
@@ -417,11 +401,11 @@ def create_sequence_diffusion_trainer(
         save_dict["ema"] = ema
     if lr_scheduler is not None:
         save_dict["lr_scheduler"] = lr_scheduler
-    checkpoint = attach_resumable_checkpoint(trainer, output_dir, save_dict, train_loader, resume, seed, save_interval)
-    trainer.ema = ema
-    trainer.nan_guard = standard.nan_guard
-    trainer.checkpoint = checkpoint
-    trainer.mlflow_handler = standard.mlflow_handler
-    trainer.sample_grid = sample_grid
-    trainer.final_path = final_path
-    return trainer
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
+        ema=ema,
+        sample_grid=sample_grid,
+        lr_scheduler=lr_scheduler,
+        prepare_batch=prepare_batch,
+        model_path=final_path,
+    )

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 from ignite.metrics import Average
-from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler
 from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
+from monai_genaug.engines.options import HandledSupervisedTrainer, TrainerHandles, TrainingOptions, attach_handles
 from monai_genaug.handlers.nan_guard import NaNGuard
 from monai_genaug.handlers.progress import progress_bar
 from monai_genaug.handlers.resume import AttributeState, ResumableCheckpointHandler, loader_generators
@@ -40,6 +40,8 @@ __all__ = [
     "standard_training_handlers",
     "create_supervised_trainer",
     "attach_resumable_checkpoint",
+    "options_training_handlers",
+    "finish_trainer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,8 +116,9 @@ def create_supervised_trainer(
     inferer: Inferer | None = None,
     metric_name: str = "epoch_loss",
     amp: bool = False,
-) -> SupervisedTrainer:
-    """A MONAI ``SupervisedTrainer`` with the package's defaults: the mean training loss as key metric (lower is
+) -> HandledSupervisedTrainer:
+    """A MONAI ``SupervisedTrainer`` (:class:`~monai_genaug.engines.options.HandledSupervisedTrainer`, which carries
+    the factory's typed ``handles``) with the package's defaults: the mean training loss as key metric (lower is
     better), no decollation (outputs are losses plus the batch), a ``SimpleInferer`` unless given.
 
     Args:
@@ -132,7 +135,7 @@ def create_supervised_trainer(
         metric_name: name of the key metric (the epoch's mean loss).
         amp: automatic mixed precision (CUDA).
     """
-    return SupervisedTrainer(
+    return HandledSupervisedTrainer(
         device=device,
         max_epochs=max_epochs,
         train_data_loader=train_loader,
@@ -184,3 +187,58 @@ def attach_resumable_checkpoint(
     )
     checkpoint.attach(trainer)
     return checkpoint
+
+
+def options_training_handlers(
+    output_dir: str | os.PathLike,
+    trainer_name: str,
+    params: Mapping[str, Any],
+    options: TrainingOptions,
+    default_experiment: str = "monai_genaug",
+) -> TrainingHandlers:
+    """:func:`standard_training_handlers` set from a :class:`~monai_genaug.engines.options.TrainingOptions`: NaN
+    policy, MLflow tracking (experiment ``default_experiment`` unless the options name one) and the logged parameters
+    (``params`` + ``amp`` / ``seed`` + ``options.params``)."""
+    return standard_training_handlers(
+        output_dir, trainer_name, options.logged_params(params), **options.tracking_kwargs(default_experiment)
+    )
+
+
+def finish_trainer(
+    trainer: Any,
+    output_dir: str | os.PathLike,
+    save_dict: dict[str, Any],
+    train_loader: Any,
+    options: TrainingOptions,
+    standard: TrainingHandlers,
+    grad_scalers: Mapping[str, tuple[Any, str]] | None = None,
+    **handles: Any,
+) -> Any:
+    """The last step of every trainer factory: attach the resumable checkpoint (``options.resume`` / ``seed`` /
+    ``save_interval``, see :func:`attach_resumable_checkpoint`) and store the typed ``trainer.handles``
+    (:class:`~monai_genaug.engines.options.TrainerHandles`: the options, the NaN guard and MLflow handler of
+    ``standard``, the checkpoint and ``handles``); return the trainer.
+
+    Args:
+        trainer: the built trainer.
+        output_dir: folder of ``checkpoint_last.pt``.
+        save_dict: the states to checkpoint.
+        train_loader: the training loader (its shuffling generators are checkpointed).
+        options: the trainer's :class:`~monai_genaug.engines.options.TrainingOptions`.
+        standard: the trainer's :class:`TrainingHandlers`.
+        grad_scalers: see :func:`attach_resumable_checkpoint`.
+        handles: the other :class:`~monai_genaug.engines.options.TrainerHandles` fields (``ema``, ``evaluator``...).
+    """
+    checkpoint = attach_resumable_checkpoint(
+        trainer, output_dir, save_dict, train_loader, options.resume, options.seed, options.save_interval, grad_scalers
+    )
+    return attach_handles(
+        trainer,
+        TrainerHandles(
+            options=options,
+            nan_guard=standard.nan_guard,
+            mlflow_handler=standard.mlflow_handler,
+            checkpoint=checkpoint,
+            **handles,
+        ),
+    )

@@ -321,7 +321,10 @@ def render_adaptation(stem: str, obj: Mapping[str, Any]) -> Report:
 
 
 #: envelope files with their own renderer (by file stem); every other envelope goes to :func:`render_envelope`
-ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {"adaptdiff_fundus": render_adaptation}
+ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {
+    "adaptdiff_fundus": render_adaptation,
+    "adaptdiff_brats3d": render_adaptation,
+}
 
 
 # ------------------------------------------------------------------------------------------------ older shapes
@@ -648,6 +651,10 @@ def render_shipped_weights(files: Mapping[str, Mapping[str, Any]]) -> Report:
                     "(`--detail_weight 0`)"
         text += (f", {f3(s['dice_baseline'])} for the segmenter alone; error-estimation AUC {f3(s['error_auc_ttga'])}"
                  f" (TTGA entropy) vs {f3(s['error_auc_baseline'])} (the segmenter's own entropy).")
+        if s.get("view_mae") is not None:
+            text += (f" The default views differ little from the image: MAE {s['view_mae']:.4f}, SSIM "
+                     f"{f3(s['view_ssim'])}, the segmenter's predictions on them agree with its prediction on the "
+                     f"image on {f3(s['view_agreement'])} of the pixels.")
         rep.blocks[("bundles/ttga/docs/README.md", "shipped-weights")] = [text, ""]
         lines += [f"TTGA: {text}", ""]
     if "adaptdiff" in jobs:

@@ -43,6 +43,7 @@ from monai.networks.nets import DiffusionModelUNet, SPADEDiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
+from monai_genaug.networks.latent_scale import latent_scale_factor
 from monai_genaug.networks.conditioning import PromptEmbedding
 from monai_genaug.networks.lora import apply_lora, get_lora_config, has_lora
 from monai_genaug.networks.sd.networks import AUTOENCODER_TYPES, SDDiffusionModelUNet
@@ -465,21 +466,23 @@ class LatentGenerator(nn.Module):
 
     @torch.no_grad()
     def estimate_scale_factor(self, images: torch.Tensor, set_value: bool = True) -> float:
-        """Set ``scale_factor = 1 / std`` of the unscaled posterior means of ``images`` and return it."""
+        """Set ``scale_factor = 1 / std`` of the unscaled posterior means of ``images`` and return it (the package's
+        one estimate, :func:`~monai_genaug.networks.latent_scale.latent_scale_factor`: sample std, float64)."""
         if self.autoencoder is None:
             return 1.0
-        self._check_tensor(images, self.image_channels, self.spatial_divisor, "images")
-        z_mu, _ = self.autoencoder.encode(images)
-        std = float(z_mu.float().std())
-        if not std > 0:
-            raise ValueError("latents have zero variance; train the autoencoder before estimating the scale factor.")
+        value = latent_scale_factor(self._posterior_mean, images)
         if set_value:
-            self.scale_factor.fill_(1.0 / std)
-        return 1.0 / std
+            self.scale_factor.fill_(value)
+        return value
+
+    def _posterior_mean(self, images: torch.Tensor) -> torch.Tensor:
+        self._check_tensor(images, self.image_channels, self.spatial_divisor, "images")
+        return self.autoencoder.encode(images)[0]
 
     @torch.no_grad()
     def estimate_scale_factor_from_loader(self, loader: Any, image_key: str = "image", max_batches: int = 8) -> float:
-        """:meth:`estimate_scale_factor` on the images of the first ``max_batches`` batches of a data loader.
+        """:meth:`estimate_scale_factor` on the images of the first ``max_batches`` batches of a data loader,
+        streamed batch by batch (the same value as on the concatenated images).
 
         The loader pass runs inside ``torch.random.fork_rng`` (random transforms do not shift the caller's random
         stream) and with the networks in eval mode; their train / eval modes are restored afterwards.
@@ -492,23 +495,20 @@ class LatentGenerator(nn.Module):
         Raises:
             ValueError: the loader is empty or its batches lack ``image_key``.
         """
-        images = []
-        with torch.random.fork_rng(devices=[]):
-            for i, batch in enumerate(loader):
-                if i >= max_batches:
-                    break
-                if image_key not in batch:
-                    raise ValueError(f"the batches have no '{image_key}' key (keys: {sorted(batch)}); set image_key.")
-                images.append(torch.as_tensor(batch[image_key]).float())
-        if not images:
-            raise ValueError("the loader gave no batch to estimate the latent scale factor from.")
+        if self.autoencoder is None:
+            return 1.0
         modes = {m: m.training for m in self.modules()}
         self.eval()
         try:
-            return self.estimate_scale_factor(torch.cat(images).to(self.scale_factor.device))
+            with torch.random.fork_rng(devices=[]):
+                value = latent_scale_factor(
+                    self._posterior_mean, loader, image_key, max_batches=max_batches, device=self.scale_factor.device
+                )
         finally:
             for m, mode in modes.items():
                 m.training = mode
+        self.scale_factor.fill_(value)
+        return value
 
     # ------------------------------------------------------------------ conditions
     def null_condition(self, condition: Mapping[str, torch.Tensor] | None, batch_size: int) -> dict[str, torch.Tensor]:

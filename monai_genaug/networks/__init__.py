@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .conditioning import NULL_PROMPT, PromptEmbedding
 from .latent_mapping import LatentMappingNet, head_names
+from .latent_scale import latent_scale_factor
 from .lora import (
     DEFAULT_LORA_TARGETS,
     LORA_TARGET_PRESETS,
@@ -55,6 +56,7 @@ from .sequence_unet import (
 )
 
 __all__ = [
+    "latent_scale_factor",
     "NULL_PROMPT",
     "PromptEmbedding",
     "DEFAULT_LORA_TARGETS",

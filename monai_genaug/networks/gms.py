@@ -52,6 +52,7 @@ from torch import nn
 
 from monai_genaug.networks.autoencoder import autoencoder_factor, build_autoencoder
 from monai_genaug.networks.latent_mapping import LatentMappingNet
+from monai_genaug.networks.latent_scale import latent_scale_factor
 from monai_genaug.utils.checkpoint import (
     register_checkpoint_format,
     atomic_save,
@@ -550,30 +551,22 @@ class GMSSegmenter(nn.Module):
     ) -> float:
         """Set ``scale_factor = 1 / std`` of the unscaled image posterior means and return it.
 
+        The estimate is the package's one :func:`~monai_genaug.networks.latent_scale.latent_scale_factor` (sample
+        std, streamed in float64; the population std GMS used before differs by ``sqrt(N / (N - 1))``).
+
         Args:
             data: an image tensor, or an iterable of image tensors or of dicts with ``image_key`` (a data loader).
             image_key: key of the images in dict batches.
             max_batches: stop after this many batches.
             set_value: store the value (for both image and mask latents when they share the autoencoder).
         """
-        batches = [data] if isinstance(data, torch.Tensor) else data
-        device = self.scale_factor.device
-        total, total_sq, count = 0.0, 0.0, 0
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            images = batch[image_key] if isinstance(batch, Mapping) else batch
-            mu, _ = self.image_posterior(images.to(device))
-            mu = mu.double()
-            total += float(mu.sum())
-            total_sq += float((mu * mu).sum())
-            count += mu.numel()
-        if count < 2:
-            raise ValueError("estimate_scale_factor got no images; pass a tensor or a non-empty data loader.")
-        var = total_sq / count - (total / count) ** 2
-        if not var > 0:
-            raise ValueError("image latents have zero variance; train the autoencoder before estimating the scale factor.")
-        value = 1.0 / var**0.5
+        value = latent_scale_factor(
+            lambda images: self.image_posterior(images)[0],
+            data,
+            image_key=image_key,
+            max_batches=max_batches,
+            device=self.scale_factor.device,
+        )
         if set_value:
             self.scale_factor.fill_(value)
             if self.mask_autoencoder is None:

@@ -13,7 +13,9 @@
 - :class:`ValidateImaged` stops a bad image at load time with a message naming the file: wrong number of spatial
   dimensions (a 2D image into a 3D bundle or the reverse), wrong channel count, NaN / Inf values, a constant image,
   or an image smaller than the generator's autoencoder factor.
-- :class:`ValidateLabeld` refuses label values the segmenter cannot predict (its output channels do not cover them).
+- :class:`ValidateLabeld` refuses label values the model cannot predict (its output channels do not cover them) and,
+  with ``spatial_dims``, label maps of the wrong shape or with non-integer values (``CheckLabelMapd`` is its
+  deprecated alias).
 - :class:`SplitChannelsd` splits a channel-stacked network output (e.g. ``GenerativeTTAInferer(output="concat")``)
   into named keys that keep the meta data, so ``Invertd`` and ``SaveImaged`` handle each map.
 - :class:`ForegroundProbabilityd` turns class probabilities into one foreground-probability channel for pictures.
@@ -21,6 +23,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +40,7 @@ __all__ = [
     "SplitChannelsd",
     "ValidateImaged",
     "ValidateLabeld",
+    "SEGMENTER_LABEL_HINT",
     "source_name",
     "CheckLabelMapd",
 ]
@@ -128,34 +132,73 @@ class ValidateImaged(MapTransform):
         return d
 
 
+#: the fix :class:`ValidateLabeld` suggests by default (a bundle segmenter with ``num_classes + 1`` outputs)
+SEGMENTER_LABEL_HINT = (
+    "use label_mode 'binary', or train a segmenter for these classes (configs/train_segmenter.json with --num_classes)."
+)
+
+
 class ValidateLabeld(MapTransform):
-    """Check that label values are in ``0..num_classes`` (what a segmenter with ``num_classes + 1`` outputs predicts).
+    """Check loaded label maps against the classes ``0..num_classes`` a model predicts, with a message that names the
+    file and the fix. Missing labels are allowed by default (unlabelled images).
+
+    Two depths, one transform:
+
+    - ``spatial_dims=None``: the values only (integers in ``0..num_classes``, any shape), e.g. for a segmenter with
+      ``num_classes + 1`` output channels;
+    - ``spatial_dims=2`` or ``3``: the full :func:`~monai_genaug.utils.labels.check_label_map` of the channel-first
+      map (one channel, ``spatial_dims`` spatial axes, finite integer values ``0..num_classes``; its messages say how
+      to binarise 0/255 masks, merge one-hot masks or remap labels).
 
     Args:
         keys: label keys.
-        num_classes: foreground classes of the segmenter.
+        num_classes: foreground classes K of the model.
+        spatial_dims: None (values only) or the spatial dimensions of the full check.
+        hint: the fix appended to the error message (default :data:`SEGMENTER_LABEL_HINT`).
         allow_missing_keys: don't raise when a key is missing (unlabelled data).
     """
 
-    def __init__(self, keys: KeysCollection, num_classes: int, allow_missing_keys: bool = True) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        num_classes: int,
+        spatial_dims: int | None = None,
+        hint: str = SEGMENTER_LABEL_HINT,
+        allow_missing_keys: bool = True,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if int(num_classes) < 1:
+        if isinstance(num_classes, bool) or int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+        if spatial_dims is not None and int(spatial_dims) not in (1, 2, 3):
+            raise ValueError(f"spatial_dims must be None (values only), 1, 2 or 3, got {spatial_dims}.")
         self.num_classes = int(num_classes)
+        self.spatial_dims = None if spatial_dims is None else int(spatial_dims)
+        self.hint = hint
+
+    def check(self, label: Any, key: Hashable = "label") -> None:
+        """Raise a ``ValueError`` (naming the file and :attr:`hint`) when ``label`` is not a valid label map."""
+        if self.spatial_dims is not None:
+            name = f"label file {source_name(label, repr(str(key)))}"
+            x = convert_to_tensor(label, track_meta=False)
+            try:
+                check_label_map(x[None], self.num_classes, self.spatial_dims, name=name)
+            except ValueError as e:
+                raise ValueError(f"{e} {self.hint}") from e
+            return
+        t = convert_to_tensor(label, track_meta=False)
+        if t.numel() == 0:
+            return
+        lo, hi = float(t.min()), float(t.max())
+        if lo < 0 or hi > self.num_classes or not torch.equal(t.float(), t.float().round()):
+            raise ValueError(
+                f"label {source_name(label, 'of an item')} has values in [{lo:g}, {hi:g}] but the model has "
+                f"{self.num_classes + 1} output channels (classes 0..{self.num_classes}); {self.hint}"
+            )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            t = convert_to_tensor(d[key], track_meta=False)
-            if t.numel() == 0:
-                continue
-            lo, hi = float(t.min()), float(t.max())
-            if lo < 0 or hi > self.num_classes or not torch.equal(t.float(), t.float().round()):
-                raise ValueError(
-                    f"label {source_name(d[key], 'of an item')} has values in [{lo:g}, {hi:g}] but the segmenter has "
-                    f"{self.num_classes + 1} output channels (classes 0..{self.num_classes}); use label_mode 'binary', "
-                    "or train a segmenter for these classes (configs/train_segmenter.json with --num_classes)."
-                )
+            self.check(d[key], key)
         return d
 
 
@@ -242,28 +285,16 @@ class ForegroundProbabilityd(MapTransform):
         return d
 
 
-class CheckLabelMapd(MapTransform):
-    """Check a loaded label map against ``0..num_classes`` (:func:`~monai_genaug.utils.labels.check_label_map`), naming
-    the file and the model's class count in the error. Missing labels are allowed (unlabelled images)."""
+class CheckLabelMapd(ValidateLabeld):
+    """Deprecated alias (kept for one release) of ``ValidateLabeld(key, num_classes, spatial_dims=spatial_dims)``: the
+    full label-map check of one key; use :class:`ValidateLabeld` with ``spatial_dims`` (and a ``hint``)."""
 
-    def __init__(self, key: str, num_classes: int, spatial_dims: int) -> None:
-        super().__init__(key, allow_missing_keys=True)
-        self.num_classes = int(num_classes)
-        self.spatial_dims = int(spatial_dims)
-
-    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            label = d[key]
-            meta = getattr(label, "meta", {}) or {}
-            name = f"label file '{meta.get('filename_or_obj', key)}'"
-            x = torch.as_tensor(label.as_tensor() if hasattr(label, "as_tensor") else label)
-            try:
-                check_label_map(x[None], self.num_classes, self.spatial_dims, name=name)
-            except ValueError as e:
-                raise ValueError(
-                    f"{e} The GMS model file decides num_classes: for BRATS labels 0..4 use a model trained with "
-                    "--num_classes 4 (configs/train.json + configs/train_3d.json), or one trained with --num_classes 1 "
-                    "(whole tumour)."
-                ) from e
-        return d
+    def __init__(self, key: str, num_classes: int, spatial_dims: int, hint: str = "use a model trained for these "
+                 "classes (--num_classes) or remap the labels.") -> None:
+        warnings.warn(
+            "CheckLabelMapd is deprecated and will be removed in the next release; use "
+            f"ValidateLabeld({key!r}, num_classes={num_classes}, spatial_dims={spatial_dims}, hint=...).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(key, num_classes, spatial_dims=spatial_dims, hint=hint)

@@ -9,6 +9,7 @@ from ignite.engine import Events
 from monai.utils import AdversarialIterationEvents
 from PIL import Image
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer, kl_divergence
 from monai_genaug.handlers.nan_guard import NonFiniteLossError
 from monai_genaug.utils.checkpoint import load_checkpoint
@@ -129,7 +130,7 @@ def _run(tiny, out, seed_init=0, kill_at=None):
         lr=1e-3,
         adv_start_iteration=2,
         discriminator_layers=2,
-        seed=4,
+        options=TrainingOptions(seed=4),
     )
     if kill_at:
 
@@ -147,7 +148,7 @@ def test_killed_then_resumed_equals_uninterrupted(tiny, tmp_path):
         _run(tiny, tmp_path / "run", kill_at=4).run()  # end of epoch 2 is never reached
     resumed = _run(tiny, tmp_path / "run", seed_init=9)
     resumed.run()
-    assert resumed.checkpoint.resumed_from == {"epoch": 1, "iteration": 2}
+    assert resumed.handles.checkpoint.resumed_from == {"epoch": 1, "iteration": 2}
     for name in ("g_network", "d_network"):
         ref, res = getattr(reference.state, name).state_dict(), getattr(resumed.state, name).state_dict()
         assert all(torch.equal(ref[k], res[k]) for k in ref), name

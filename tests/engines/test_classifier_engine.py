@@ -92,7 +92,7 @@ def test_noisy_trainer_checks_and_resume(tmp_path):
     clf_b, loader_b = fresh()
     resumed = create_noisy_classifier_trainer(clf_b, gen, loader_b, 2, tmp_path / "b")
     resumed.run()
-    assert resumed.checkpoint.resumed_from is not None
+    assert resumed.handles.checkpoint.resumed_from is not None
     clf_c, loader_c = fresh()
     create_noisy_classifier_trainer(clf_c, gen, loader_c, 2, tmp_path / "c").run()
     for k, v in clf_c.state_dict().items():

@@ -8,6 +8,7 @@ import torch
 from ignite.engine import Events
 from monai.engines import IterationEvents
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.engines.diffusion import create_diffusion_trainer
 from monai_genaug.handlers.nan_guard import NonFiniteLossError
 from monai_genaug.handlers.tracking import (
@@ -98,7 +99,7 @@ def _resume_setup(tiny, tmp_path, seed_init=0, kill_at=None):
         condition_keys={"class_labels": "label"},
         condition_dropout=0.5,
         ema_decay=0.8,
-        seed=11,
+        options=TrainingOptions(seed=11),
         sample_size=(16, 16),
         num_grid_samples=2,
         num_inference_steps=2,
@@ -124,11 +125,11 @@ def test_killed_then_resumed_equals_uninterrupted(tiny, tmp_path):
 
     resumed, gen = _resume_setup(tiny, tmp_path / "run", seed_init=123)  # other initial weights: must be loaded
     resumed.run()
-    assert resumed.checkpoint.resumed_from == {"epoch": 1, "iteration": 2}
+    assert resumed.handles.checkpoint.resumed_from == {"epoch": 1, "iteration": 2}
     assert resumed.state.iteration == reference.state.iteration == 6
     ref_state, state = ref_gen.state_dict(), gen.state_dict()
     assert all(torch.equal(ref_state[k], state[k]) for k in ref_state)
-    ref_ema, ema = reference.ema.ema_model.state_dict(), resumed.ema.ema_model.state_dict()
+    ref_ema, ema = reference.handles.ema.ema_model.state_dict(), resumed.handles.ema.ema_model.state_dict()
     assert all(torch.equal(ref_ema[k], ema[k]) for k in ref_ema)
     assert resumed.optimizer.param_groups[0]["lr"] == reference.optimizer.param_groups[0]["lr"] == 1e-3 / 8
 
@@ -157,7 +158,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny, tmp_path):
         tiny.make_generator(latent=False, seed=5), loader, max_epochs=3, output_dir=tmp_path
     )
     again.run()
-    assert again.checkpoint.resumed_from["epoch"] == 1 and again.state.epoch == 3
+    assert again.handles.checkpoint.resumed_from["epoch"] == 1 and again.state.epoch == 3
 
 
 def test_lora_fine_tuning_changes_only_adapters(tiny, tmp_path):
@@ -193,15 +194,13 @@ def test_mlflow_logs_params_metrics_and_grid(tiny, tmp_path, monkeypatch):
         max_epochs=2,
         output_dir=tmp_path,
         lr=2e-3,
-        tracking=True,
-        experiment_name="engines_test",
+        options=TrainingOptions(tracking=True, experiment_name="engines_test", params={"note": "tiny"}),
         condition_keys={"class_labels": "label"},
         condition_dropout=0.1,
         val_loader=tiny.make_loader(items, shuffle=False),
         sample_size=(16, 16),
         num_grid_samples=2,
         num_inference_steps=2,
-        params={"note": "tiny"},
     )
     trainer.run()
     client = MlflowClient(default_tracking_uri(tmp_path))
@@ -217,10 +216,10 @@ def test_mlflow_logs_params_metrics_and_grid(tiny, tmp_path, monkeypatch):
     grids = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert grids == ["samples/samples_epoch0001.png", "samples/samples_epoch0002.png"]
     # validation uses fixed noise: the same weights give the same validation loss
-    trainer.evaluator.run(3)
-    first = trainer.evaluator.state.metrics["val_loss"]
-    trainer.evaluator.run(4)
-    assert trainer.evaluator.state.metrics["val_loss"] == first
+    trainer.handles.evaluator.run(3)
+    first = trainer.handles.evaluator.state.metrics["val_loss"]
+    trainer.handles.evaluator.run(4)
+    assert trainer.handles.evaluator.state.metrics["val_loss"] == first
 
 
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "badscheme://nowhere"])
@@ -229,8 +228,10 @@ def test_unreachable_tracking_uri_warns_and_trains(uri, tiny, tmp_path, monkeypa
     gen = tiny.make_generator(latent=False)
     loader = tiny.make_loader([{"image": x} for x in tiny.make_images(4, 16)])
     with pytest.warns(TrackingUnavailableWarning, match="Training goes on"):
-        trainer = create_diffusion_trainer(gen, loader, max_epochs=1, output_dir=tmp_path, tracking_uri=uri)
-    assert trainer.mlflow_handler is None
+        trainer = create_diffusion_trainer(
+            gen, loader, max_epochs=1, output_dir=tmp_path, options=TrainingOptions(tracking_uri=uri)
+        )
+    assert trainer.handles.mlflow_handler is None
     trainer.run()
     assert trainer.state.iteration == 2 and (tmp_path / "generator_final.pt").is_file()
 

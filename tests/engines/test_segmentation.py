@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.engines.segmentation import (
     build_segmenter,
     create_segmentation_trainer,
@@ -67,7 +68,8 @@ def test_trainer_learns_and_saves(tmp_path):
     net = build_segmenter(segmenter_config(2, 1, 1, channels=(8, 16), num_res_units=1))
     before = evaluate_segmentation(net, torch.utils.data.DataLoader(items, batch_size=8), group_key="case")
     trainer = create_segmentation_trainer(
-        net, loader, 15, tmp_path, lr=1e-2, lr_step_size=10, val_loader=loader, val_interval=100
+        net, loader, 15, tmp_path, lr=1e-2, lr_step_size=10, val_loader=loader,
+        options=TrainingOptions(val_interval=100),
     )
     losses = []
     trainer.add_event_handler(
@@ -75,9 +77,9 @@ def test_trainer_learns_and_saves(tmp_path):
     )
     trainer.run()
     assert losses[-1] < losses[0]
-    assert trainer.model_path.is_file()  # validation never ran (interval > epochs): the final model is written
+    assert trainer.handles.model_path.is_file()  # validation never ran (interval > epochs): the final model is written
     after = evaluate_segmentation(
-        load_segmenter(trainer.model_path), torch.utils.data.DataLoader(items, batch_size=8), group_key="case"
+        load_segmenter(trainer.handles.model_path), torch.utils.data.DataLoader(items, batch_size=8), group_key="case"
     )
     assert after["mean_dice"] > max(0.6, before["mean_dice"])
     assert set(after["group_dice"]) == {"c0", "c1"} and 0 <= after["global_dice"] <= 1

@@ -10,6 +10,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.engines.sequence_diffusion import (
     SequenceDiffusionPrepareBatch,
     create_sequence_diffusion_trainer,
@@ -101,7 +102,7 @@ def test_loss_falls_and_clip_stage_freezes(data, tmp_path):
 def _resume_setup(data, out, seed_init=0, kill_at=None):
     pipe = _pipeline(seed_init)
     trainer = create_sequence_diffusion_trainer(pipe.generator, _loader(pipe, data), 3, out, lr=2e-3, ema_decay=0.8,
-                                                seed=11)
+                                                options=TrainingOptions(seed=11))
     if kill_at is not None:
 
         def kill(engine):
@@ -121,11 +122,11 @@ def test_killed_then_resumed_equals_uninterrupted(data, tmp_path):
     assert not (tmp_path / "run" / "generator_final.pt").exists()
     resumed, gen = _resume_setup(data, tmp_path / "run", seed_init=123)  # other initial weights: must be loaded
     resumed.run()
-    assert resumed.checkpoint.resumed_from == {"epoch": 1, "iteration": 2}
+    assert resumed.handles.checkpoint.resumed_from == {"epoch": 1, "iteration": 2}
     assert resumed.state.iteration == reference.state.iteration == 6
     ref_state, state = ref_gen.state_dict(), gen.state_dict()
     assert all(torch.equal(ref_state[k], state[k]) for k in ref_state)
-    ref_ema, ema = reference.ema.ema_model.state_dict(), resumed.ema.ema_model.state_dict()
+    ref_ema, ema = reference.handles.ema.ema_model.state_dict(), resumed.handles.ema.ema_model.state_dict()
     assert all(torch.equal(ref_ema[k], ema[k]) for k in ref_ema)
     assert (tmp_path / "run" / "generator_final.pt").is_file()
 

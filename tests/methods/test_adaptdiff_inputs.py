@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.data.phantoms import make_two_modality_phantoms
 from monai_genaug.methods.adaptdiff import AdaptDiff, MaskConditionedInputd, make_loader
 
@@ -41,16 +42,18 @@ def _pairs(n: int, shape: tuple[int, ...], channels: int = 1) -> list[dict]:
 def test_trainers_reject_images_of_another_modality_shape(tmp_path):
     ad = _pipeline()
     # source images with 3 channels for a 1-channel pipeline: named, before the network sees them
-    trainer = ad.source_trainer(make_loader(_pairs(2, (8, 8), channels=3), None, 2), 1, tmp_path / "a", resume=False)
+    loader = make_loader(_pairs(2, (8, 8), channels=3), None, 2)
+    trainer = ad.source_trainer(loader, 1, tmp_path / "a", options=TrainingOptions(resume=False))
     with pytest.raises(ValueError, match="source images have 3 channel"):
         trainer.run()
     # 3D synthetic pairs for a 2D pipeline
-    trainer = ad.finetune_trainer(make_loader(_pairs(2, (8, 8, 8)), None, 2), 1, tmp_path / "b", resume=False)
+    loader = make_loader(_pairs(2, (8, 8, 8)), None, 2)
+    trainer = ad.finetune_trainer(loader, 1, tmp_path / "b", options=TrainingOptions(resume=False))
     with pytest.raises(ValueError, match="synthetic .*images must be .*2D pipeline"):
         trainer.run()
     # target images with 3 channels for the generator
     loader = ad.diffusion_loader(_pairs(2, (8, 8), channels=3), batch_size=2)
-    trainer = ad.diffusion_trainer(loader, 1, tmp_path / "c", ema_decay=None, resume=False)
+    trainer = ad.diffusion_trainer(loader, 1, tmp_path / "c", ema_decay=None, options=TrainingOptions(resume=False))
     with pytest.raises(ValueError, match="target .*images have 3 channel"):
         trainer.run()
 
@@ -85,7 +88,8 @@ def test_3d_pipeline_runs_every_stage(tmp_path):
     data = make_two_modality_phantoms(4, (8, 8, 8), seed=2)
     source = [{"image": torch.from_numpy(d["source"]).float(), "label": torch.from_numpy(d["label"]).long()} for d in data]
     test = [{"image": torch.from_numpy(d["target"]).float(), "label": torch.from_numpy(d["label"]).long()} for d in data]
-    ad.source_trainer(make_loader(source, None, 2), 1, tmp_path / "src", resume=False).run()  # (a)
+    no_resume = TrainingOptions(resume=False)
+    ad.source_trainer(make_loader(source, None, 2), 1, tmp_path / "src", options=no_resume).run()  # (a)
     pseudo = ad.pseudo_label([{"image": t["image"]} for t in test], threshold=0.01)  # (b)
     assert all(p["label"].shape == (1, 8, 8, 8) for p in pseudo)
     ad.diffusion_trainer(ad.diffusion_loader(pseudo, batch_size=4), 1, tmp_path / "diff", ema_decay=None).run()  # (c)
@@ -98,7 +102,7 @@ def test_3d_pipeline_runs_every_stage(tmp_path):
     other = ad.synthesize(masks.flip(0), num_inference_steps=3, eta=0.0, seed=0)
     assert synth.images.shape == (2, 1, 8, 8, 8) and synth.images.min() >= 0 and synth.images.max() <= 1
     assert torch.equal(synth.labels, masks) and (other.images - synth.images).abs().mean() > 1e-3
-    ad.finetune_trainer(make_loader(synth.items(), None, 2), 1, tmp_path / "ft", resume=False).run()  # (e)
+    ad.finetune_trainer(make_loader(synth.items(), None, 2), 1, tmp_path / "ft", options=no_resume).run()  # (e)
     scores = ad.evaluate(make_loader(test, None, 4, shuffle=False))
     assert set(scores) == {"source_only", "adaptdiff"}
     assert all(0.0 <= s["global_dice"] <= 1.0 and s["num_items"] == 4 for s in scores.values())

@@ -209,7 +209,7 @@ def test_save_load_and_scale(tmp_path):
     x = torch.randn(2, 2, 8, 8, 8)
     value = seg.estimate_scale_factor(x)
     mu, _ = seg.image_posterior(x)
-    assert value == pytest.approx(1.0 / float(mu.double().std(unbiased=False)), rel=1e-4)
+    assert value == pytest.approx(1.0 / float(mu.double().std()), rel=1e-6)  # the one estimate: sample std (N - 1)
     assert float(seg.mask_scale_factor) == pytest.approx(value)
     seg.save(tmp_path / "gms.pt")
     back = GMSSegmenter.load(tmp_path / "gms.pt")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.methods.gms import (
     create_gms_autoencoder_trainer,
     create_gms_trainer,
@@ -104,7 +105,7 @@ def test_trainers_end_to_end(tmp_path):
         seg.autoencoder, loader, 2, tmp_path / "ae", num_classes=1, config=cfg, val_loader=val_loader
     )
     ae_trainer.run()
-    assert ae_trainer.best_saver.best is not None and (tmp_path / "ae" / "autoencoder.pt").is_file()
+    assert ae_trainer.handles.best_saver.best is not None and (tmp_path / "ae" / "autoencoder.pt").is_file()
     assert all(not p.requires_grad for p in seg.autoencoder.parameters())  # frozen again after training
     best_ae, _ = load_autoencoder(tmp_path / "ae" / "autoencoder.pt")
     for a, b in zip(best_ae.state_dict().values(), seg.autoencoder.state_dict().values()):
@@ -116,18 +117,19 @@ def test_trainers_end_to_end(tmp_path):
 
     ae_before = {k: v.clone() for k, v in seg.autoencoder.state_dict().items()}
     trainer = create_gms_trainer(
-        seg, loader, 2, tmp_path / "gms", val_loader=val_loader, warmup_epochs=1, tracking=True, resume=False
+        seg, loader, 2, tmp_path / "gms", val_loader=val_loader, warmup_epochs=1,
+        options=TrainingOptions(resume=False, tracking=True),
     )
     trainer.run()
-    assert float(seg.scale_factor) != 1.0 and trainer.scale_init.value == pytest.approx(float(seg.scale_factor))
-    assert trainer.best_saver.best is not None and trainer.model_path.is_file()
+    assert float(seg.scale_factor) != 1.0 and trainer.handles.scale_init.value == pytest.approx(float(seg.scale_factor))
+    assert trainer.handles.best_saver.best is not None and trainer.handles.model_path.is_file()
     assert (tmp_path / "gms" / "checkpoint_last.pt").is_file() and (tmp_path / "gms" / "mlruns.db").is_file()
-    assert trainer.prepare.cache.hits > 0  # un-augmented training data: the second epoch reuses the latents
+    assert trainer.handles.prepare_batch.cache.hits > 0  # un-augmented training data: the 2nd epoch reuses the latents
     for k, v in seg.autoencoder.state_dict().items():
         torch.testing.assert_close(v, ae_before[k])  # the tokenizer stays frozen
     # warm-up then cosine: lr 0 at the first step, back to ~0 at the end
     assert trainer.optimizer.param_groups[0]["lr"] < 2e-3 * 0.2
-    loaded = GMSSegmenter.load(trainer.model_path)
+    loaded = GMSSegmenter.load(trainer.handles.model_path)
     assert loaded(torch.rand(1, 1, 16, 16)).shape == (1, 2, 16, 16)
 
 
@@ -142,8 +144,8 @@ def test_gms_trainer_on_device(device, tmp_path):
     seg = GMSSegmenter.from_config(gms_config("tiny", 2, 1, 1))
     mapping_before = [p.detach().clone() for p in seg.mapping.parameters()]
     ae_before = {k: v.clone() for k, v in seg.autoencoder.state_dict().items()}
-    trainer = create_gms_trainer(seg, loader, 2, tmp_path, device=device, amp=device == "cuda", warmup_epochs=0,
-                                 resume=False)
+    trainer = create_gms_trainer(seg, loader, 2, tmp_path, device=device, warmup_epochs=0,
+                                 options=TrainingOptions(amp=device == "cuda", resume=False))
     trainer.run()
     last = trainer.state.output[0] if isinstance(trainer.state.output, list) else trainer.state.output  # decollated
     assert np.isfinite(float(last["loss"]))
@@ -151,7 +153,7 @@ def test_gms_trainer_on_device(device, tmp_path):
     assert any(not torch.equal(a.to(b.device), b) for a, b in zip(mapping_before, seg.mapping.parameters()))
     for k, v in seg.autoencoder.state_dict().items():
         torch.testing.assert_close(v.cpu(), ae_before[k])
-    assert trainer.prepare.cache.hits > 0
+    assert trainer.handles.prepare_batch.cache.hits > 0
     seg.eval()
     with torch.no_grad():
         probs = seg(torch.rand(2, 1, 16, 16, device=device))

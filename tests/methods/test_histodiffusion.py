@@ -11,6 +11,7 @@ import pytest
 import torch
 from monai.data import DataLoader
 
+from monai_genaug.engines import TrainingOptions
 from monai_genaug.data.folders import load_datalist
 from monai_genaug.data.pipelines import classification_2d_transforms
 from monai_genaug.data.synthetic import write_synthetic_images
@@ -70,7 +71,7 @@ def trained(tmp_path_factory):
     hd.estimate_scale_factor(DataLoader(train, batch_size=48))
     loader = DataLoader(train, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
     trainer = hd.classifier_trainer(
-        loader, 15, out / "clf", lr=3e-3, weight_decay=0.0, epoch_length=10, resume=False,
+        loader, 15, out / "clf", lr=3e-3, weight_decay=0.0, epoch_length=10, options=TrainingOptions(resume=False),
         val_loader=DataLoader(test, batch_size=32),
     )
     trainer.run()
@@ -81,7 +82,7 @@ def test_noisy_classifier_beats_chance(trained):
     hd = trained["hd"]
     acc = noisy_latent_accuracy(hd.classifier, hd.generator, DataLoader(trained["test"], batch_size=32), (0, 50, 100))
     assert acc[0] >= 0.8 and acc[50] >= 0.7, acc  # 2 balanced classes: chance is 0.5
-    assert trained["trainer"].evaluator.state.metrics["val_accuracy"] >= 0.7
+    assert trained["trainer"].handles.evaluator.state.metrics["val_accuracy"] >= 0.7
     # the final file holds the class names and the training mode
     extra = NoisyLatentClassifier.read_extra(trained["out"] / "clf" / "classifier_final.pt")
     assert extra["class_names"] == ["class_0", "class_1"] and extra["noised"] is True
@@ -173,12 +174,12 @@ def test_pretraining_through_engines(tmp_path):
     hd = _pipeline()
     images = [{"image": i["image"]} for i in _items(8, seed=2)]
     loader = DataLoader(images, batch_size=4)
-    hd.autoencoder_trainer(loader, 1, tmp_path / "ae", adv_weight=0.0, resume=False).run()
+    hd.autoencoder_trainer(loader, 1, tmp_path / "ae", adv_weight=0.0, options=TrainingOptions(resume=False)).run()
     fresh = LatentGenerator.from_config(histodiffusion_generator_config("tiny", 2, 3, num_train_timesteps=200))
     load_autoencoder_weights(fresh, tmp_path / "ae" / "autoencoder_final.pt")
     trained_ae = hd.generator.autoencoder.state_dict()
     assert all(torch.equal(v, trained_ae[k]) for k, v in fresh.autoencoder.state_dict().items())
-    hd.diffusion_trainer(loader, 1, tmp_path / "ldm", resume=False, ema_decay=None).run()
+    hd.diffusion_trainer(loader, 1, tmp_path / "ldm", options=TrainingOptions(resume=False), ema_decay=None).run()
     assert float(hd.generator.scale_factor) != 1.0  # estimated from the data before training
     assert (tmp_path / "ldm" / "generator_final.pt").is_file()
     paths = hd.save(tmp_path / "model")

@@ -71,6 +71,7 @@ from monai.transforms import (
 from torch import nn
 
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
+from monai_genaug.engines.options import pop_training_options
 from monai_genaug.engines.diffusion import create_diffusion_trainer
 from monai_genaug.engines.segmentation import (
     build_segmenter,
@@ -583,9 +584,12 @@ class AdaptDiff:
         """(a) A ``SupervisedTrainer`` of the source segmenter on labelled source pairs (Dice + CE).
 
         ``kwargs`` go to :func:`~monai_genaug.engines.segmentation.create_segmentation_trainer` (``val_loader``,
-        ``lr``, ``tracking``...). Augment the source images with :func:`source_augmentation` in the loader.
+        ``lr``, ``options=TrainingOptions(...)``...). Augment the source images with :func:`source_augmentation` in
+        the loader.
         """
-        kwargs.setdefault("experiment_name", "adaptdiff_source")
+        kwargs["options"] = pop_training_options(
+            kwargs, "AdaptDiff.source_trainer", experiment_name="adaptdiff_source"
+        )
         trainer = create_segmentation_trainer(
             self.segmenter,
             train_loader,
@@ -688,9 +692,12 @@ class AdaptDiff:
         loader = make_loader(
             images, ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0), batch_size, True, seed
         )
-        kwargs.setdefault("experiment_name", "adaptdiff_autoencoder")
+        options = pop_training_options(
+            kwargs, "AdaptDiff.autoencoder_trainer", experiment_name="adaptdiff_autoencoder"
+        )
         trainer = create_autoencoder_trainer(
-            gen.autoencoder, loader, max_epochs, output_dir, lr=lr, device=self.device, seed=seed, **kwargs
+            gen.autoencoder, loader, max_epochs, output_dir, lr=lr, device=self.device,
+            options=options.replace(seed=int(seed)), **kwargs
         )
 
         def _scale(engine) -> None:  # only from a finished, finite autoencoder (not after a NaN stop or interruption)
@@ -761,13 +768,16 @@ class AdaptDiff:
 
         ``loss``: ``"mse"`` (the package trainer's default) or ``"l1"`` (the release regresses the noise with L1);
         an explicit ``loss_function`` in ``kwargs`` wins. ``kwargs`` go to :func:`~monai_genaug.engines.diffusion.create_diffusion_trainer` (``ema_decay``,
-        ``sample_size``, ``tracking``...); the condition ``seg`` is read from the batch key ``"seg"``.
+        ``sample_size``, ``options=TrainingOptions(...)``...); the condition ``seg`` is read from the batch key
+        ``"seg"``.
         """
         if loss not in DIFFUSION_LOSSES:
             raise ValueError(f"loss must be one of {DIFFUSION_LOSSES} (the release: 'l1'), got {loss!r}.")
         if loss == "l1":
             kwargs.setdefault("loss_function", nn.L1Loss())
-        kwargs.setdefault("experiment_name", "adaptdiff_diffusion")
+        kwargs["options"] = pop_training_options(
+            kwargs, "AdaptDiff.diffusion_trainer", experiment_name="adaptdiff_diffusion"
+        )
         kwargs.setdefault("condition_keys", {"seg": "seg"})
         trainer = create_diffusion_trainer(
             self.generator, train_loader, max_epochs, output_dir, lr=lr, device=self.device, **kwargs
@@ -872,7 +882,9 @@ class AdaptDiff:
         synthetic images with :func:`finetune_augmentation` in the loader.
         """
         self.adapted = copy.deepcopy(self.segmenter).to(self.device)
-        kwargs.setdefault("experiment_name", "adaptdiff_finetune")
+        kwargs["options"] = pop_training_options(
+            kwargs, "AdaptDiff.finetune_trainer", experiment_name="adaptdiff_finetune"
+        )
         trainer = create_segmentation_trainer(
             self.adapted,
             train_loader,

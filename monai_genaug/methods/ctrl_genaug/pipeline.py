@@ -51,6 +51,7 @@ from monai.utils import optional_import
 from torch import nn
 
 from monai_genaug.data.synthetic import write_synthetic_images
+from monai_genaug.engines.options import pop_training_options
 from monai_genaug.engines.sequence_diffusion import create_sequence_diffusion_trainer, drop_conditions
 from monai_genaug.generative.guidance import ClassifierFreeGuidance, Guidance, MultiConditionGuidance, NoGuidance
 from monai_genaug.generative.sampler import DiffusionSampler
@@ -311,8 +312,9 @@ class CtrlGenAug:
             steps_per_epoch: iterations per epoch; must divide ``num_steps``; default the largest divisor of
                 ``num_steps`` not above one pass over the data.
             seed: seed of the sampler, the noise / timestep / dropout draws and the global RNGs.
-            trainer_kwargs: more arguments of ``create_sequence_diffusion_trainer`` (``ema_decay``, ``tracking``,
-                ``tracking_uri``, ``sample_every``, ``final_path``, ``resume``, ``keep_all_p``, ``grad_clip``...).
+            trainer_kwargs: more arguments of ``create_sequence_diffusion_trainer`` (``ema_decay``, ``sample_every``,
+                ``final_path``, ``keep_all_p``, ``grad_clip``, ``options=TrainingOptions(...)`` - whose ``seed`` is
+                replaced by ``seed`` -...).
         """
         items = self.training_items(clips, labels, priors, stage)
         num_steps = int(num_steps)
@@ -331,7 +333,8 @@ class CtrlGenAug:
         loader = torch.utils.data.DataLoader(items, batch_size=batch_size, sampler=sampler, num_workers=0)
         return create_sequence_diffusion_trainer(
             self.generator, loader, num_steps // steps_per_epoch, output_dir, stage=stage, trainable=trainable,
-            lr=lr, device=self.device, prior_encoder=self.prior_encoder, motion_method=self.motion_method, seed=seed,
+            lr=lr, device=self.device, prior_encoder=self.prior_encoder, motion_method=self.motion_method,
+            options=pop_training_options(trainer_kwargs, "CtrlGenAug.trainer").replace(seed=int(seed)),
             **trainer_kwargs,
         )
 
@@ -374,16 +377,19 @@ class CtrlGenAug:
             seed: seed of batches, noise, timesteps and dropout.
             log_every: log the mean loss every so many steps (0: never).
             output_dir: the trainer's folder (checkpoint, sheets, MLflow); a temporary folder (no resume) when None.
-            trainer_kwargs: more arguments of :meth:`create_trainer` (``ema_decay``, ``tracking_uri``, ``resume``...).
+            trainer_kwargs: more arguments of :meth:`create_trainer` (``ema_decay``, ``options=TrainingOptions(...)``...).
 
         Returns:
             the loss of every step of this run.
         """
+        options = pop_training_options(trainer_kwargs, "CtrlGenAug.train")
+        if output_dir is None:
+            options = options.replace(resume=False)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = self.create_trainer(
                 clips, labels, priors, stage, num_steps, batch_size, lr, output_dir or tmp, trainable, seed=seed,
                 keep_all_p=keep_all_p, drop_all_p=drop_all_p, drop_each_p=drop_each_p, grad_clip=grad_clip,
-                **({"resume": False} if output_dir is None else {}), **trainer_kwargs,
+                options=options, **trainer_kwargs,
             )
             losses: list[float] = []
 

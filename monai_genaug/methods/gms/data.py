@@ -21,13 +21,19 @@ from monai.transforms import Compose, Orientationd, RandFlipd, RandRotate90d, Re
 
 from monai_genaug.data.bundle import gms_data_dir, gms_datalist
 from monai_genaug.data.pipelines import check_spatial_multiple, segmentation_2d_transforms, volume_3d_transforms
-from monai_genaug.transforms.validation import CheckLabelMapd
+from monai_genaug.transforms.validation import ValidateLabeld
 
 __all__ = [
     "gms_data_dir",
     "gms_datalist",
     "gms_transforms",
 ]
+
+#: the fix a GMS label error suggests: the model file decides the class count
+GMS_LABEL_HINT = (
+    "The GMS model file decides num_classes: for BRATS labels 0..4 use a model trained with --num_classes 4 "
+    "(configs/train.json + configs/train_3d.json), or one trained with --num_classes 1 (whole tumour)."
+)
 
 
 def gms_transforms(
@@ -104,7 +110,7 @@ def gms_transforms(
         xforms.append(Orientationd(keys=[image_key, label_key], axcodes="RAS", labels=None))
     else:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-    xforms.append(CheckLabelMapd(label_key, num_classes, spatial_dims))
+    xforms.append(ValidateLabeld(label_key, num_classes, spatial_dims=spatial_dims, hint=GMS_LABEL_HINT))
     mode = "bilinear" if spatial_dims == 2 else "trilinear"
     xforms.append(Resized(keys=image_key, spatial_size=size, mode=mode, anti_aliasing=spatial_dims == 2))
     if resize_label:

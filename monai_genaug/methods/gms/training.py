@@ -47,13 +47,15 @@ from monai.optimizers import WarmupCosineSchedule
 import torch
 from torch import nn
 
-from monai_genaug.engines.autoencoder import create_autoencoder_trainer
-from monai_genaug.engines.validation import BestModelSaver, attach_model_selection, create_dice_evaluator
-from monai_genaug.engines.workflow import (
-    attach_resumable_checkpoint,
-    create_supervised_trainer,
-    standard_training_handlers,
+from monai_genaug.engines.autoencoder import AutoencoderKLTrainer, create_autoencoder_trainer
+from monai_genaug.engines.options import (
+    TRAINING_OPTION_NAMES,
+    HandledSupervisedTrainer,
+    TrainingOptions,
+    resolve_training_options,
 )
+from monai_genaug.engines.validation import BestModelSaver, attach_model_selection, create_dice_evaluator
+from monai_genaug.engines.workflow import create_supervised_trainer, finish_trainer, options_training_handlers
 from monai_genaug.networks.autoencoder import save_autoencoder
 from monai_genaug.networks.gms import GMSSegmenter, LatentCache, MaskReconstructor, labels_to_onehot, masks_to_images
 from monai_genaug.handlers.savers import KeepBestAutoencoder
@@ -301,7 +303,6 @@ def create_gms_trainer(
     max_epochs: int,
     output_dir: str | os.PathLike,
     val_loader: Any | None = None,
-    val_interval: int = 1,
     loss: GMSLoss | None = None,
     lr: float = 2e-3,
     weight_decay: float = 0.01,
@@ -317,26 +318,18 @@ def create_gms_trainer(
     scale_batches: int | None = 8,
     model_path: str | os.PathLike | None = None,
     val_inferer: Any | None = None,
-    tracking: bool = False,
-    tracking_uri: str | None = None,
-    experiment_name: str = "gms",
-    run_name: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    amp: bool = False,
-    seed: int = 0,
-    resume: bool = True,
-    save_interval: int = 1,
-    nan_raise: bool = True,
-    extra_handlers: Sequence[Any] | None = None,
-) -> SupervisedTrainer:
+    options: TrainingOptions | None = None,
+    **deprecated: Any,
+) -> HandledSupervisedTrainer:
     """Build a ready MONAI ``SupervisedTrainer`` for the GMS mapping network (the autoencoder stays frozen).
 
     Handlers, in firing order: scale-factor estimate (on start, before resuming), NaN guard, stats, MLflow, LR
     schedule (linear warm-up + cosine, every iteration), validation (``val_mean_dice`` on ``val_loader``; the best
     model is written to ``model_path``), final model (``model_path`` when there is no validation), resumable
-    checkpoint ``output_dir/checkpoint_last.pt``. They are exposed as trainer attributes: ``prepare`` (the
-    :class:`GMSPrepareBatch`), ``gms_loss``, ``lr_scheduler``, ``evaluator``, ``best_saver``, ``nan_guard``,
-    ``mlflow_handler``, ``checkpoint``, ``scale_init``.
+    checkpoint ``output_dir/checkpoint_last.pt``. The typed ``trainer.handles``
+    (:class:`~monai_genaug.engines.options.TrainerHandles`) holds ``prepare_batch`` (the :class:`GMSPrepareBatch`),
+    ``loss`` (the :class:`GMSLoss`), ``lr_scheduler``, ``evaluator``, ``best_saver``, ``nan_guard``,
+    ``mlflow_handler``, ``checkpoint``, ``scale_init``, ``model_path``.
 
     Args:
         segmenter: the :class:`GMSSegmenter` with a trained autoencoder.
@@ -345,7 +338,6 @@ def create_gms_trainer(
         max_epochs: epochs (in total, counting resumed ones); the paper trains 1000 on small data sets.
         output_dir: folder of the checkpoint, the default model file and the default MLflow store.
         val_loader: a **validation** loader (carved from the training data; never the test split).
-        val_interval: epochs between validations.
         loss: the :class:`GMSLoss` (default: paper weights 1 / 1, all heads).
         lr: AdamW learning rate (paper 2e-3).
         weight_decay: AdamW weight decay (paper: torch default 0.01).
@@ -361,18 +353,14 @@ def create_gms_trainer(
         scale_batches: batches used for the scale estimate.
         model_path: file of the best (or final) model; default ``output_dir/model.pt``.
         val_inferer: inferer of the validation evaluator.
-        tracking: log to MLflow (also on whenever ``tracking_uri`` is given).
-        tracking_uri: MLflow URI; default ``sqlite:///<output_dir>/mlruns.db``. Unreachable -> warning, no tracking.
-        experiment_name: MLflow experiment.
-        run_name: MLflow run name.
-        params: extra hyper-parameters to log.
-        amp: automatic mixed precision (CUDA).
-        seed: seed of the global RNGs at a fresh start and of the latent noise.
-        resume: continue from ``output_dir/checkpoint_last.pt`` when it exists.
-        save_interval: epochs between checkpoints.
-        nan_raise: raise on a non-finite loss (True) or stop with an error log (False).
-        extra_handlers: more trainer handlers (attached before the checkpoint).
+        options: the shared training options (seed of the global RNGs at a fresh start and of the latent noise, AMP,
+            resume, checkpoint and validation intervals, NaN policy, MLflow tracking - experiment ``gms`` unless named
+            -, extra handlers); default ``TrainingOptions()``.
+        **deprecated: the old keywords of ``options`` (``amp=``, ``seed=``, ``tracking=``, ...), accepted for one
+            release with a ``DeprecationWarning``.
     """
+    options = resolve_training_options("create_gms_trainer", options, deprecated)
+    seed, amp = options.seed, options.amp
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
     if not segmenter.include_background:
@@ -395,10 +383,10 @@ def create_gms_trainer(
         segmenter, image_key, label_key, noise_prob=noise_prob, cache=cache, decode_levels=loss.decode_levels, seed=seed
     )
 
-    standard = standard_training_handlers(
+    standard = options_training_handlers(
         output_dir,
         "gms",
-        params={
+        {
             "lr": optimizer.param_groups[0]["lr"],
             "weight_decay": weight_decay,
             "warmup_epochs": warmup_epochs,
@@ -409,18 +397,12 @@ def create_gms_trainer(
             "w_dice": loss.w_dice,
             "ds_levels": list(loss.ds_levels) if loss.ds_levels is not None else "all",
             "trainable_parameters": sum(p.numel() for p in segmenter.trainable_parameters()),
-            "amp": amp,
-            "seed": seed,
             "gms": segmenter.config,
-            **dict(params or {}),
         },
-        nan_raise=nan_raise,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        run_name=run_name,
+        options,
+        "gms",
     )
-    handlers, nan_guard, mlflow_handler = standard.handlers, standard.nan_guard, standard.mlflow_handler
+    handlers, mlflow_handler = standard.handlers, standard.mlflow_handler
     scale_init = None
     if estimate_scale:  # first: the scale is set on start, before the checkpoint resumes
         scale_init = ScaleFactorInitializer(segmenter, train_loader, image_key, max_batches=scale_batches)
@@ -453,7 +435,7 @@ def create_gms_trainer(
         model_path,
         segmenter.num_classes,
         val_loader,
-        val_interval,
+        options.val_interval,
         device,
         inferer=val_inferer,
         mlflow_handler=mlflow_handler,
@@ -462,21 +444,18 @@ def create_gms_trainer(
     )
     if best_saver is not None:
         save_dict["best_saver"] = best_saver
-    for h in extra_handlers or []:
+    for h in options.extra_handlers:
         h.attach(trainer)
-    checkpoint = attach_resumable_checkpoint(trainer, output_dir, save_dict, train_loader, resume, seed, save_interval)
-
-    trainer.prepare = prepare
-    trainer.gms_loss = loss
-    trainer.lr_scheduler = scheduler
-    trainer.evaluator = evaluator
-    trainer.best_saver = best_saver
-    trainer.nan_guard = nan_guard
-    trainer.mlflow_handler = mlflow_handler
-    trainer.checkpoint = checkpoint
-    trainer.scale_init = scale_init
-    trainer.model_path = model_path
-    return trainer
+    return finish_trainer(
+        trainer, output_dir, save_dict, train_loader, options, standard,
+        evaluator=evaluator,
+        best_saver=best_saver,
+        lr_scheduler=scheduler,
+        prepare_batch=prepare,
+        loss=loss,
+        scale_init=scale_init,
+        model_path=model_path,
+    )
 
 
 def create_gms_autoencoder_trainer(
@@ -487,7 +466,6 @@ def create_gms_autoencoder_trainer(
     num_classes: int,
     config: Mapping[str, Any],
     val_loader: Any | None = None,
-    val_interval: int = 1,
     autoencoder_path: str | os.PathLike | None = None,
     mask_value_range: Sequence[float] | None = None,
     image_key: str = "image",
@@ -496,15 +474,11 @@ def create_gms_autoencoder_trainer(
     kl_weight: float = 1e-6,
     adv_weight: float = 0.0,
     device: str | torch.device = "cpu",
-    tracking: bool = False,
-    tracking_uri: str | None = None,
-    experiment_name: str = "gms_autoencoder",
-    seed: int = 0,
-    resume: bool = True,
     grid: bool = True,
     mask_foreground_weight: float = 1.0,
+    options: TrainingOptions | None = None,
     **kwargs: Any,
-):
+) -> AutoencoderKLTrainer:
     """Train a GMS tokenizer: a MONAI ``AutoencoderKL`` that reconstructs images and masks.
 
     Wraps :func:`~monai_genaug.engines.autoencoder.create_autoencoder_trainer` with a
@@ -512,7 +486,9 @@ def create_gms_autoencoder_trainer(
     ``SupervisedEvaluator`` computes the mask reconstruction Dice (``val_mask_dice``, the upper bound of GMS) every
     ``val_interval`` epochs and the best autoencoder is written to ``autoencoder_path``; when training completes
     the best weights are loaded back (or, without validation, the last weights are written) and the autoencoder is
-    frozen, ready for :func:`create_gms_trainer`. Exposed attributes: ``evaluator``, ``best_saver``.
+    frozen, ready for :func:`create_gms_trainer`. The typed ``trainer.handles``
+    (:class:`~monai_genaug.engines.options.TrainerHandles`) adds ``evaluator``, ``best_saver`` and ``model_path``
+    (the chosen autoencoder file) to the autoencoder trainer's.
 
     Args:
         autoencoder: the ``AutoencoderKL`` (e.g. ``segmenter.autoencoder``; it is unfrozen while training).
@@ -523,7 +499,6 @@ def create_gms_autoencoder_trainer(
         config: :func:`~monai_genaug.methods.gms.gms_config` (or ``{"spatial_dims", "image_channels",
             "autoencoder"}``), stored with the weights.
         val_loader: validation loader (for the mask reconstruction Dice and the best-model choice).
-        val_interval: epochs between validations.
         autoencoder_path: file of the chosen autoencoder; default ``output_dir/autoencoder.pt``.
         mask_value_range: (outside, inside) mask values; default ``config["mask_value_range"]`` or (0, 1).
         image_key: batch key of the images.
@@ -532,16 +507,18 @@ def create_gms_autoencoder_trainer(
         kl_weight: KL weight.
         adv_weight: patch-adversarial weight (0: plain VAE, the cheap CPU default).
         device: device.
-        tracking: MLflow tracking.
-        tracking_uri: MLflow URI (default SQLite under ``output_dir``).
-        experiment_name: MLflow experiment.
-        seed: seed.
-        resume: resume from ``output_dir/checkpoint_last.pt``.
         grid: write reconstruction grids of a few images and masks (1- or 3-channel images only).
         mask_foreground_weight: weight of the inside voxels of the masks in the L1 loss
             (:class:`MaskForegroundWeightedL1Loss`); 1 is plain L1. Raise it (e.g. 20) when the structures are small.
-        kwargs: passed to ``create_autoencoder_trainer`` (``discriminator_layers``, ``perceptual_weights_path``...).
+        options: the shared training options (seed, AMP, resume, checkpoint and validation intervals - the mask
+            Dice runs every ``options.val_interval`` epochs -, NaN policy, MLflow tracking - experiment
+            ``gms_autoencoder`` unless named -, extra handlers); default ``TrainingOptions()``.
+        kwargs: passed to ``create_autoencoder_trainer`` (``discriminator_layers``, ``perceptual_weights_path``...);
+            the old keywords of ``options`` (``seed=``, ``resume=``, ``tracking=``...) are accepted for one release
+            with a ``DeprecationWarning``.
     """
+    legacy = {key: kwargs.pop(key) for key in TRAINING_OPTION_NAMES if key in kwargs}
+    options = resolve_training_options("create_gms_autoencoder_trainer", options, legacy)
     output_dir = Path(output_dir)
     config = dict(config)
     image_channels = int(config["image_channels"])
@@ -572,7 +549,7 @@ def create_gms_autoencoder_trainer(
             metric_name="val_mask_dice",
             val_handlers=[saver],
         )
-        extra.append(ValidationHandler(interval=val_interval, validator=evaluator, epoch_level=True))
+        extra.append(ValidationHandler(interval=options.val_interval, validator=evaluator, epoch_level=True))
     extra.append(KeepBestAutoencoder(autoencoder, saver, path, config))
     trainer = create_autoencoder_trainer(
         autoencoder,
@@ -585,23 +562,21 @@ def create_gms_autoencoder_trainer(
         adv_weight=adv_weight,
         grid_images=grid_images,
         config=config,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        seed=seed,
-        resume=resume,
-        extra_handlers=extra,
+        prepare_batch=prepare,  # images + masks; the default would take the masks as targets
+        recon_loss_function=(
+            MaskForegroundWeightedL1Loss(value_range, mask_foreground_weight) if mask_foreground_weight != 1.0 else None
+        ),
+        options=options.replace(
+            experiment_name=options.experiment_name or "gms_autoencoder",
+            extra_handlers=(*extra, *options.extra_handlers),
+        ),
         **kwargs,
     )
-    trainer.prepare_batch = prepare  # images + masks; the default would take the masks as targets
-    if mask_foreground_weight != 1.0:
-        trainer.state.recon_loss_function = MaskForegroundWeightedL1Loss(value_range, mask_foreground_weight)
+    handles = trainer.handles
     if saver is not None:
         saver.trainer = trainer
-        trainer.checkpoint.save_dict["best_saver"] = saver
-    trainer.evaluator = evaluator
-    trainer.best_saver = saver
-    trainer.autoencoder_path = path
+        handles.checkpoint.save_dict["best_saver"] = saver
+    handles.options, handles.evaluator, handles.best_saver, handles.model_path = options, evaluator, saver, path
     return trainer
 
 

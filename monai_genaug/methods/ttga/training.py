@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from monai_genaug.engines.options import TrainingOptions
 from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
 from monai_genaug.engines.diffusion import create_diffusion_trainer
@@ -328,6 +329,7 @@ def train_ttga_generator(
         extra_handlers: more handlers for the diffusion trainer.
     """
     output_dir = Path(output_dir)
+    options = TrainingOptions(seed=seed, resume=resume, tracking=tracking, tracking_uri=tracking_uri)
     first = next(iter(train_loader), None)
     if first is None:
         raise ValueError("train_loader is empty.")
@@ -347,8 +349,7 @@ def train_ttga_generator(
             ae_trainer = create_autoencoder_trainer(
                 generator.autoencoder, train_loader, max_epochs=autoencoder_epochs,
                 output_dir=output_dir / "autoencoder", lr=autoencoder_lr, device=device, adv_weight=adv_weight,
-                config=generator.config.get("autoencoder"), tracking=tracking, tracking_uri=tracking_uri, seed=seed,
-                resume=resume,
+                config=generator.config.get("autoencoder"), options=options,
             )
             ae_trainer.run()
             estimate_scale_factor_from_loader(generator, train_loader, device=device)
@@ -359,8 +360,8 @@ def train_ttga_generator(
     trainer = create_diffusion_trainer(
         generator, train_loader, max_epochs=diffusion_epochs, output_dir=output_dir / "diffusion", lr=diffusion_lr,
         device=device, condition_keys={"prompt": prompt_key}, condition_dropout=condition_dropout,
-        ema_decay=ema_decay, val_loader=val_loader, sample_size=sample_size, tracking=tracking,
-        tracking_uri=tracking_uri, seed=seed, resume=resume, extra_handlers=extra_handlers,
+        ema_decay=ema_decay, val_loader=val_loader, sample_size=sample_size,
+        options=options.replace(extra_handlers=extra_handlers),
     )
     trainer.run()
     return generator.eval()
