@@ -105,8 +105,9 @@ def test_update_block():
 
 
 def test_legacy_single_run_shown_without_interval(tmp_path):
-    shutil.copy(RESULTS / "adaptdiff_brats.json", tmp_path / "adaptdiff_brats.json")
-    single = json.loads((RESULTS / "adaptdiff_brats.json").read_text())  # the old shape, without per-case values
+    legacy = Path(__file__).parent / "data" / "adaptdiff_brats_legacy.json"  # a pre-protocol result, kept as a fixture
+    shutil.copy(legacy, tmp_path / "adaptdiff_brats.json")
+    single = json.loads(legacy.read_text())  # the old shape, without per-case values
     single.update(data="phantoms", per_case_dice=None)
     (tmp_path / "adaptdiff_phantoms.json").write_text(json.dumps(single))
     md = render_results(tmp_path).markdown["adaptdiff.md"]
