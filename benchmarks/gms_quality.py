@@ -8,222 +8,621 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""GMS vs a MONAI UNet on Kvasir-SEG at CPU scale: Dice, IoU, trainable parameters, and the tokenizer's upper bound.
+"""GMS vs MONAI UNets on the evaluation protocol: tokenizers, learning curves on Kvasir-SEG, DRIVE -> CHASE_DB1.
 
-Huo et al., "Generative Medical Segmentation", arXiv:2403.18198. Protocol (every choice is a CLI option):
+Huo et al., "Generative Medical Segmentation", arXiv:2403.18198. Three stages, each resumable (its result is kept
+in ``--work_dir`` and a rerun skips it):
 
-* data: Kvasir-SEG (``images/ + masks/``), the fixed seeded split of :func:`monai_genaug.methods.gms.gms_datalist`
-  (70 / 10 / 20 %, seed 0); a subset of the training and validation splits (``--train_items``, ``--val_items``) to
-  fit a CPU budget, the first ``--test_items`` test images; images and masks resized to ``--size`` px;
-* GMS: a MONAI AutoencoderKL trained on the training images *and* masks (``--ae_epochs``), frozen; the mapping
-  network (``--mapping_channels``; 32 is the paper's 1.56 M) trained with :func:`create_gms_trainer`;
-* UNet: ``monai.networks.nets.UNet`` (5 levels, 2 residual units), DiceCE loss, trained with MONAI's
-  ``SupervisedTrainer``;
-* equal budget: both segmenters get the same epochs, batch size, augmentation (flips, 90-degree rotations),
-  AdamW + warm-up / cosine schedule, and pick their checkpoint on the validation split (never the test split);
-* metrics on the test split at the network resolution: MONAI ``DiceMetric`` and ``MeanIoU`` (foreground), and the
-  Dice of the autoencoder's own mask reconstructions (encode + decode the true masks), the upper bound of GMS.
+* ``tokenizers`` (Kvasir-SEG, fixed seeded split 700 / 100 / 200 of :func:`~monai_genaug.methods.gms.gms_datalist`):
+  the task's own small autoencoder (``"small"`` preset, trained on the 700 training images and their masks) and a
+  wider one (``"paper"`` preset autoencoder, channels 32-64-64) trained on **all 1000 images without labels** plus
+  the 700 training masks (the only labels it sees); both chosen on the validation mask-reconstruction Dice. Reported
+  on the 200 test images: PSNR and SSIM of the image reconstructions and the mask upper bound (Dice of
+  ``decode(encode(mask))``), per image.
+* ``kvasir``: on the chosen tokenizer, GMS (mapping width ``--mapping_channels``) trained with the cheap recipe
+  (latent MSE on every head, Dice on the final head only, cached latents) and with the original recipe (Dice on the
+  three heads, re-encoding every step), a MONAI UNet of the benchmark size (16-256 channels, 1.63 M parameters) and
+  a UNet of GMS's trainable size (8-128, 0.41 M), all on the 700 training images, the same batches and the same
+  augmentation (random rot90 + flip, colour jitter on half the batches), AdamW + warm-up / cosine, ``--seeds``.
+  The variants train in lockstep (``--chunk`` iterations each in turn), so their wall and CPU times are measured
+  interleaved on the same machine load. Learning curves: validation Dice at ``--checkpoints`` iterations against
+  iterations and training seconds; the checkpoint with the best validation Dice is scored once on the test split
+  (per-image Dice).
+* ``fundus``: DRIVE -> CHASE_DB1 (``--reverse`` adds CHASE_DB1 -> DRIVE): a tokenizer on every DRIVE and
+  CHASE_DB1 image (no labels) plus the source's training masks, GMS (cheap recipe) and the GMS-size UNet trained on
+  random crops of the source's training images (green channel, ``--fundus_size`` px), scored per image inside the
+  field of view on the source's test images (in-domain) and on every target image (out-of-domain); GMS maps the
+  whole-image latent through its latent sliding window (the crop's latent size).
 
-    python benchmarks/gms_quality.py [--data_dir /path/to/kvasir_seg] [--size 64] [--epochs 15] ...
+    python benchmarks/gms_quality.py [--stages tokenizers kvasir fundus] [--seeds 0 1 2] [--iterations 600] ...
 
-Writes ``benchmarks/results/gms_quality.json``.
+Writes ``benchmarks/results/gms_quality.json`` (Kvasir-SEG + tokenizers) and ``gms_crossdomain.json``; ``--quick``
+is a smoke run (tiny sizes, marked as such).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import operator
-import platform
-import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from ignite.metrics import Average
-from monai.data import CacheDataset, DataLoader
-from monai.engines import SupervisedTrainer
-from monai.handlers import LrScheduleHandler, ValidationHandler
-from monai.inferers import SimpleInferer
+from monai.data import DataLoader
 from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric, MeanIoU
-from monai.networks.nets import UNet
-from monai.networks.utils import one_hot
+from monai.metrics import PSNRMetric, SSIMMetric
 from monai.optimizers import WarmupCosineSchedule
-from monai.utils import set_determinism
 
+from monai_genaug.data.fundus import chase_datalist, drive_datalist, load_fundus, random_fov_crops
 from monai_genaug.engines import TrainingOptions
-from monai_genaug.engines import BestModelSaver, create_dice_evaluator
-from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
-from monai_genaug.handlers.tracking import loss_from_output
-from monai_genaug.methods.gms import create_gms_autoencoder_trainer, create_gms_trainer, gms_datalist, gms_transforms
-from monai_genaug.methods.gms import GMSSegmenter, MaskReconstructor, gms_config
+from monai_genaug.evaluation.learners import _augment, case_scores, predict, segmentation_learner
+from monai_genaug.evaluation.results import BenchmarkTimer, write_json_atomic, write_results
+from monai_genaug.evaluation.statistics import ResultsTable, percentile_interval
+from monai_genaug.methods.gms import (
+    GMSLoss,
+    GMSPrepareBatch,
+    GMSSegmenter,
+    MaskReconstructor,
+    build_autoencoder,
+    create_gms_autoencoder_trainer,
+    gms_config,
+    gms_datalist,
+    gms_transforms,
+    masks_to_images,
+)
+from monai_genaug.networks.latent_scale import latent_scale_factor
 from monai_genaug.utils.paths import shared_data_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: GMS training recipes: Dice heads (None = every head) and latent cache
+RECIPES = {"original": {"dice_levels": None, "cache": False}, "fast": {"dice_levels": ("out",), "cache": True}}
+UNET_SIZES = {"unet_benchmark": (16, 32, 64, 128, 256), "unet_gms_size": (8, 16, 32, 64, 128)}
 
 
-def _params(module: torch.nn.Module, trainable: bool = True) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+# ------------------------------------------------------------------------------------------------ data
+def load_kvasir(data_dir: str, size: int, cache: Path, quick: bool) -> dict[str, dict[str, Any]]:
+    """The seeded Kvasir-SEG split at ``size`` px as tensors (cached in ``cache``)."""
+    path = cache / f"kvasir_{size}{'_quick' if quick else ''}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=False)
+    base = gms_transforms(2, (size, size), num_classes=1, image_channels=3)
+    out = {}
+    for split in ("training", "validation", "test"):
+        items = gms_datalist(data_dir, split, seed=0, max_items=(24 if split == "training" else 8) if quick else None)
+        rows = [base(dict(it)) for it in items]
+        out[split] = {"image": torch.stack([r["image"].as_tensor().float() for r in rows]),
+                      "label": torch.stack([r["label"].as_tensor().long() for r in rows]),
+                      "id": [Path(it["image"]).stem for it in items]}
+    torch.save(out, path)
+    return out
+
+
+def colour_jitter(x: torch.Tensor, rng: torch.Generator, strength: float = 0.2) -> torch.Tensor:
+    """Per-sample brightness, contrast and (RGB) saturation jitter of images in [0, 1] (factors in 1 +- strength)."""
+    b = x.shape[0]
+    shape = (b,) + (1,) * (x.ndim - 1)
+
+    def factor() -> torch.Tensor:
+        return 1.0 + strength * (2.0 * torch.rand(shape, generator=rng) - 1.0)
+
+    x = x * factor()
+    mean = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
+    x = (x - mean) * factor() + mean
+    if x.shape[1] == 3:
+        grey = x.mean(dim=1, keepdim=True)
+        x = (x - grey) * factor() + grey
+    return x.clamp(0.0, 1.0)
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, rng: torch.Generator, jitter_prob: float) -> tuple[torch.Tensor, Any]:
+    """The augmentation every model gets: a random rot90 + flip per batch, colour jitter on ``jitter_prob`` of them."""
+    x, y = _augment(x, y, rng)
+    if float(torch.rand(1, generator=rng)) < jitter_prob:
+        x = colour_jitter(x, rng)
+    return x, y
+
+
+# ------------------------------------------------------------------------------------------------ tokenizers
+def train_tokenizer(preset: str, images: torch.Tensor, masks: torch.Tensor, val: dict, epochs: int, batch: int,
+                    work: Path, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train a GMS tokenizer on ``images`` plus the mask images of ``masks`` (label maps; may be empty), choosing the
+    epoch on the validation mask Dice; returns the frozen autoencoder and its training record."""
+    channels = images.shape[1]
+    config = gms_config(preset, 2, channels, 1)
+    torch.manual_seed(seed)
+    ae = build_autoencoder(2, channels, **config["autoencoder"])
+    pool = torch.cat([images, masks_to_images(masks, 1, channels)]) if len(masks) else images
+    g = torch.Generator().manual_seed(seed)
+    train = DataLoader([{"image": t} for t in pool], batch_size=batch, shuffle=True, generator=g)
+    val_loader = DataLoader([{"image": i, "label": l} for i, l in zip(val["image"], val["label"])], batch_size=32)
+    t = time.perf_counter()
+    trainer = create_gms_autoencoder_trainer(
+        ae, train, epochs, work, 1, config, val_loader=val_loader, grid=False, use_masks=False,
+        options=TrainingOptions(seed=seed, resume=False),
+    )
+    trainer.run()
+    record = {"preset": preset, "config": config["autoencoder"], "epochs": epochs, "train_items": len(pool),
+              "images": len(images), "masks": len(masks), "train_seconds": round(time.perf_counter() - t, 1),
+              "parameters": sum(p.numel() for p in ae.parameters()),
+              "best_val_mask_dice": trainer.handles.best_saver.best,
+              "best_epoch": trainer.handles.best_saver.best_epoch}
+    return ae.eval().requires_grad_(False), record
 
 
 @torch.no_grad()
-def evaluate(network, loader, labels_as_input: bool = False) -> dict[str, float]:
-    """Foreground Dice and IoU of argmax predictions over a loader (binary: classes 0/1)."""
-    dice, iou = DiceMetric(include_background=False), MeanIoU(include_background=False)
-    network.eval()
-    for batch in loader:
-        x = batch["label"] if labels_as_input else batch["image"]
-        pred = one_hot(network(x).argmax(1, keepdim=True), 2)
-        truth = one_hot(batch["label"].long(), 2)
-        dice(pred, truth)
-        iou(pred, truth)
-    return {"dice": float(dice.aggregate().nanmean()), "iou": float(iou.aggregate().nanmean())}
+def tokenizer_scores(ae: torch.nn.Module, split: dict, fov: torch.Tensor | None = None) -> dict[str, list[float]]:
+    """Per-image PSNR, SSIM of the image reconstructions and mask Dice of ``decode(encode(mask))``."""
+    psnr, ssim = PSNRMetric(max_val=1.0, reduction="none"), SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
+    out: dict[str, list[float]] = {"psnr": [], "ssim": [], "mask_dice": []}
+    recon = MaskReconstructor(ae, 1)
+    for i in range(0, len(split["image"]), 32):
+        x, y = split["image"][i : i + 32], split["label"][i : i + 32]
+        mu, _ = ae.encode(x)
+        r = ae.decode(mu).clamp(0, 1)
+        out["psnr"] += psnr(r, x).reshape(-1).tolist()
+        out["ssim"] += ssim(r, x).reshape(-1).tolist()
+        probs = recon(y)
+        if fov is not None:
+            probs, y = probs * fov[i : i + 32], y * fov[i : i + 32]
+        out["mask_dice"] += case_scores(probs, y, "segmentation").tolist()
+    return out
 
 
-def train_unet(train_loader, val_loader, args, work: Path) -> tuple[torch.nn.Module, dict]:
-    torch.manual_seed(args.seed)
-    unet = UNet(2, 3, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=0.01)
-    steps = len(train_loader)
-    scheduler = WarmupCosineSchedule(optimizer, warmup_steps=int(args.warmup_epochs * steps), t_total=steps * args.epochs)
-    path = work / "unet_best.pt"
-    saver = BestModelSaver(lambda p: torch.save(unet.state_dict(), p), path)
-    evaluator = create_dice_evaluator(unet, val_loader, 1, val_handlers=[saver])
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=args.epochs,
-        train_data_loader=train_loader,
-        network=unet,
-        optimizer=optimizer,
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
-        inferer=SimpleInferer(),
-        key_train_metric={"train_loss": Average(output_transform=loss_from_output)},
-        metric_cmp_fn=operator.lt,
-        train_handlers=[LrScheduleHandler(scheduler, print_lr=False, epoch_level=False)],
-        decollate=False,
-    )
-    ValidationHandler(interval=1, validator=evaluator, epoch_level=True).attach(trainer)
-    saver.trainer = trainer
-    t = time.time()
-    trainer.run()
-    seconds = time.time() - t
-    unet.load_state_dict(torch.load(path, weights_only=True))
-    return unet, {"train_seconds": round(seconds, 1), "best_val_dice": saver.best, "best_epoch": saver.best_epoch}
+# ------------------------------------------------------------------------------------------------ segmenters
+class Runner:
+    """One model in training: a GMS segmenter (``recipe``) or a UNet (``channels``); same optimiser and schedule."""
+
+    def __init__(self, name: str, iterations: int, lr: float, warmup: int, seed: int, tokenizer=None,
+                 scale: float = 1.0, mapping_channels: int = 16, recipe: str | None = None,
+                 channels: Sequence[int] | None = None, image_channels: int = 3, latent_roi: int | None = None):
+        torch.manual_seed(seed)
+        self.name, self.is_gms = name, recipe is not None
+        if self.is_gms:
+            cfg = gms_config("small", 2, image_channels, 1, mapping_channels=mapping_channels)
+            cfg["autoencoder"] = tokenizer[1]
+            cfg["scale_factor"] = scale
+            self.net = GMSSegmenter.from_config(cfg, autoencoder=copy.deepcopy(tokenizer[0]))
+            self.net.set_latent_window(latent_roi)
+            spec = RECIPES[recipe]
+            self.loss = GMSLoss(dice_levels=spec["dice_levels"])
+            self.prepare = GMSPrepareBatch(self.net, cache=spec["cache"], decode_levels=self.loss.decode_levels,
+                                           seed=seed)
+            params = self.net.trainable_parameters()
+        else:
+            self.net = segmentation_learner(2, image_channels, 1, channels)
+            self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+            params = list(self.net.parameters())
+        self.parameters = sum(p.numel() for p in params)
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+        self.sched = WarmupCosineSchedule(self.opt, warmup_steps=warmup, t_total=iterations)
+        self.wall = self.cpu = 0.0
+        self.iterations = 0
+        self.curve: list[dict[str, float]] = []
+        self.best: tuple[float, dict] | None = None
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        t, c = time.perf_counter(), time.thread_time()
+        self.net.train()
+        if self.is_gms:
+            z, target, _, kw = self.prepare({"image": x, "label": y})
+            loss = self.loss(self.net(z, **kw), target)
+        else:
+            loss = self.loss(self.net(x), y.float())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.wall += time.perf_counter() - t
+        self.cpu += time.thread_time() - c
+        self.iterations += 1
+
+    def scores(self, images: torch.Tensor, labels: torch.Tensor, fov: torch.Tensor | None = None) -> torch.Tensor:
+        probs = predict(self.net, images, batch_size=16)
+        if fov is not None:
+            probs, labels = probs * fov, labels * fov  # outside the field of view: background in both
+        return case_scores(probs, labels, "segmentation")
+
+    def checkpoint(self, val: dict) -> None:
+        dice = float(self.scores(val["image"], val["label"], val.get("fov")).mean())
+        self.curve.append({"iteration": self.iterations, "train_wall_s": round(self.wall, 2),
+                           "train_cpu_s": round(self.cpu, 2), "val_dice": dice})
+        if self.best is None or dice > self.best[0]:
+            self.best = (dice, copy.deepcopy(self.net.state_dict()))
+
+    def restore_best(self) -> None:
+        self.net.load_state_dict(self.best[1])
+
+
+def train_lockstep(runners: list[Runner], train: dict, val: dict, iterations: int, checkpoints: Sequence[int],
+                   batch: int, chunk: int, seed: int, jitter_prob: float,
+                   sample: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+    """Train every runner on the same batch sequence, ``chunk`` iterations each in turn (interleaved timings)."""
+    n = len(train["image"])
+    batches_rng = torch.Generator().manual_seed(seed)
+    done = 0
+    while done < iterations:
+        todo = min(chunk, iterations - done)
+        batches = []
+        for _ in range(todo):
+            if sample is not None:
+                x, y = sample(batches_rng)
+            else:
+                idx = torch.randint(0, n, (batch,), generator=batches_rng)
+                x, y = train["image"][idx], train["label"][idx]
+            batches.append(augment(x, y, batches_rng, jitter_prob))
+        for r in runners:
+            for x, y in batches:
+                r.step(x, y)
+        done += todo
+        if done in checkpoints or done == iterations:
+            for r in runners:
+                r.checkpoint(val)
+            print(f"  it {done}: " + ", ".join(f"{r.name} {r.curve[-1]['val_dice']:.3f} ({r.wall:.0f}s)"
+                                               for r in runners), flush=True)
+
+
+def scale_of(ae: torch.nn.Module, images: torch.Tensor) -> float:
+    """GMS's latent scale factor (1 / std of the image latents) of a tokenizer on training images."""
+    return float(latent_scale_factor(lambda x: ae.encode(x)[0], images[:256]))
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def stage_tokenizers(args, data: dict, work: Path) -> dict:
+    tr, va, te = data["training"], data["validation"], data["test"]
+    all_images = torch.cat([tr["image"], va["image"], te["image"]])
+    out = {"rows": [], "records": {}}
+    for name, preset, images, masks, epochs in (
+        ("tokenizer_task_small", "small", tr["image"], tr["label"], args.ae_epochs),
+        ("tokenizer_wide_all_images", "paper", all_images, tr["label"], args.wide_ae_epochs),
+    ):
+        print(f"tokenizer {name}", flush=True)
+        ae, record = train_tokenizer(preset, images, masks, va, epochs, args.ae_batch, work / name)
+        torch.save({"state": ae.state_dict(), "config": record["config"]}, work / f"{name}.pt")
+        scores = tokenizer_scores(ae, te)
+        record.update({f"test_{k}": float(np.mean(v)) for k, v in scores.items()})
+        out["records"][name] = record
+        for metric, values in scores.items():
+            out["rows"] += [{"method": name, "case": cid, "seed": 0, "metric": metric, "value": float(v)}
+                            for cid, v in zip(te["id"], values)]
+    return out
+
+
+def load_tokenizer(work: Path, name: str, channels: int) -> tuple[torch.nn.Module, dict]:
+    blob = torch.load(work / f"{name}.pt", weights_only=True)
+    ae = build_autoencoder(2, channels, **blob["config"])
+    ae.load_state_dict(blob["state"])
+    return ae.eval().requires_grad_(False), blob["config"]
+
+
+def stage_kvasir_seed(args, data: dict, work: Path, seed: int) -> dict:
+    tr, va, te = data["training"], data["validation"], data["test"]
+    tok = load_tokenizer(work, args.tokenizer, 3)
+    scale = scale_of(tok[0], tr["image"])
+    common = {"iterations": args.iterations, "lr": args.lr, "warmup": args.warmup, "seed": seed}
+    recipes = ("fast", "original") if seed in args.original_seeds else ("fast",)
+    runners = [Runner(f"gms_{r}", tokenizer=tok, scale=scale, mapping_channels=args.mapping_channels, recipe=r,
+                      **common) for r in recipes]
+    runners += [Runner(n, channels=c, **common) for n, c in UNET_SIZES.items()]
+    train_lockstep(runners, tr, va, args.iterations, args.checkpoints, args.batch, args.chunk, seed, args.jitter_prob)
+    rows, info = [], {}
+    for r in runners:
+        r.restore_best()
+        scores = r.scores(te["image"], te["label"])
+        rows += [{"method": r.name, "case": cid, "seed": seed, "metric": "dice", "value": float(v)}
+                 for cid, v in zip(te["id"], scores)]
+        info[r.name] = {"curve": r.curve, "parameters": r.parameters, "train_wall_s": round(r.wall, 1),
+                        "train_cpu_s": round(r.cpu, 1), "best_val_dice": r.best[0],
+                        "cache": repr(r.prepare.cache) if r.is_gms and r.prepare.cache is not None else None}
+    return {"rows": rows, "info": info, "scale_factor": scale}
+
+
+def load_fundus_sets(data_root: Path, size: int) -> dict[str, list[dict]]:
+    drive, chase = drive_datalist(data_root / "drive"), chase_datalist(data_root / "chase_db1", second_observer=False)
+    sets = {"drive": load_fundus(drive, size), "chase": load_fundus(chase, size)}
+    return sets
+
+
+def _stack(items: Sequence[dict]) -> dict[str, Any]:
+    return {"image": torch.stack([i["image"] for i in items]), "label": torch.stack([i["label"] for i in items]),
+            "fov": torch.stack([i["fov"] for i in items]).long(), "id": [i["id"] for i in items]}
+
+
+def fundus_split(items: list[dict], domain: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, val, test) of a fundus set: DRIVE's official split (4 training images held out for validation);
+    CHASE_DB1 by child (children 1-6 train, 7 validation, 8-10 test)."""
+    if domain == "drive":
+        train = [i for i in items if i["split"] == "train"]
+        return train[:-4], train[-4:], [i for i in items if i["split"] == "test"]
+    kids = sorted({i["group"] for i in items})
+    return ([i for i in items if i["group"] in kids[:6]], [i for i in items if i["group"] == kids[6]],
+            [i for i in items if i["group"] in kids[7:]])
+
+
+def stage_fundus_seed(args, sets: dict, work: Path, seed: int, source: str, target: str) -> dict:
+    src_train, src_val, src_test = fundus_split(sets[source], source)
+    tgt = sets[target]
+    name = f"tokenizer_fundus_{source}"
+    if not (work / f"{name}.pt").is_file():
+        crops = random_fov_crops(sets["drive"] + sets["chase"], args.crop, args.tok_crops, seed=0, keys=("image",))
+        mask_crops = random_fov_crops(src_train, args.crop, args.tok_crops, seed=1, keys=("label",))
+        val_crops = random_fov_crops(src_val, args.crop, 8, seed=2)
+        ae, record = train_tokenizer(
+            "paper", torch.stack([c["image"] for c in crops]), torch.stack([c["label"] for c in mask_crops]),
+            _stack(val_crops) | {"fov": None}, args.fundus_ae_epochs, args.ae_batch, work / name)
+        torch.save({"state": ae.state_dict(), "config": record["config"], "record": record}, work / f"{name}.pt")
+    tok = load_tokenizer(work, name, 1)
+    record = torch.load(work / f"{name}.pt", weights_only=False)["record"]
+    train_crops = random_fov_crops(src_train, args.crop, 64, seed=100 + seed)
+    tr = _stack(train_crops)
+    scale = scale_of(tok[0], tr["image"])
+    val = _stack(src_val)
+    test_in, test_out = _stack(src_test), _stack(tgt)
+    record["test_in_domain"] = {k: float(np.mean(v)) for k, v in tokenizer_scores(tok[0], test_in, test_in["fov"]).items()}
+    common = {"iterations": args.fundus_iterations, "lr": args.lr, "warmup": args.warmup, "seed": seed,
+              "image_channels": 1}
+    runners = [Runner("gms_fast", tokenizer=tok, scale=scale, mapping_channels=args.mapping_channels, recipe="fast",
+                      latent_roi=args.crop // 4, **common),
+               Runner("unet_gms_size", channels=UNET_SIZES["unet_gms_size"], **common)]
+    train_lockstep(runners, tr, val, args.fundus_iterations, args.fundus_checkpoints, args.batch, args.chunk, seed,
+                   args.jitter_prob)
+    rows, info = [], {}
+    for r in runners:
+        r.restore_best()
+        for domain, split in (("in_domain", test_in), ("out_of_domain", test_out)):
+            scores = r.scores(split["image"], split["label"], split["fov"])
+            rows += [{"method": f"{r.name} {source}->{target}", "case": f"{domain}:{cid}", "seed": seed,
+                      "metric": f"dice_{domain}", "value": float(v)} for cid, v in zip(split["id"], scores)]
+        info[r.name] = {"curve": r.curve, "parameters": r.parameters, "train_wall_s": round(r.wall, 1),
+                        "best_val_dice": r.best[0]}
+    return {"rows": rows, "info": info, "tokenizer": record}
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+def drop_interval(tab: ResultsTable, method: str, num_resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """In-domain minus out-of-domain mean Dice of ``method``, with a bootstrap over seeds and each set's cases."""
+    a, _, _ = tab.values(method, "dice_in_domain")
+    b, _, _ = tab.values(method, "dice_out_of_domain")
+    return _drop_boot(a, b, num_resamples, seed)
+
+
+def _drop_boot(a: np.ndarray, b: np.ndarray, num_resamples: int, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    reps = np.empty(num_resamples)
+    for r in range(num_resamples):
+        s = rng.integers(0, a.shape[0], a.shape[0])
+        reps[r] = (a[np.ix_(s, rng.integers(0, a.shape[1], a.shape[1]))].mean()
+                   - b[np.ix_(s, rng.integers(0, b.shape[1], b.shape[1]))].mean())
+    low, high = percentile_interval(reps)
+    return {"mean": float(a.mean() - b.mean()), "low": low, "high": high, "samples": reps}
+
+
+def _paired_boot_of_drops(tab: ResultsTable, m1: str, m2: str, num_resamples: int = 2000, seed: int = 0) -> dict:
+    """Drop of ``m1`` minus drop of ``m2`` (same seeds and cases resampled for both)."""
+    a1, b1 = tab.values(m1, "dice_in_domain")[0], tab.values(m1, "dice_out_of_domain")[0]
+    a2, b2 = tab.values(m2, "dice_in_domain")[0], tab.values(m2, "dice_out_of_domain")[0]
+    rng = np.random.default_rng(seed)
+    reps = np.empty(num_resamples)
+    for r in range(num_resamples):
+        s = rng.integers(0, a1.shape[0], a1.shape[0])
+        ca, cb = rng.integers(0, a1.shape[1], a1.shape[1]), rng.integers(0, b1.shape[1], b1.shape[1])
+        reps[r] = ((a1[np.ix_(s, ca)].mean() - b1[np.ix_(s, cb)].mean())
+                   - (a2[np.ix_(s, ca)].mean() - b2[np.ix_(s, cb)].mean()))
+    low, high = percentile_interval(reps)
+    d1 = a1.mean() - b1.mean()
+    d2 = a2.mean() - b2.mean()
+    return {"mean": float(d1 - d2), "low": low, "high": high}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_dir", default=str(shared_data_dir() / "kvasir_seg"))
+    p.add_argument("--data_dir", default=None, help="shared data folder (kvasir_seg/, drive/, chase_db1/)")
+    p.add_argument("--stages", nargs="+", default=["tokenizers", "kvasir", "fundus"])
+    p.add_argument("--work_dir", default="outputs/gms_quality")
+    p.add_argument("--out_dir", default=str(RESULTS))
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 seed")
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--train_items", type=int, default=200)
-    p.add_argument("--val_items", type=int, default=50)
-    p.add_argument("--test_items", type=int, default=200)
-    p.add_argument("--ae_epochs", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--preset", default="small")
-    p.add_argument("--mapping_channels", type=int, default=16)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--checkpoints", type=int, nargs="+", default=[50, 100, 200])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--chunk", type=int, default=25, help="iterations per variant before the next one's turn")
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--unet_lr", type=float, default=2e-3)
-    p.add_argument("--warmup_epochs", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(RESULTS / "gms_quality.json"))
+    p.add_argument("--warmup", type=int, default=30, help="warm-up iterations")
+    p.add_argument("--jitter_prob", type=float, default=0.5)
+    p.add_argument("--mapping_channels", type=int, default=16)
+    p.add_argument("--original_seeds", type=int, nargs="+", default=[0],
+                   help="seeds that also train GMS with the original recipe (it costs about 2.5 cheap runs)")
+    p.add_argument("--tokenizer", default="tokenizer_wide_all_images",
+                   choices=["tokenizer_task_small", "tokenizer_wide_all_images"])
+    p.add_argument("--ae_epochs", type=int, default=4)
+    p.add_argument("--wide_ae_epochs", type=int, default=3)
+    p.add_argument("--ae_batch", type=int, default=16)
+    p.add_argument("--fundus_size", type=int, default=256)
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--tok_crops", type=int, default=16, help="tokenizer crops per fundus image")
+    p.add_argument("--fundus_ae_epochs", type=int, default=2)
+    p.add_argument("--fundus_iterations", type=int, default=200)
+    p.add_argument("--fundus_checkpoints", type=int, nargs="+", default=[50, 100])
+    p.add_argument("--reverse", action="store_true", help="also CHASE_DB1 -> DRIVE")
     args = p.parse_args(argv)
-    timer = BenchmarkTimer()
-    torch.set_num_threads(args.threads)
-    set_determinism(seed=args.seed)
-    work = Path(tempfile.mkdtemp(prefix="gms_quality_"))
-    size = (args.size, args.size)
-    t0 = time.time()
+    if args.quick:
+        args.size, args.seeds, args.iterations, args.checkpoints = 32, args.seeds[:2], 6, [3]
+        args.ae_epochs = args.wide_ae_epochs = args.fundus_ae_epochs = 1
+        args.fundus_size, args.crop, args.tok_crops, args.fundus_iterations, args.fundus_checkpoints = 64, 32, 2, 4, [2]
+        args.chunk = 3
+    torch.set_num_threads(1)
+    data_root = shared_data_dir(args.data_dir)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(args.out_dir)
+    settings = {k: v for k, v in vars(args).items() if k not in ("data_dir", "work_dir", "out_dir", "stages")}
+    settings["budget"] = ("one CPU core of a shared 2-core machine, about 40 core-minutes for every GMS benchmark "
+                          "together: 64 px, 3 seeds, a few hundred iterations (far from the paper's 1000 epochs)")
 
-    lists = {
-        "training": gms_datalist(args.data_dir, "training", seed=args.seed, max_items=args.train_items),
-        "validation": gms_datalist(args.data_dir, "validation", seed=args.seed, max_items=args.val_items),
-        "test": gms_datalist(args.data_dir, "test", seed=args.seed, max_items=args.test_items),
+    def stage(name: str, fn: Callable[[], dict]) -> dict:
+        path = work / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        timer = BenchmarkTimer()
+        res = fn()
+        res["timing"] = timer.stop()
+        write_json_atomic(res, path)
+        return res
+
+    written = {}
+    if "tokenizers" in args.stages or "kvasir" in args.stages:
+        timer = BenchmarkTimer()
+        data = load_kvasir(str(data_root / "kvasir_seg"), args.size, work, args.quick)
+        tok = stage("tokenizers", lambda: stage_tokenizers(args, data, work))
+        seeds = {}
+        if "kvasir" in args.stages:
+            for s in args.seeds:
+                print(f"kvasir seed {s}", flush=True)
+                seeds[s] = stage(f"kvasir_seed{s}", lambda s=s: stage_kvasir_seed(args, data, work, s))
+        if seeds:
+            rows = [r for v in seeds.values() for r in v["rows"]]
+            tab = ResultsTable.from_rows(rows)
+            extra = kvasir_extra(tab, seeds, tok, args)
+            written["gms_quality"] = write_results(
+                out_dir / "gms_quality.json", "gms_quality", settings, list(seeds), rows + tok["rows"],
+                timer.stop() | {"stage_wall_s": {k: v["timing"]["wall_s"] for k, v in seeds.items()}},
+                primary_metric="dice", baseline="unet_gms_size", extra=extra, quick=args.quick)
+    if "fundus" in args.stages:
+        timer = BenchmarkTimer()
+        sets = load_fundus_sets(data_root, args.fundus_size)
+        pairs = [("drive", "chase")] + ([("chase", "drive")] if args.reverse else [])
+        runs = {}
+        for src, tgt in pairs:
+            for s in args.seeds:
+                print(f"fundus {src}->{tgt} seed {s}", flush=True)
+                runs[(src, s)] = stage(f"fundus_{src}_seed{s}", lambda s=s, a=src, b=tgt: stage_fundus_seed(
+                    args, sets, work, s, a, b))
+        rows = [r for v in runs.values() for r in v["rows"]]
+        tab = ResultsTable.from_rows(rows)
+        extra = crossdomain_extra(tab, runs, pairs)
+        written["gms_crossdomain"] = write_results(
+            out_dir / "gms_crossdomain.json", "gms_crossdomain", settings, args.seeds, rows, timer.stop(),
+            primary_metric="dice_out_of_domain", extra=extra, quick=args.quick)
+    print(json.dumps({k: str(v) for k, v in written.items()}))
+    return written
+
+
+def kvasir_extra(tab: ResultsTable, seeds: dict, tok: dict, args) -> dict:
+    """Curves, speed ratios, goals and the diagnosis of the Kvasir-SEG stage."""
+    methods = list(dict.fromkeys(m for v in seeds.values() for m in v["info"]))
+    info = {}
+    for m in methods:
+        runs = {s: v["info"][m] for s, v in seeds.items() if m in v["info"]}
+        info[m] = {"parameters": next(iter(runs.values()))["parameters"], "seeds": list(runs),
+                   "curves": {str(s): r["curve"] for s, r in runs.items()},
+                   "train_wall_s": [r["train_wall_s"] for r in runs.values()],
+                   "train_cpu_s": [r["train_cpu_s"] for r in runs.values()]}
+
+    def cpu_per_iteration(m: str, among: Sequence[int]) -> float:
+        """CPU seconds per iteration of ``m`` over the seeds ``among`` (runs interleaved with the others)."""
+        return sum(seeds[s]["info"][m]["train_cpu_s"] for s in among) / (len(among) * args.iterations)
+
+    common = [s for s in seeds if "gms_original" in seeds[s]["info"]]
+    shared = [s for s in seeds if all(m in seeds[s]["info"] for m in ("gms_fast", *UNET_SIZES))]
+    speed = {
+        "iterations_per_cpu_second": {m: 1.0 / cpu_per_iteration(m, info[m]["seeds"]) for m in methods},
+        "fast_over_original": cpu_per_iteration("gms_original", common) / cpu_per_iteration("gms_fast", common),
+        "ratio_seeds": {"fast_over_original": common, "relative_to_unets": shared},
+        "cost_per_iteration_relative_to_unet_benchmark": {
+            m: cpu_per_iteration(m, [s for s in shared if s in info[m]["seeds"]])
+            / cpu_per_iteration("unet_benchmark", [s for s in shared if s in info[m]["seeds"]]) for m in methods},
+        "cost_per_iteration_relative_to_unet_gms_size": {
+            m: cpu_per_iteration(m, [s for s in shared if s in info[m]["seeds"]])
+            / cpu_per_iteration("unet_gms_size", [s for s in shared if s in info[m]["seeds"]]) for m in methods},
     }
-    base = gms_transforms(2, size, num_classes=1, image_channels=3)
-    augmented = gms_transforms(2, size, num_classes=1, image_channels=3, augment=True)
-    train_ds = CacheDataset(lists["training"], augmented, progress=False)
-    val_ds = CacheDataset(lists["validation"], base, progress=False)
-    test_ds = CacheDataset(lists["test"], base, progress=False)
-    load_seconds = time.time() - t0
-
-    def loaders():
-        g = torch.Generator().manual_seed(args.seed)
-        return (
-            DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, generator=g),
-            DataLoader(val_ds, batch_size=args.batch_size),
-            DataLoader(test_ds, batch_size=args.batch_size),
-        )
-
-    # ---- GMS: tokenizer, then mapping network
-    train_loader, val_loader, test_loader = loaders()
-    config = gms_config(args.preset, 2, 3, 1, mapping_channels=args.mapping_channels)
-    torch.manual_seed(args.seed)
-    seg = GMSSegmenter.from_config(config)
-    t = time.time()
-    ae_trainer = create_gms_autoencoder_trainer(
-        seg.autoencoder, train_loader, args.ae_epochs, work / "ae", 1, config, val_loader=val_loader, grid=False,
-        options=TrainingOptions(seed=args.seed, resume=False),
-    )
-    ae_trainer.run()
-    ae_seconds = time.time() - t
-    upper = evaluate(MaskReconstructor(seg.autoencoder, 1), test_loader, labels_as_input=True)
-    t = time.time()
-    gms_trainer = create_gms_trainer(
-        seg, train_loader, args.epochs, work / "gms", val_loader=val_loader, lr=args.lr,
-        warmup_epochs=args.warmup_epochs, options=TrainingOptions(seed=args.seed, resume=False),
-    )
-    gms_trainer.run()
-    gms_seconds = time.time() - t
-    best = GMSSegmenter.load(gms_trainer.handles.model_path)
-    gms_test = evaluate(best, test_loader)
-
-    # ---- UNet, same data, epochs, batch, augmentation, schedule and validation-based selection
-    train_loader, val_loader, test_loader = loaders()
-    unet, unet_info = train_unet(train_loader, val_loader, args, work)
-    unet_test = evaluate(unet, test_loader)
-
-    result = {
-        "benchmark": "gms_quality",
-        "dataset": "Kvasir-SEG",
-        "data_dir": str(args.data_dir),
-        "split": {"seed": args.seed, "fractions": [0.7, 0.1, 0.2], **{k: len(v) for k, v in lists.items()}},
-        "resolution": list(size),
-        "budget": {"epochs": args.epochs, "batch_size": args.batch_size, "augmentation": "flips + rot90",
-                   "optimizer": "AdamW + warm-up/cosine", "selection": "best validation Dice"},
-        "autoencoder": {
-            "config": config["autoencoder"],
-            "parameters": _params(seg.autoencoder, trainable=False),
-            "epochs": args.ae_epochs,
-            "train_seconds": round(ae_seconds, 1),
-            "best_val_mask_dice": ae_trainer.handles.best_saver.best,
-            "test_mask_reconstruction": upper,
-        },
-        "gms": {
-            "trainable_parameters": _params(seg.mapping),
-            "total_parameters": _params(seg, trainable=False),
-            "mapping_channels": args.mapping_channels,
-            "lr": args.lr,
-            "train_seconds": round(gms_seconds, 1),
-            "best_val_dice": gms_trainer.handles.best_saver.best,
-            "best_epoch": gms_trainer.handles.best_saver.best_epoch,
-            "latent_cache": repr(gms_trainer.handles.prepare_batch.cache),
-            "test": gms_test,
-        },
-        "unet": {"trainable_parameters": _params(unet), "lr": args.unet_lr, **unet_info, "test": unet_test},
-        "load_seconds": round(load_seconds, 1),
-        "total_seconds": round(time.time() - t0, 1),
-        "machine": {"device": "cpu", "threads": args.threads, "python": platform.python_version(),
-                    "torch": torch.__version__, "processor": platform.processor() or platform.machine()},
+    boot = {"confidence": 0.95, "num_resamples": 2000, "seed": 0}
+    fast_vs_orig = tab.paired("gms_fast", "gms_original", "dice", **boot)
+    gms_vs_unet = tab.paired("gms_fast", "unet_gms_size", "dice", **boot)
+    goals = {
+        "fast_recipe": {"goal": ">= 2x the original recipe's iterations per second at <= 0.5 Dice point lost",
+                        "speedup": speed["fast_over_original"],
+                        "dice_fast_minus_original": {k: fast_vs_orig[k] for k in ("mean", "low", "high")},
+                        "met": bool(speed["fast_over_original"] >= 2.0 and fast_vs_orig["mean"] >= -0.005)},
+        "within_1_point_of_same_size_unet": {
+            "goal": "GMS within 1 Dice point of the UNet of GMS's size",
+            "dice_gms_minus_unet_gms_size": {k: gms_vs_unet[k] for k in ("mean", "low", "high")},
+            "met": bool(gms_vs_unet["low"] >= -0.01)},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic({**result, "timing": timer.stop(), "environment": environment()}, out)
-    print(json.dumps(result, indent=2))
-    return result
+    return {
+        "title": "GMS vs MONAI UNets on Kvasir-SEG: test Dice, learning curves, tokenizers, training cost",
+        "description": (
+            f"Kvasir-SEG, seeded split 700 / 100 / 200, {args.size} px; every model trained {args.iterations} "
+            f"iterations (batch {args.batch}) on the same batches with the same augmentation (rot90 + flip, colour "
+            f"jitter on {args.jitter_prob:.0%} of the batches), AdamW lr {args.lr} + warm-up / cosine, checkpoint "
+            "chosen on the validation Dice, scored once on the 200 test images. GMS on the "
+            f"`{args.tokenizer}` tokenizer; `gms_fast` = Dice on the final head only + cached latents, "
+            "`gms_original` = Dice on the three heads, re-encoding every step. Tokenizer rows: per test image PSNR, "
+            "SSIM and mask upper bound (Dice of decode(encode(mask)))."),
+        "script": "benchmarks/gms_quality.py",
+        "measured": "Kvasir-SEG test Dice per image: GMS (cheap / original recipe) vs MONAI UNets (benchmark size, GMS size)",
+        "bundle": "gms",
+        "pairs": [["gms_fast", "gms_original"], ["gms_fast", "unet_benchmark"], ["gms_original", "unet_gms_size"]],
+        "models": info,
+        "tokenizers": tok["records"],
+        "speed": speed,
+        "goals": goals,
+        "diagnosis": diagnosis(goals, tok["records"], args),
+    }
+
+
+def diagnosis(goals: dict, tokenizers: dict, args) -> str:
+    """A plain statement of which goal is (not) met and the measured reason."""
+    parts = []
+    g = goals["within_1_point_of_same_size_unet"]
+    d = g["dice_gms_minus_unet_gms_size"]
+    bound = tokenizers.get(args.tokenizer, {}).get("test_mask_dice")
+    if not g["met"]:
+        parts.append(
+            f"GMS is not within 1 Dice point of the same-size UNet (difference {d['mean']:+.3f} "
+            f"[{d['low']:+.3f}, {d['high']:+.3f}]) although the tokenizer's mask upper bound is "
+            f"{bound:.3f}: the mask decoder is not the limit; the image latent of a CPU-sized tokenizer trained for "
+            f"a few epochs carries little more than compressed pixels, and {args.iterations} iterations are far from "
+            "the paper's 1000 epochs (see the learning curves: whether they have flattened)")
+    else:
+        parts.append(f"GMS is within 1 Dice point of the same-size UNet ({d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])")
+    f = goals["fast_recipe"]
+    parts.append(f"the cheap recipe runs {f['speedup']:.2f}x the original's iterations per CPU second with a Dice "
+                 f"difference of {f['dice_fast_minus_original']['mean']:+.3f}; goal {'met' if f['met'] else 'not met'}")
+    return "; ".join(parts) + "."
+
+
+def crossdomain_extra(tab: ResultsTable, runs: dict, pairs: Sequence[tuple[str, str]]) -> dict:
+    drops, diffs = {}, {}
+    for src, tgt in pairs:
+        g, u = f"gms_fast {src}->{tgt}", f"unet_gms_size {src}->{tgt}"
+        for m in (g, u):
+            d = drop_interval(tab, m)
+            d.pop("samples")
+            drops[m] = d
+        diffs[f"{src}->{tgt}"] = _paired_boot_of_drops(tab, g, u)
+    met = {k: bool(v["high"] < 0) for k, v in diffs.items()}
+    first = next(iter(runs.values()))
+    return {
+        "title": "GMS vs a UNet of its size across fundus domains (DRIVE -> CHASE_DB1): in-domain vs out-of-domain Dice",
+        "description": (
+            "Trained on random 64-px crops of the source's training images (green channel), scored per image inside the "
+            "field of view on the source's test images (in-domain) and on every target image (out-of-domain). The "
+            "tokenizer saw every DRIVE and CHASE_DB1 image without labels and the source's training masks."),
+        "script": "benchmarks/gms_quality.py --stages fundus",
+        "measured": "fundus vessel Dice in-domain and out-of-domain, GMS vs same-size UNet",
+        "bundle": "gms",
+        "secondary_metrics": ["dice_in_domain"],
+        "drops": drops,
+        "gms_drop_minus_unet_drop": diffs,
+        "goals": {"smaller_out_of_domain_drop_than_unet": {"goal": "GMS drop - UNet drop < 0 (95 % interval)",
+                                                           "met": met}},
+        "tokenizers": {src: v["tokenizer"] for (src, _), v in runs.items()},
+        "models": {m: {"curves": {str(k): v["info"][m]["curve"] for k, v in runs.items()}} for m in first["info"]},
+    }
 
 
 if __name__ == "__main__":

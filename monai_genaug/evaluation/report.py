@@ -320,10 +320,99 @@ def render_adaptation(stem: str, obj: Mapping[str, Any]) -> Report:
     return rep
 
 
+def _insert_before_plot(rep: Report, stem: str, lines: Sequence[str]) -> None:
+    """Insert ``lines`` into ``stem``'s Markdown before its closing "Plot: ..." line."""
+    text = rep.markdown[f"{stem}.md"]
+    head, sep, tail = text.rpartition("\nPlot: `")
+    rep.markdown[f"{stem}.md"] = head + "\n".join(lines) + "\n" + sep + tail
+
+
+def _goal_lines(goals: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for name, g in goals.items():
+        met = g["met"]
+        met = ", ".join(f"{k}: {'met' if v else 'not met'}" for k, v in met.items()) if isinstance(met, Mapping) else (
+            "met" if met else "not met")
+        rows.append([name, g["goal"], met])
+    return table(["goal", "criterion", "result"], rows)
+
+
+def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
+    """GMS envelopes (``gms_quality``, ``gms_speed``, ``gms_crossdomain``): the generic sections, then the
+    tokenizers' reconstruction quality, learning curves, training cost, out-of-domain drops, goals and diagnosis
+    stored in ``extra``; the bundle doc gets a ``<!-- gms-<stem>:start/end -->`` block of the same tables."""
+    rep = render_envelope(stem, obj)
+    extra = obj.get("extra", {})
+    tab = ResultsTable.from_rows(obj["rows"])
+    lines: list[str] = []
+    metrics = [m for m in ("psnr", "ssim", "mask_dice") if m in tab.metrics()]
+    if metrics:
+        lines += ["", "## Tokenizers (test images: image PSNR / SSIM, mask upper bound = Dice of decode(encode(mask)); "
+                      "mean and 95 % bootstrap interval over images)", ""]
+        rec = extra.get("tokenizers", {})
+        rows = []
+        for m in tab.methods(metrics[0]):
+            r = rec.get(m, {})
+            rows.append([m, *[f"{f3(v['mean'])} {interval(v)}" for v in (tab.summary(m, k, **BOOT) for k in metrics)],
+                         r.get("parameters", "n/a"), f"{r.get('images', 'n/a')} images + {r.get('masks', 'n/a')} masks",
+                         r.get("epochs", "n/a"), minutes(r.get("train_seconds")), f3(r.get("best_val_mask_dice"))])
+        lines += table(["tokenizer", *metrics, "parameters", "trained on", "epochs", "time", "val mask Dice"], rows)
+    for m in [m for m in extra.get("secondary_metrics", []) if m in tab.metrics()]:
+        sums = _summaries(tab, m)
+        lines += ["", f"## {m} (mean, {_describe_interval(next(iter(sums.values())))})", ""]
+        lines += table(["method", "mean", "95 % interval"], [[k, f3(v["mean"]), interval(v)] for k, v in sums.items()])
+    if extra.get("inference"):
+        lines += ["", "Inference images / s: " + ", ".join(f"{k} {v['images_per_second']:.0f}"
+                                                         for k, v in extra["inference"].items()) + "."]
+    models = extra.get("models", {})
+    if models and any("curves" in v for v in models.values()):
+        lines += ["", "## Learning curves (validation Dice, mean over seeds, against iterations and training seconds)",
+                  ""]
+        rows = []
+        for m, v in models.items():
+            curves = list(v["curves"].values())
+            for i, point in enumerate(curves[0]):
+                pts = [c[i] for c in curves if len(c) > i]
+                rows.append([m, point["iteration"], f3(sum(p["val_dice"] for p in pts) / len(pts)),
+                             f"{sum(p.get('train_wall_s', 0) for p in pts) / len(pts):.0f}",
+                             f"{sum(p.get('train_cpu_s', 0) for p in pts) / len(pts):.0f}" if "train_cpu_s" in pts[0]
+                             else "n/a"])
+        lines += table(["model", "iteration", "val Dice", "train wall s", "train CPU s"], rows)
+    speed = extra.get("speed")
+    if speed:
+        lines += ["", "## Training cost (CPU seconds of the interleaved runs)", ""]
+        lines += table(["model", "iterations / CPU s", "cost per iteration / benchmark UNet", "/ GMS-size UNet",
+                        "trainable parameters"],
+                       [[m, f"{v:.1f}", f"{speed['cost_per_iteration_relative_to_unet_benchmark'][m]:.2f}",
+                         f"{speed['cost_per_iteration_relative_to_unet_gms_size'][m]:.2f}",
+                         models.get(m, {}).get("parameters", "n/a")]
+                        for m, v in speed["iterations_per_cpu_second"].items()])
+        lines += ["", f"Cheap recipe over the original: {speed['fast_over_original']:.2f}x iterations per CPU second."]
+    drops = extra.get("drops")
+    if drops:
+        lines += ["", "## In-domain minus out-of-domain Dice (bootstrap over seeds and each set's images)", ""]
+        lines += table(["model", "drop", "95 % interval"], [[m, f"{d['mean']:+.3f}", interval(d)] for m, d in drops.items()])
+        lines += [""] + table(["direction", "GMS drop - UNet drop", "95 % interval"],
+                              [[k, f"{d['mean']:+.3f}", interval(d)]
+                               for k, d in extra.get("gms_drop_minus_unet_drop", {}).items()])
+    if extra.get("goals"):
+        lines += ["", "## Goals", ""] + _goal_lines(extra["goals"])
+    if extra.get("diagnosis"):
+        lines += ["", f"Diagnosis: {extra['diagnosis']}"]
+    _insert_before_plot(rep, stem, lines)
+    if extra.get("bundle"):
+        rep.blocks[(f"bundles/{extra['bundle']}/docs/README.md", f"gms-{stem}")] = [
+            f"**{extra.get('title', stem)}** ([details](../../../benchmarks/results/{stem}.md))", "", *lines[1:]]
+    return rep
+
+
 #: envelope files with their own renderer (by file stem); every other envelope goes to :func:`render_envelope`
 ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {
     "adaptdiff_fundus": render_adaptation,
     "adaptdiff_brats3d": render_adaptation,
+    "gms_quality": render_gms,
+    "gms_speed": render_gms,
+    "gms_crossdomain": render_gms,
 }
 
 
@@ -474,7 +563,7 @@ def render_ttga(files: Mapping[str, Mapping[str, Any]]) -> Report:
     return rep
 
 
-def render_gms(files: Mapping[str, Mapping[str, Any]]) -> Report:
+def render_gms_legacy(files: Mapping[str, Mapping[str, Any]]) -> Report:
     rep = Report()
     lines = ["# GMS benchmarks", ""]
     readme = []
@@ -686,7 +775,7 @@ def render_shipped_weights(files: Mapping[str, Mapping[str, Any]]) -> Report:
 LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable[[str], bool]]] = [
     (render_sampler, lambda n: n == "sampler_overhead.json"),
     (render_ttga, lambda n: n in ("ttga_quality.json", "ttga_speed.json")),
-    (render_gms, lambda n: n in ("gms_quality.json", "gms_speed.json")),
+    (render_gms_legacy, lambda n: n in ("gms_quality.json", "gms_speed.json")),
     (render_adaptdiff, lambda n: n.startswith("adaptdiff_")),
     (render_device_check, lambda n: n == "device_check.json"),
     (render_hostile_inputs, lambda n: n == "hostile_inputs.json"),

@@ -48,6 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.inferers import sliding_window_inference
 from torch import nn
 
 from monai_genaug.networks.autoencoder import autoencoder_factor, build_autoencoder
@@ -267,6 +268,11 @@ class GMSSegmenter(nn.Module):
         include_background: ``forward`` returns ``K + 1`` normalised probabilities (True) or the K raw per-class
             soft masks (False).
         config: the JSON config the segmenter was built from (kept in checkpoints; see :func:`gms_config`).
+        latent_roi_size: the latent sliding window (see :meth:`map_latents`): the mapping network runs on latent
+            windows of this size (e.g. the latent size of the training crops, ``spatial_size // factor``) instead of
+            on the whole latent. None (default) maps the whole latent at once. Training is unaffected.
+        latent_overlap: overlap of neighbouring latent windows (fraction of the window), blended with Gaussian
+            weights.
 
     Example::
 
@@ -286,6 +292,8 @@ class GMSSegmenter(nn.Module):
         mask_value_range: Sequence[float] = (0.0, 1.0),
         include_background: bool = True,
         config: Mapping[str, Any] | None = None,
+        latent_roi_size: Sequence[int] | int | None = None,
+        latent_overlap: float = 0.25,
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -308,6 +316,7 @@ class GMSSegmenter(nn.Module):
         self.config: dict[str, Any] = dict(config) if config is not None else {}
 
         self.spatial_dims = int(getattr(mapping_net, "spatial_dims", self.config.get("spatial_dims", 2)))
+        self.set_latent_window(latent_roi_size, latent_overlap)
         self.factor = autoencoder_factor(autoencoder)
         self.image_channels = int(autoencoder.encoder.in_channels)
         self.latent_channels = int(autoencoder.latent_channels)
@@ -498,6 +507,48 @@ class GMSSegmenter(nn.Module):
         z = latents.reshape(b * k, c, *latents.shape[2:]) / self.mask_scale_factor
         return decoded_to_soft_masks(self.mask_ae.decode(z), k, self.mask_value_range)  # (B, K, *spatial)
 
+    # ------------------------------------------------------------------ latent sliding window
+    def set_latent_window(self, roi_size: Sequence[int] | int | None, overlap: float = 0.25) -> None:
+        """Set (or, with ``roi_size=None``, remove) the latent sliding window of :meth:`map_latents`.
+
+        Args:
+            roi_size: latent window size, one value per spatial axis or one for all; every value >= 1.
+            overlap: overlap of neighbouring windows, in [0, 1).
+
+        Raises:
+            ValueError: a size that is not positive, of the wrong length, or an overlap outside [0, 1).
+        """
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"latent_overlap must be in [0, 1), got {overlap}.")
+        self.latent_overlap = float(overlap)
+        if roi_size is None:
+            self.latent_roi_size = None
+            return
+        dims = self.spatial_dims
+        size = [int(roi_size)] * dims if isinstance(roi_size, int) else [int(v) for v in roi_size]
+        if len(size) != dims or any(v < 1 for v in size):
+            raise ValueError(
+                f"latent_roi_size must be a positive int or {dims} positive ints (latent voxels, e.g. the training "
+                f"spatial_size divided by the autoencoder factor), got {roi_size!r}."
+            )
+        self.latent_roi_size = tuple(size)
+
+    def map_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The mapping network's output latent for image latents ``z``, through the latent sliding window if set.
+
+        A volume larger than the tokenizer's training size is encoded whole (the autoencoder is convolutional), its
+        latent is mapped window by window (MONAI ``sliding_window_inference`` with Gaussian blending, windows of
+        ``latent_roi_size``, the size the mapping network and its self-attention were trained on; the memory of
+        full self-attention, quadratic in the latent voxels, stays that of one window) and the mapped latent is
+        decoded whole. A latent no larger than the window is mapped in one call, exactly as without the window.
+        """
+        roi = self.latent_roi_size
+        if roi is None or all(s <= r for s, r in zip(z.shape[2:], roi)):
+            return self.mapping(z)
+        return sliding_window_inference(
+            z, roi, 1, self.mapping, overlap=self.latent_overlap, mode="gaussian", progress=False
+        )
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -525,7 +576,7 @@ class GMSSegmenter(nn.Module):
         else:
             z = self.encode_images(x)
         if not return_heads:
-            soft = self.decode_masks(self.mapping(z))
+            soft = self.decode_masks(self.map_latents(z))
             return class_probabilities(soft) if self.include_background else soft
         heads = self.mapping.forward_heads(z) if hasattr(self.mapping, "forward_heads") else {"out": self.mapping(z)}
         levels = list(heads) if decode_levels is None else list(decode_levels)
@@ -537,7 +588,7 @@ class GMSSegmenter(nn.Module):
     @torch.no_grad()
     def predict_labels(self, images: torch.Tensor) -> torch.Tensor:
         """Label maps ``(B, 1, *spatial)`` (long, 0..K): one label per pixel."""
-        soft = self.decode_masks(self.mapping(self.encode_images(images)))
+        soft = self.decode_masks(self.map_latents(self.encode_images(images)))
         return class_probabilities(soft).argmax(dim=1, keepdim=True)
 
     # ------------------------------------------------------------------ scale factor

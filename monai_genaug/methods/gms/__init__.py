@@ -31,8 +31,11 @@ from .training import (
     create_gms_trainer,
 )
 from .data import (
+    GMSTokenizerDataset,
     gms_data_dir,
     gms_datalist,
+    gms_tokenizer_dataset,
+    gms_tokenizer_loader,
     gms_transforms,
 )
 from monai_genaug.networks.gms import (
@@ -72,8 +75,11 @@ __all__ = [
     "MaskForegroundWeightedL1Loss",
     "create_gms_autoencoder_trainer",
     "create_gms_trainer",
+    "GMSTokenizerDataset",
     "gms_data_dir",
     "gms_datalist",
+    "gms_tokenizer_dataset",
+    "gms_tokenizer_loader",
     "gms_transforms",
     "GMSSegmenter",
     "LatentCache",

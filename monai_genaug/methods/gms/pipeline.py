@@ -159,6 +159,8 @@ def load_gms_segmenter(
     map_location: str | torch.device | None = "cpu",
     include_background: bool = True,
     made_by: str | None = None,
+    latent_roi_size: Sequence[int] | int | None = None,
+    latent_overlap: float = 0.25,
 ) -> GMSSegmenter:
     """Load a :class:`GMSSegmenter` checkpoint (a function for bundle configs: ``"_target_": "...load_gms_segmenter"``).
 
@@ -167,13 +169,19 @@ def load_gms_segmenter(
         map_location: device the tensors are loaded to.
         include_background: see :class:`GMSSegmenter`.
         made_by: the command (train config) that writes this file, quoted when the file is missing.
+        latent_roi_size: the latent sliding window for images or volumes larger than the training size
+            (:meth:`GMSSegmenter.set_latent_window`; e.g. the training ``spatial_size`` divided by the autoencoder
+            factor); None maps the whole latent at once.
+        latent_overlap: overlap of the latent windows.
 
     Raises:
         FileNotFoundError: the file is missing (the message names ``made_by``).
     """
     if made_by and not Path(path).is_file():
         raise FileNotFoundError(f"GMS model file '{path}' does not exist. It is written by: {made_by}")
-    return GMSSegmenter.load(path, map_location=map_location, include_background=include_background)
+    seg = GMSSegmenter.load(path, map_location=map_location, include_background=include_background)
+    seg.set_latent_window(latent_roi_size, latent_overlap)
+    return seg
 
 
 def build_gms_segmenter(

@@ -476,6 +476,7 @@ def create_gms_autoencoder_trainer(
     device: str | torch.device = "cpu",
     grid: bool = True,
     mask_foreground_weight: float = 1.0,
+    use_masks: bool = True,
     options: TrainingOptions | None = None,
     **kwargs: Any,
 ) -> AutoencoderKLTrainer:
@@ -510,6 +511,11 @@ def create_gms_autoencoder_trainer(
         grid: write reconstruction grids of a few images and masks (1- or 3-channel images only).
         mask_foreground_weight: weight of the inside voxels of the masks in the L1 loss
             (:class:`MaskForegroundWeightedL1Loss`); 1 is plain L1. Raise it (e.g. 20) when the structures are small.
+        use_masks: add the per-class mask images of ``batch[label_key]`` to every training batch (the task's own
+            tokenizer). False trains on ``batch[image_key]`` alone, so ``train_loader`` may hold unlabelled images
+            (a wider tokenizer trained on every image available; put mask images among them with
+            :func:`~monai_genaug.methods.gms.masks_to_images` when it should also see masks). The validation mask
+            Dice still needs labelled ``val_loader`` batches.
         options: the shared training options (seed, AMP, resume, checkpoint and validation intervals - the mask
             Dice runs every ``options.val_interval`` epochs -, NaN policy, MLflow tracking - experiment
             ``gms_autoencoder`` unless named -, extra handlers); default ``TrainingOptions()``.
@@ -526,14 +532,19 @@ def create_gms_autoencoder_trainer(
         mask_value_range if mask_value_range is not None else config.get("mask_value_range", (0.0, 1.0))
     )
     path = Path(autoencoder_path) if autoencoder_path is not None else output_dir / "autoencoder.pt"
-    prepare = GMSAutoencoderPrepareBatch(num_classes, image_channels, image_key, label_key, value_range)
+    prepare = GMSAutoencoderPrepareBatch(
+        num_classes, image_channels, image_key, label_key, value_range, use_masks=use_masks
+    )
     autoencoder.requires_grad_(True)
     device = torch.device(device)
     autoencoder.to(device)
     grid_images = None
     if grid and image_channels in (1, 3):
         first = next(iter(train_loader))
-        x, _ = prepare({image_key: first[image_key][:2], label_key: first[label_key][:2]})
+        sample = {image_key: _batch_item(first, image_key, "images")[:2]}
+        if use_masks:
+            sample[label_key] = _batch_item(first, label_key, "masks")[:2]
+        x, _ = prepare(sample)
         grid_images = x
     saver = evaluator = None
     extra: list[Any] = []
