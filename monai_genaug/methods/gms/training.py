@@ -171,7 +171,8 @@ class GMSPrepareBatch:
         labels = _batch_item(batchdata, self.label_key, "masks")
         images = torch.as_tensor(images).to(device=device, non_blocking=non_blocking, **kwargs)
         labels = torch.as_tensor(labels).to(device=device, non_blocking=non_blocking)
-        images = images.as_tensor() if hasattr(images, "as_tensor") else images
+        # contiguous: rot90 / transpose augmentations give strided views, on which the convolutions run slower
+        images = (images.as_tensor() if hasattr(images, "as_tensor") else images).contiguous()
         labels = labels.as_tensor() if hasattr(labels, "as_tensor") else labels
         seg.check_images(images, name=f"batch['{self.image_key}']")
         labels = check_label_map(labels, seg.num_classes, seg.spatial_dims, name=f"batch['{self.label_key}']")

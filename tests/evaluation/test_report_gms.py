@@ -1,0 +1,62 @@
+"""The GMS renderer of the report tool (#17): tokenizer quality, learning curves, training cost, out-of-domain drops,
+goals and diagnosis come from the JSON, and the bundle doc gets a generated block."""
+
+from __future__ import annotations
+
+from monai_genaug.evaluation.report import render_results
+from monai_genaug.evaluation.results import BenchmarkTimer, write_results
+
+
+def _rows(method, values, metric="dice", seed=0, prefix=""):
+    return [{"method": method, "case": f"{prefix}c{i}", "seed": seed, "metric": metric, "value": v}
+            for i, v in enumerate(values)]
+
+
+def test_gms_quality_envelope_renders_every_section(tmp_path):
+    rows = _rows("gms_fast", [0.5, 0.6, 0.7]) + _rows("unet_gms_size", [0.6, 0.7, 0.8])
+    rows += _rows("tokenizer_wide", [20.0, 21.0, 22.0], "psnr") + _rows("tokenizer_wide", [0.6, 0.7, 0.8], "ssim")
+    rows += _rows("tokenizer_wide", [0.9, 0.95, 0.97], "mask_dice")
+    curve = [{"iteration": 10, "train_wall_s": 3.0, "train_cpu_s": 2.0, "val_dice": 0.42},
+             {"iteration": 20, "train_wall_s": 6.0, "train_cpu_s": 4.0, "val_dice": 0.51}]
+    extra = {
+        "title": "GMS test", "bundle": "gms",
+        "tokenizers": {"tokenizer_wide": {"parameters": 455395, "images": 1000, "masks": 700, "epochs": 3,
+                                          "train_seconds": 120.0, "best_val_mask_dice": 0.95}},
+        "models": {"gms_fast": {"parameters": 393504, "curves": {"0": curve}},
+                   "unet_gms_size": {"parameters": 407265, "curves": {"0": curve}}},
+        "speed": {"iterations_per_cpu_second": {"gms_fast": 2.5, "unet_gms_size": 25.0}, "fast_over_original": 2.31,
+                  "cost_per_iteration_relative_to_unet_benchmark": {"gms_fast": 6.0, "unet_gms_size": 0.6},
+                  "cost_per_iteration_relative_to_unet_gms_size": {"gms_fast": 10.0, "unet_gms_size": 1.0}},
+        "goals": {"within_1_point": {"goal": "GMS within 1 Dice point", "met": False}},
+        "diagnosis": "the image latent is the limit.",
+    }
+    write_results(tmp_path / "gms_quality.json", "gms_quality", {}, [0], rows, BenchmarkTimer().stop(),
+                  primary_metric="dice", baseline="unet_gms_size", extra=extra)
+    rep = render_results(tmp_path)
+    md = rep.markdown["gms_quality.md"]
+    assert "| tokenizer_wide | 21.000 [" in md and "| 455395 | 1000 images + 700 masks | 3 |" in md
+    assert "| gms_fast | 20 | 0.510 | 6 | 4 |" in md  # learning curve point: iteration, val Dice, wall s, CPU s
+    assert "| gms_fast | 2.5 | 6.00 | 10.00 | 393504 |" in md and "2.31x" in md
+    assert "| within_1_point | GMS within 1 Dice point | not met |" in md
+    assert "Diagnosis: the image latent is the limit." in md
+    assert "gms_fast - unet_gms_size | -0.100" in md
+    block = rep.blocks[("bundles/gms/docs/README.md", "gms-gms_quality")]
+    assert block[0].startswith("**GMS test**") and "Diagnosis: the image latent is the limit." in block
+
+
+def test_gms_crossdomain_envelope_renders_drops(tmp_path):
+    rows = []
+    for m, (a, b) in {"gms_fast d->c": (0.7, 0.6), "unet_gms_size d->c": (0.8, 0.5)}.items():
+        rows += _rows(m, [a, a + 0.02], "dice_in_domain", prefix="in:")
+        rows += _rows(m, [b, b + 0.02, b - 0.02], "dice_out_of_domain", prefix="out:")
+    extra = {"secondary_metrics": ["dice_in_domain"],
+             "drops": {"gms_fast d->c": {"mean": 0.1, "low": 0.05, "high": 0.15},
+                       "unet_gms_size d->c": {"mean": 0.3, "low": 0.25, "high": 0.35}},
+             "gms_drop_minus_unet_drop": {"d->c": {"mean": -0.2, "low": -0.27, "high": -0.13}},
+             "goals": {"smaller_drop": {"goal": "GMS drop - UNet drop < 0", "met": {"d->c": True}}}}
+    write_results(tmp_path / "gms_crossdomain.json", "gms_crossdomain", {}, [0], rows, BenchmarkTimer().stop(),
+                  primary_metric="dice_out_of_domain", extra=extra)
+    md = render_results(tmp_path).markdown["gms_crossdomain.md"]
+    assert "## dice_in_domain" in md and "| gms_fast d->c | 0.710 |" in md
+    assert "| unet_gms_size d->c | +0.300 | [0.250, 0.350] |" in md
+    assert "| d->c | -0.200 | [-0.270, -0.130] |" in md and "d->c: met" in md
