@@ -8,10 +8,10 @@ import torch
 
 from monai_genaug.methods.gms import (
     GMSLoss,
-    GMSPrepareBatch,
     GMSSegmenter,
     build_gms_segmenter,
     create_gms_autoencoder_trainer,
+    create_gms_trainer,
     gms_config,
     gms_datalist,
     load_gms_segmenter,
@@ -26,7 +26,7 @@ def _seg3d(seed: int = 0) -> GMSSegmenter:
 def test_latent_window_volume_larger_than_training_size():
     seg = _seg3d()
     train = torch.rand(1, 1, 8, 8, 8)  # "training size": latent 4^3 (tiny preset: x2 down-sampling)
-    big = torch.rand(1, 1, 24, 16, 12)
+    big = torch.rand(1, 1, 16, 12, 8)
     with torch.no_grad():
         whole_small = seg(train)
         whole_big = seg(big)
@@ -35,13 +35,13 @@ def test_latent_window_volume_larger_than_training_size():
         torch.testing.assert_close(seg(train), whole_small, rtol=0, atol=0)
         windowed = seg(big)
         labels = seg.predict_labels(big)
-    assert windowed.shape == (1, 3, 24, 16, 12)
-    torch.testing.assert_close(windowed.sum(1), torch.ones(1, 24, 16, 12))
-    assert labels.shape == (1, 1, 24, 16, 12) and int(labels.max()) <= 2
+    assert windowed.shape == (1, 3, 16, 12, 8)
+    torch.testing.assert_close(windowed.sum(1), torch.ones(1, 16, 12, 8))
+    assert labels.shape == (1, 1, 16, 12, 8) and int(labels.max()) <= 2
     # the mapping network really ran window by window: its self-attention sees one window, not the whole latent
     assert not torch.allclose(windowed, whole_big)
     # a window covering the whole latent gives the whole-volume result again
-    seg.set_latent_window((12, 8, 6))
+    seg.set_latent_window((8, 6, 4))
     with torch.no_grad():
         torch.testing.assert_close(seg(big), whole_big, rtol=0, atol=0)
 
@@ -106,19 +106,18 @@ def test_sd_vae_tokenizer_end_to_end(tmp_path):
     labels = torch.zeros(2, 1, 16, 16)
     labels[0, :, 3:10, 2:12] = 1
     labels[1, :, 6:15, 5:13] = 1
-    seg.estimate_scale_factor(images)
-    loss_fn = GMSLoss(dice_levels=("out",))
-    prepare = GMSPrepareBatch(seg, noise_prob=0.0, decode_levels=loss_fn.decode_levels)
-    opt = torch.optim.AdamW(seg.trainable_parameters(), lr=5e-3)
+    # the mapping network trains on the converted tokenizer with the package's trainer (the bundle's stage 2)
+    from ignite.engine import Events
+    from monai_genaug.engines import TrainingOptions
+
+    loader = torch.utils.data.DataLoader([{"image": i, "label": l} for i, l in zip(images, labels)], batch_size=2)
+    trainer = create_gms_trainer(seg, loader, 20, tmp_path / "gms", loss=GMSLoss(dice_levels=("out",)), lr=5e-3,
+                                 warmup_epochs=0, noise_prob=0.0, options=TrainingOptions(resume=False))
     losses = []
-    for _ in range(20):
-        z, target, args, kwargs = prepare({"image": images, "label": labels})
-        loss = loss_fn(seg(z, *args, **kwargs), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert losses[-1] < 0.8 * losses[0], losses
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].item()))
+    trainer.run()
+    assert len(losses) == 20 and losses[-1] < 0.8 * losses[0], losses
+    assert seg.scale_factor != 1.0  # estimated from the training images on the SD tokenizer
     assert all(p.grad is None for p in seg.autoencoder.parameters())
     seg.save(tmp_path / "gms.pt")
     again = load_gms_segmenter(tmp_path / "gms.pt")
