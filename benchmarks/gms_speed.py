@@ -187,8 +187,9 @@ def main(argv=None) -> dict:
             "`original`: re-encode + Dice on three heads; `cached`: warm latent cache; `dice_out`: Dice on the final "
             "head only; `fast`: both (the bundle default). The cache hits every step here (no augmentation): with "
             "colour jitter it hits only un-jittered repeats of an image (see gms_quality.json for the measured rate)."),
-        "script": "benchmarks/gms_speed.py",
+        "script": "gms_speed.py",
         "measured": "GMS training iterations per second relative to the original recipe (interleaved repeats)",
+        "bundle": "gms",
         "trainable_parameters": params,
         "inference": inference,
         "secondary_metrics": ["iterations_per_second", "cost_vs_unet_benchmark", "cost_vs_unet_gms_size"],

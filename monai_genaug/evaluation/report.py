@@ -366,18 +366,18 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
                                                          for k, v in extra["inference"].items()) + "."]
     models = extra.get("models", {})
     if models and any("curves" in v for v in models.values()):
-        lines += ["", "## Learning curves (validation Dice, mean over seeds, against iterations and training seconds)",
-                  ""]
+        lines += ["", "## Learning curves (validation Dice, mean over the model's seeds, against iterations and "
+                      "training seconds)", ""]
         rows = []
         for m, v in models.items():
             curves = list(v["curves"].values())
             for i, point in enumerate(curves[0]):
                 pts = [c[i] for c in curves if len(c) > i]
-                rows.append([m, point["iteration"], f3(sum(p["val_dice"] for p in pts) / len(pts)),
+                rows.append([m, len(pts), point["iteration"], f3(sum(p["val_dice"] for p in pts) / len(pts)),
                              f"{sum(p.get('train_wall_s', 0) for p in pts) / len(pts):.0f}",
                              f"{sum(p.get('train_cpu_s', 0) for p in pts) / len(pts):.0f}" if "train_cpu_s" in pts[0]
                              else "n/a"])
-        lines += table(["model", "iteration", "val Dice", "train wall s", "train CPU s"], rows)
+        lines += table(["model", "seeds", "iteration", "val Dice", "train wall s", "train CPU s"], rows)
     speed = extra.get("speed")
     if speed:
         lines += ["", "## Training cost (CPU seconds of the interleaved runs)", ""]
@@ -402,7 +402,8 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
     _insert_before_plot(rep, stem, lines)
     if extra.get("bundle"):
         rep.blocks[(f"bundles/{extra['bundle']}/docs/README.md", f"gms-{stem}")] = [
-            f"**{extra.get('title', stem)}** ([details](../../../benchmarks/results/{stem}.md))", "", *lines[1:]]
+            f"### {extra.get('title', stem)}", "", f"[details](../../../benchmarks/results/{stem}.md)",
+            *[f"#{line}" if line.startswith("## ") else line for line in lines]]
     return rep
 
 
@@ -560,51 +561,6 @@ def render_ttga(files: Mapping[str, Mapping[str, Any]]) -> Report:
                             "bundle default): Dice and error-estimation AUC; batched vs per-view generation",
                             "; ".join(readme)))
     rep.bundle["ttga"] = ["[details](../../../benchmarks/results/ttga.md): " + "; ".join(readme) + ".", ""]
-    return rep
-
-
-def render_gms_legacy(files: Mapping[str, Mapping[str, Any]]) -> Report:
-    rep = Report()
-    lines = ["# GMS benchmarks", ""]
-    readme = []
-    q = files.get("gms_quality.json")
-    if q is not None:
-        b = q["budget"]
-        lines += [f"## Quality on {q['dataset']} ({q['split']['test']} test images, "
-                  f"{'x'.join(map(str, q['resolution']))} px, {b['epochs']} epochs each, {b['augmentation']}, "
-                  f"{b['optimizer']}, {b['selection']})", "", f"{NO_INTERVAL_1} (per-image values not stored).", ""]
-        ae = q["autoencoder"]
-        lines += table(["model", "test Dice", "test IoU", "trainable parameters", "training time"], [
-            ["GMS", f3(q["gms"]["test"]["dice"]), f3(q["gms"]["test"]["iou"]), q["gms"]["trainable_parameters"],
-             minutes(q["gms"]["train_seconds"])],
-            ["MONAI UNet", f3(q["unet"]["test"]["dice"]), f3(q["unet"]["test"]["iou"]),
-             q["unet"]["trainable_parameters"], minutes(q["unet"]["train_seconds"])],
-            ["autoencoder mask reconstruction (GMS upper bound)", f3(ae["test_mask_reconstruction"]["dice"]),
-             f3(ae["test_mask_reconstruction"]["iou"]), ae["parameters"], minutes(ae["train_seconds"])],
-        ])
-        lines += ["", f"Machine: `{json.dumps(q['machine'], sort_keys=True)}`; total {minutes(q['total_seconds'])}.",
-                  ""]
-        readme.append(f"Kvasir-SEG Dice GMS {f3(q['gms']['test']['dice'])}, UNet {f3(q['unet']['test']['dice'])}, "
-                      f"autoencoder mask reconstruction {f3(ae['test_mask_reconstruction']['dice'])} ({NO_INTERVAL_1})")
-        rep.plots.append(Plot("gms_quality", "GMS vs UNet on Kvasir-SEG (no interval)", "bars", "Dice",
-                              ["GMS", "UNet", "AE reconstruction"],
-                              [q["gms"]["test"]["dice"], q["unet"]["test"]["dice"],
-                               ae["test_mask_reconstruction"]["dice"]]))
-    sp = files.get("gms_speed.json")
-    if sp is not None:
-        tr = sp["training"]
-        lines += [f"## Speed ({sp['machine']['device']}, {sp['machine']['threads']} threads, "
-                  f"{'x'.join(map(str, sp['image_size']))} px, batch {sp['batch']}; medians of {sp['repeats']} repeats)",
-                  ""]
-        lines += table(["training step", "iterations / s"], [[k, f"{v['iterations_per_second']:.1f}"]
-                                                              for k, v in tr.items() if isinstance(v, dict)])
-        lines += ["", f"Latent cache speed-up: {tr['cache_speedup']:.2f}x. Inference images / s: "
-                      + ", ".join(f"{k} {v['images_per_second']:.0f}" for k, v in sp["inference"].items()) + ".", ""]
-        readme.append(f"latent cache {tr['cache_speedup']:.2f}x training speed")
-    rep.markdown["gms.md"] = "\n".join(lines)
-    rep.readme_rows.append(("`gms_quality.py`, `gms_speed.py`", "Kvasir-SEG test Dice, equal budget; training "
-                            "speed with cached latents", "; ".join(readme)))
-    rep.bundle["gms"] = ["[details](../../../benchmarks/results/gms.md): " + "; ".join(readme) + ".", ""]
     return rep
 
 
@@ -775,7 +731,6 @@ def render_shipped_weights(files: Mapping[str, Mapping[str, Any]]) -> Report:
 LEGACY: list[tuple[Callable[[Mapping[str, Mapping[str, Any]]], Report], Callable[[str], bool]]] = [
     (render_sampler, lambda n: n == "sampler_overhead.json"),
     (render_ttga, lambda n: n in ("ttga_quality.json", "ttga_speed.json")),
-    (render_gms_legacy, lambda n: n in ("gms_quality.json", "gms_speed.json")),
     (render_adaptdiff, lambda n: n.startswith("adaptdiff_")),
     (render_device_check, lambda n: n == "device_check.json"),
     (render_hostile_inputs, lambda n: n == "hostile_inputs.json"),

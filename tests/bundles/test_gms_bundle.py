@@ -129,7 +129,7 @@ def test_train_then_evaluate_tiny(tmp_path):
     common = ["--spatial_size", "[16,16]", "--num_phantoms", "12", "--seed", "0"]
     _run("--config_file", "bundles/gms/configs/train.json", "--output_dir", str(tmp_path / "train"),
          "--model_path", str(model), "--preset", "tiny", "--ae_epochs", "1", "--epochs", "1", "--batch_size", "4",
-         "--mlflow_tracking", "False", *common)
+         "--mlflow_tracking", "False", "--tokenizer_images", "all", *common)  # tokenizer: every image, no labels
     assert model.is_file() and (tmp_path / "train" / "autoencoder" / "autoencoder.pt").is_file()
     _run("--config_file", "bundles/gms/configs/evaluate.json", "--output_dir", str(tmp_path / "eval"),
          "--model_path", str(model), *common)

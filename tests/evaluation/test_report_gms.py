@@ -35,13 +35,14 @@ def test_gms_quality_envelope_renders_every_section(tmp_path):
     rep = render_results(tmp_path)
     md = rep.markdown["gms_quality.md"]
     assert "| tokenizer_wide | 21.000 [" in md and "| 455395 | 1000 images + 700 masks | 3 |" in md
-    assert "| gms_fast | 20 | 0.510 | 6 | 4 |" in md  # learning curve point: iteration, val Dice, wall s, CPU s
+    assert "| gms_fast | 1 | 20 | 0.510 | 6 | 4 |" in md  # learning curve: seeds, iteration, val Dice, wall s, CPU s
     assert "| gms_fast | 2.5 | 6.00 | 10.00 | 393504 |" in md and "2.31x" in md
     assert "| within_1_point | GMS within 1 Dice point | not met |" in md
     assert "Diagnosis: the image latent is the limit." in md
     assert "gms_fast - unet_gms_size | -0.100" in md
     block = rep.blocks[("bundles/gms/docs/README.md", "gms-gms_quality")]
-    assert block[0].startswith("**GMS test**") and "Diagnosis: the image latent is the limit." in block
+    assert block[0] == "### GMS test" and "Diagnosis: the image latent is the limit." in block
+    assert "### Goals" in block and "## Goals" not in block  # headings one level below the doc's "## Performance"
 
 
 def test_gms_crossdomain_envelope_renders_drops(tmp_path):
