@@ -388,6 +388,13 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
                          models.get(m, {}).get("parameters", "n/a")]
                         for m, v in speed["iterations_per_cpu_second"].items()])
         lines += ["", f"Cheap recipe over the original: {speed['fast_over_original']:.2f}x iterations per CPU second."]
+    in_domain = {k: v["test_in_domain"] for k, v in extra.get("tokenizers", {}).items() if "test_in_domain" in v}
+    if in_domain:
+        lines += ["", "## Tokenizer per source (means over the source's test images, inside the field of view)", ""]
+        lines += table(["source", "psnr", "ssim", "mask upper bound", "val mask Dice", "epochs", "foreground weight"],
+                       [[k, f3(v["psnr"]), f3(v["ssim"]), f3(v["mask_dice"]),
+                         f3(extra["tokenizers"][k].get("best_val_mask_dice")), extra["tokenizers"][k].get("epochs"),
+                         extra["tokenizers"][k].get("mask_foreground_weight", "n/a")] for k, v in in_domain.items()])
     drops = extra.get("drops")
     if drops:
         lines += ["", "## In-domain minus out-of-domain Dice (bootstrap over seeds and each set's images)", ""]

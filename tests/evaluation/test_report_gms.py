@@ -54,10 +54,13 @@ def test_gms_crossdomain_envelope_renders_drops(tmp_path):
              "drops": {"gms_fast d->c": {"mean": 0.1, "low": 0.05, "high": 0.15},
                        "unet_gms_size d->c": {"mean": 0.3, "low": 0.25, "high": 0.35}},
              "gms_drop_minus_unet_drop": {"d->c": {"mean": -0.2, "low": -0.27, "high": -0.13}},
-             "goals": {"smaller_drop": {"goal": "GMS drop - UNet drop < 0", "met": {"d->c": True}}}}
+             "goals": {"smaller_drop": {"goal": "GMS drop - UNet drop < 0", "met": {"d->c": True}}},
+             "tokenizers": {"drive": {"test_in_domain": {"psnr": 23.3, "ssim": 0.58, "mask_dice": 0.61},
+                                      "best_val_mask_dice": 0.55, "epochs": 3, "mask_foreground_weight": 10.0}}}
     write_results(tmp_path / "gms_crossdomain.json", "gms_crossdomain", {}, [0], rows, BenchmarkTimer().stop(),
                   primary_metric="dice_out_of_domain", extra=extra)
     md = render_results(tmp_path).markdown["gms_crossdomain.md"]
     assert "## dice_in_domain" in md and "| gms_fast d->c | 0.710 |" in md
     assert "| unet_gms_size d->c | +0.300 | [0.250, 0.350] |" in md
     assert "| d->c | -0.200 | [-0.270, -0.130] |" in md and "d->c: met" in md
+    assert "| drive | 23.300 | 0.580 | 0.610 | 0.550 | 3 | 10.0 |" in md
