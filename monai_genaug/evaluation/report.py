@@ -409,9 +409,10 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
     val = extra.get("validation", {})
     if val.get("grid"):
         lines += ["", f"## Hyper-parameters chosen on {s.get('val_items')} validation images (best TTGA Dice)", ""]
-        lines += table(["tau_alpha_bar", "tau", "lambda_i", "TTGA Dice", "segmenter Dice", "TTGA error AUC"],
+        lines += table(["tau_alpha_bar", "tau", "lambda_i", "TTGA Dice", "segmenter Dice", "TTGA error AUC",
+                        "reconstruction gate ratio"],
                        [[g["tau_alpha_bar"], g["tau"], g["lambda_i"], f3(g["dice_ttga"]), f3(g["dice_segmenter"]),
-                         f3(g["error_auc_ttga"])] for g in val["grid"]])
+                         f3(g["error_auc_ttga"]), f3(g.get("gate_ratio"))] for g in val["grid"]])
         c = val["chosen"]
         lines += ["", f"Chosen: tau_alpha_bar {c['tau_alpha_bar']}, lambda_i {c['lambda_i']}."]
     g = s.get("generator")

@@ -30,6 +30,6 @@ def test_ttga_report_shows_the_goal_and_which_link_limits(tmp_path):
     # the gate ratio is the mean reconstruction Dice over the mean segmenter Dice: 0.525 / 0.625
     assert f"| {0.525 / 0.625:.3f} | >= 0.98 | FAILED" in md
     assert "NOT reached" in md and "all identity" in md and "views too alike" in md
-    assert "| 0.74 | 141 | 0.5 |" in md
+    assert "| 0.74 | 141 | 0.5 | 0.500 | 0.500 | 0.800 | n/a |" in md
     assert any("Goal of issue #16" in line for line in rep.bundle["ttga"])
     assert rep.plots[-1].labels[-1] == "TTGA x flips"
