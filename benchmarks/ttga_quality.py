@@ -58,6 +58,7 @@ from monai.networks.nets import UNet  # noqa: E402
 from monai_genaug.data.bundle import bundle_datalist, bundle_transforms  # noqa: E402
 from monai_genaug.evaluation.results import BenchmarkTimer, write_results  # noqa: E402
 from monai_genaug.evaluation.statistics import ResultsTable  # noqa: E402
+from monai_genaug.generative.latent_generator import LatentGenerator  # noqa: E402
 from monai_genaug.generative.weights import load_network_weights  # noqa: E402
 from monai_genaug.inferers.generative_tta import GenerativeTTAInferer  # noqa: E402
 from monai_genaug.methods.ttga import (  # noqa: E402
@@ -70,6 +71,7 @@ from monai_genaug.methods.ttga import (  # noqa: E402
 from monai_genaug.metrics.cases import case_metrics, flip_tta_probabilities  # noqa: E402
 from monai_genaug.metrics.uncertainty import uncertainty_maps  # noqa: E402
 from monai_genaug.metrics.view_diversity import DIVERSITY_KEYS  # noqa: E402
+from monai_genaug.utils.checkpoint import load_checkpoint  # noqa: E402
 from monai_genaug.utils.paths import shared_data_dir  # noqa: E402
 
 CONFIGS = "bundles/ttga/configs"
@@ -210,19 +212,16 @@ def main(argv=None) -> Path:
         stage_s["segmenter"] = run_bundle(
             "train_segmenter.json", work / "segmenter.log", 1, dataset_dir=data, model_path=seg,
             output_dir=work / "segmenter", spatial_size=f"[{args.size},{args.size}]", epochs=args.seg_epochs,
-            val_interval=max(1, args.seg_epochs // 3), max_items="null" if args.train_items is None else args.train_items)
+            val_interval=max(1, args.seg_epochs // 3),
+            max_items="null" if args.train_items is None else args.train_items)
     net = load_network_weights(UNet(2, 3, 2, SEGMENTER["channels"], SEGMENTER["strides"], num_res_units=1), seg).eval()
     t0 = time.time()
     history = None
     if not (work / "generator.pt").is_file():
         history = train_generator(args, data, work)
         stage_s["generator"] = time.time() - t0
-    from monai_genaug.generative.latent_generator import LatentGenerator
-
     gen = LatentGenerator.load(str(work / "generator.pt")).eval()
     if history is None:
-        from monai_genaug.utils.checkpoint import load_checkpoint
-
         history = load_checkpoint(str(work / "generator.pt"))["extra"]["history"]
 
     # validation: the grid, the test split untouched
@@ -232,7 +231,8 @@ def main(argv=None) -> Path:
     for tau in args.tau_grid:
         for lam in args.lambda_grid:
             aug = augmenter(gen, args, tau, lam)
-            rows = [evaluate_image(net, aug, it["image"].as_tensor(), it["label"].as_tensor(), full=False) for it in val]
+            rows = [evaluate_image(net, aug, it["image"].as_tensor(), it["label"].as_tensor(), full=False)
+                    for it in val]
             grid.append({"tau_alpha_bar": tau, "lambda_i": lam, "tau": aug.tau,
                          "dice_ttga": sum(r["ttga"]["dice"] for r in rows) / len(rows),
                          "dice_segmenter": sum(r["segmenter"]["dice"] for r in rows) / len(rows),
@@ -272,8 +272,8 @@ def main(argv=None) -> Path:
                       "seconds": sum(history["seconds"]), "final_loss": history["loss"][-1],
                       "final_grounding_loss": history["grounding_loss"][-1]},
         "budget": "about 40 min of one CPU core for the whole run (2 cores shared by 3 developers): 64 px only, "
-                  "4 views, 20 identity iterations, the generator's wall-clock budget (see generator.seconds); 128 px and "
-                  "DRIVE not run",
+                  "4 views, 20 identity iterations, the generator's wall-clock budget (see generator.seconds); "
+                  "128 px and DRIVE not run",
         "metrics_grid": f"{args.size} x {args.size} network grid (labels resized nearest)",
     }
     extra = {

@@ -340,7 +340,8 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
     dice = {m: sums[(m, "dice")] for m in methods}
     n = dice[methods[0]]["num_cases"]
     lines = [f"# {extra.get('title', stem)}", "",
-             f"Written by `benchmarks/{extra.get('script', stem)}`{quick}: {minutes(timing.get('wall_s'))} wall clock on "
+             f"Written by `benchmarks/{extra.get('script', stem)}`{quick}: {minutes(timing.get('wall_s'))} wall clock "
+             f"on "
              f"{env.get('device', 'n/a')} ({env.get('torch_threads')} torch thread(s), load average at start "
              f"{timing.get('load_average_start')}). {n} test images, {s.get('size')} px, metrics on the "
              f"{s.get('metrics_grid', 'network grid')}; one trained segmenter and generator (seed {obj.get('seeds')}), "
@@ -377,7 +378,8 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
         goal.append(f"TTGA's Dice at least flip TTA's (interval not below 0): {'yes' if dce['high'] >= 0 else 'no'} "
                     f"({dce['mean']:+.4f} {interval(dce, 4)})")
     if ("ttga_x_flips", "ttga", "dice") in paired:
-        both = all(paired[("ttga_x_flips", o, k)]["low"] > 0 for o in ("flip_tta", "ttga") for k in ("dice", "error_auc"))
+        both = all(paired[("ttga_x_flips", o, k)]["low"] > 0
+                   for o in ("flip_tta", "ttga") for k in ("dice", "error_auc"))
         goal.append(f"TTGA x flips above both in Dice and AUC: {'yes' if both else 'no'}")
     lines += ["", "## Goal of issue #16", "", *[f"- {g}" for g in goal]]
     diag = {k: tab.summary("ttga_diagnostics", k, **BOOT) for k in tab.metrics()

@@ -28,7 +28,8 @@ def _phantoms(num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         cy, cx = (torch.rand(2, generator=g) * 0.4 + 0.3) * SIZE
         r = (torch.rand(1, generator=g) * 0.1 + 0.22) * SIZE
         m = (((yy - cy) ** 2 + (xx - cx) ** 2) <= r**2).float()
-        bg = 0.25 + 0.1 * torch.sin(xx / 3 + torch.rand(1, generator=g) * 6) + 0.05 * torch.rand(SIZE, SIZE, generator=g)
+        noise = 0.05 * torch.rand(SIZE, SIZE, generator=g)
+        bg = 0.25 + 0.1 * torch.sin(xx / 3 + torch.rand(1, generator=g) * 6) + noise
         images.append((bg * (1 - m) + (0.8 + 0.05 * torch.rand(SIZE, SIZE, generator=g)) * m)[None])
         masks.append(m[None])
     return torch.stack(images), torch.stack(masks)
@@ -78,8 +79,9 @@ def test_grounding_loss_and_training_check_their_inputs(tmp_path):
     loss = attention_grounding_loss(maps, mask, token=0)
     loss.backward()
     # only the finest maps (16 queries) are used: the first quarter of the grid is the lesion
-    assert maps[0].grad is not None and float(loss) == pytest.approx(
-        float(torch.nn.functional.binary_cross_entropy(torch.full((2, 16), 0.25), torch.nn.functional.adaptive_avg_pool2d(mask, 4).flatten(1))))
+    target = torch.nn.functional.adaptive_avg_pool2d(mask, 4).flatten(1)
+    expected = torch.nn.functional.binary_cross_entropy(torch.full((2, 16), 0.25), target)
+    assert maps[0].grad is not None and float(loss) == pytest.approx(float(expected))
     with pytest.raises(ValueError, match="token 5"):
         attention_grounding_loss(maps, mask, token=5)
     with pytest.raises(ValueError, match="no cross-attention maps"):
