@@ -420,7 +420,8 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
     g = s.get("generator")
     if g:
         lines += ["", f"Generator: {g.get('config')}; {g.get('epochs_done')} of {g.get('epochs_asked')} epochs in "
-                      f"{minutes(g.get('seconds'))} (budget {minutes(g.get('budget_s'))}); final denoising loss "
+                      f"{minutes(g.get('seconds'))} of training, resumed across calls (the last call's budget "
+                      f"{minutes(g.get('budget_s'))}); final denoising loss "
                       f"{f3(g.get('final_loss'), 4)}, grounding loss {f3(g.get('final_grounding_loss'), 4)}."]
     lines += ["", f"Plot: `{_plot_name(stem)}`. Settings: `{json.dumps(s, sort_keys=True)}`", ""]
     rep.markdown[f"{stem}.md"] = "\n".join(lines)
