@@ -77,9 +77,9 @@ def make_motion_phantoms(
     num_frames: int = 8,
     spatial_size: Sequence[int] = (16, 16),
     seed: int = 0,
-    noise: float = 0.15,
-    amplitude: Sequence[float] = (0.03, 0.08),
-    jitter: float = 0.03,
+    noise: float = 0.05,
+    amplitude: Sequence[float] = (0.05, 0.12),
+    jitter: float = 0.05,
     paired: bool = True,
 ) -> list[dict]:
     """Clips whose class is the direction of a disk's size change: 0 expanding, 1 contracting.

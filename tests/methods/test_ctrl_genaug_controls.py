@@ -113,6 +113,9 @@ def test_clip_stage_paper_lr_and_early_stopping_restore_the_best_weights(tmp_pat
     start = {k: v.clone() for k, v in pipe.generator.state_dict().items()}
     loss_before = pipe.denoising_loss(clips)
     assert loss_before == pipe.denoising_loss(clips)  # fixed noise and timesteps
+    # the insert unit starts as an identity on the UNet's features: the untrained motion path changes nothing yet
+    assert pipe.generator.config["motion_injection"] == "concat"
+    assert loss_before == pytest.approx(pipe.denoising_loss(clips, drop=("motion",)), abs=1e-7)
     scores = iter([1.0, 0.5, 0.4, 0.3, 0.2])
     pipe.fit(clips, stage="clips", num_steps=8, batch_size=4, lr=1e-2, monitor=lambda: {"score": next(scores)},
              monitor_every=2, patience=2)
@@ -127,3 +130,20 @@ def test_clip_stage_paper_lr_and_early_stopping_restore_the_best_weights(tmp_pat
     assert any(not torch.equal(v, start[k]) for k, v in pipe.generator.state_dict().items())
     with pytest.raises(ValueError, match="monitor_every"):
         pipe.fit(clips, stage="clips", num_steps=2, monitor=lambda: {"score": 0.0})
+
+
+def test_motion_phantom_split_keeps_pairs_together_and_classifier_choice():
+    from monai_genaug.methods.ctrl_genaug import classifier_network, prepare_sequence_data
+
+    data = prepare_sequence_data(12, num_frames=4, spatial_size=(16, 16), phantoms="motion", seed=1)
+    train, test = data["train"]["clips"], data["test"]["clips"]
+    assert data["class_names"] == ["expanding", "contracting"] and len(train) + len(test) == 12
+    # no test clip is the time reversal of a training clip
+    rev = test.flip(2)
+    assert not any(torch.equal(r, t) for r in rev for t in train)
+    assert float(data["train"]["labels"].float().mean()) == 0.5
+    assert classifier_network("temporal", 2, (1, 4, 16, 16))(train[:2]).shape == (2, 2)
+    with pytest.raises(ValueError, match="'frames'"):
+        classifier_network("lstm", 2, (1, 4, 16, 16))
+    with pytest.raises(ValueError, match="2 classes"):
+        prepare_sequence_data(12, num_classes=3, phantoms="motion")
