@@ -403,6 +403,7 @@ ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {
     "adaptdiff_fundus": render_adaptation,
     "adaptdiff_brats3d": render_adaptation,
     "ctrl_genaug_motion_phantoms": render_sequence_controls,
+    "ctrl_genaug_motion_phantoms_class_embedding": render_sequence_controls,
 }
 
 
