@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PREFIX = "monai_genaug: the bundle run failed:"
@@ -474,6 +476,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(table(result))
         return result
     torch.set_num_threads(1)
+    timer = BenchmarkTimer()
     records = run_cases(("api",) if args.quick else ("api", "bundle", "cli"), args.only)
     counts = Counter(r["outcome"] for r in records)
     result = {
@@ -482,9 +485,10 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "counts": {k: counts.get(k, 0) for k in OUTCOMES},
         "cases": records,
+        "timing": timer.stop(),
+        "environment": environment(),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(result, out)
     print(table(result))
     return result
 

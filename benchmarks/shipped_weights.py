@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monai_genaug.utils.io import atomic_write_json  # noqa: E402
+from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic  # noqa: E402
 
 #: job name -> list of (bundle, config, extra CLI arguments); the runs of one job share an output folder
 JOBS: dict[str, list[tuple[str, str, list[str]]]] = {
@@ -107,7 +107,7 @@ def main(argv=None) -> Path:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shipped_weights.json"))
     args = p.parse_args(argv)
     out_path = Path(args.out)
-    t0 = time.perf_counter()
+    timer = BenchmarkTimer()
     jobs = {}
     with tempfile.TemporaryDirectory(prefix="shipped_weights_") as tmp:
         for job in args.jobs:
@@ -119,8 +119,10 @@ def main(argv=None) -> Path:
 
     result = {"benchmark": "shipped_weights", "command": "python benchmarks/shipped_weights.py", "jobs": jobs,
               "threads": 1, "cpu_count": os.cpu_count(), "machine": f"{platform.machine()}, Python "
-              f"{platform.python_version()}", "torch": torch.__version__, "wall_s": round(time.perf_counter() - t0, 1)}
-    atomic_write_json(out_path, result)
+              f"{platform.python_version()}", "torch": torch.__version__}
+    timing = timer.stop()
+    result.update(wall_s=round(timing["wall_s"], 1), timing=timing, environment=environment())
+    write_json_atomic(result, out_path)
     print(f"wrote {out_path}")
     return out_path
 

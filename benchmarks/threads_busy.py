@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from monai_genaug.evaluation.results import BenchmarkTimer, environment, write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MAIN_JOB = ["-m", "monai.bundle", "run", "--config_file", "bundles/ttga/configs/inference.json"]
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(RESULTS / "threads_busy.json"))
     args = parser.parse_args(argv)
 
+    timer = BenchmarkTimer()
     cores = os.cpu_count() or 1
     settings = [1, cores] if cores > 1 else [1]
     extra = QUICK if args.quick else []
@@ -96,8 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     if len(settings) == 2:
         one, default = result["median_seconds"]["1"], result["median_seconds"][str(cores)]
         result["default_over_one_thread"] = round(default / one, 2)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    result.update(timing=timer.stop(), environment=environment())
+    write_json_atomic(result, args.out)
     return result
 
 

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_genaug.evaluation.statistics import ResultsTable
+from monai_genaug.utils.io import atomic_write_json
 
 __all__ = [
     "SCHEMA",
@@ -76,24 +76,8 @@ def environment() -> dict[str, Any]:
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented JSON through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``obj`` as indented JSON (NaN refused) through a temporary file and an atomic rename."""
+    return atomic_write_json(path, obj, indent=1, allow_nan=False)
 
 
 class BenchmarkTimer:
