@@ -52,6 +52,7 @@ from monai_genaug.evaluation import (
     evaluate_downstream,
     evaluate_training_sets,
     label_curve,
+    predict,
     write_results,
 )
 from monai_genaug.filters.temporal import temporal_consistency
@@ -111,6 +112,15 @@ def motion_steering(generated: torch.Tensor, sources: torch.Tensor, method: str)
     own = estimate_motion(sources, method).flatten(1)
     rev = estimate_motion(sources.flip(2), method).flatten(1)
     return {"own": float(F.cosine_similarity(m, own).mean()), "reversed": float(F.cosine_similarity(m, rev).mean())}
+
+
+def size_trend_agreement(clips: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> float:
+    """Share of clips whose bright area (pixels above ``threshold``) grows over the clip for class 0 (expanding) and
+    shrinks for class 1: a model-free check that a clip shows its class's motion."""
+    area = (clips[:, 0] > threshold).float().flatten(2).sum(-1)  # (N, F)
+    t = torch.arange(area.shape[1], dtype=torch.float32)
+    slope = ((area - area.mean(1, keepdim=True)) * (t - t.mean())).sum(1)
+    return float(((slope > 0) == (labels == 0)).float().mean())
 
 
 def run(cfg: dict, out: Path, quick: bool = False, stem: str = STEM) -> Path:
@@ -189,6 +199,9 @@ def run(cfg: dict, out: Path, quick: bool = False, stem: str = STEM) -> Path:
         },
         "motion_ablation": {"val_loss_with_motion": val_loss["after"], "val_loss_motion_nulled": val_loss["after_no_motion"],
                             "motion_used": bool(val_loss["after"] < val_loss["after_no_motion"])},
+        "size_trend": {"real_train": size_trend_agreement(xtr, ytr),
+                       "generated": size_trend_agreement(gen["clips"], glabels),
+                       "oracle_class1_share_generated": float(predict(oracle.network, gen["clips"]).argmax(1).float().mean())},
         "motion_steering": {**steering, "margin": STEERING_MARGIN,
                             "steers": bool(steering["own"] - steering["reversed"] > STEERING_MARGIN)},
         "temporal_consistency": {"real_train": float(tc_real["train"].mean()), "real_test": float(tc_real["test"].mean()),

@@ -354,6 +354,12 @@ def render_sequence_controls(stem: str, obj: Mapping[str, Any]) -> Report:
         rows.append(["cosine of generated clips' motion to their condition / to the reversed motion",
                      f"{steer['own']:.3f} / {steer['reversed']:.3f}",
                      f"steers{margin}" if steer["steers"] else f"does NOT steer{margin}"])
+    trend = checks.get("size_trend")
+    if trend:
+        rows.append(["share of clips whose bright area grows (class 0) / shrinks (class 1): real / generated",
+                     f"{trend['real_train']:.3f} / {trend['generated']:.3f}", ""])
+        rows.append(["share of generated clips the oracle calls class 1", f"{trend['oracle_class1_share_generated']:.3f}",
+                     ""])
     if tc:
         kept = "n/a" if tc.get("kept") is None else f"{tc['kept']:.2f}"
         rows.append(["temporal consistency real training / test / generated / kept",
