@@ -14,10 +14,13 @@ Zhou, Huang, et al., "Ctrl-GenAug: Controllable Generative Augmentation for Medi
 arXiv:2409.17091. The pipeline, composed from the package's parts:
 
 1. **pre-train on frames**: the sequence generator run on one-frame clips is an image diffusion model conditioned on
-   the class label (class embedding added to the time embedding) and an image prior (tokens from any frozen image
-   encoder's embedding of the frame, as cross-attention context; MedSAM in the paper, never required here);
-2. **fine-tune on clips**: key-frame attention, temporal attention (zero-initialised, an identity at the start) and
-   the ControlNet-style motion encoder are trained, the rest frozen
+   the class label (class embedding added to the time embedding) and an image prior (tokens from a frozen image
+   encoder's embedding of the frame, as cross-attention context; MedSAM in the paper, here by default a small
+   autoencoder trained on the real frames and kept in the generator, :meth:`CtrlGenAug.fit_frame_encoder`);
+2. **fine-tune on clips** (the paper's learning rate :data:`CLIP_STAGE_LR`, optional model selection / early stopping
+   with ``fit(monitor=...)``): key-frame attention, temporal attention (zero-initialised, an identity at the start),
+   the motion encoder and the insert unit (motion features concatenated and convolved, the paper's
+   ``insert_strategy="concat"``) are trained, the rest frozen
    (:func:`~monai_genaug.networks.sequence_unet.set_trainable_modules`); condition dropout keep-all (0.1) /
    drop-all (0.1) / drop-each (0.5) trains the null branches, copying the condition before dropping (the release
    mutates its cached samples, so a dropped condition stays dropped);
