@@ -84,6 +84,8 @@ def stages(out: Path, data: Path) -> list[Stage]:
               ["ctrl_genaug_phantoms.json"], out_flag=["--out_dir", o]),
         Stage("ctrl_genaug_brats", "ctrl_genaug_sequences.py", [], ["--data", "brats", "--brats_dir", brats],
               ["ctrl_genaug_brats.json"], needs="brats2013_deepmedic", out_flag=["--out_dir", o]),
+        Stage("ctrl_genaug_motion_phantoms", "ctrl_genaug_motion.py", ["--quick"], [],
+              ["ctrl_genaug_motion_phantoms.json"], out_flag=["--out_dir", o]),
         Stage("adaptdiff_phantoms", "adaptdiff_brats.py", ["--quick"], ["--data", "phantoms"],
               ["adaptdiff_phantoms.json"], out_flag=["--out", f"{o}/adaptdiff_phantoms.json"]),
         Stage("adaptdiff_fundus", "adaptdiff_fundus.py", ["--quick", "--work_dir", f"{o}/work_adaptdiff_fundus"], [],

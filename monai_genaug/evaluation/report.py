@@ -320,6 +320,90 @@ def render_adaptation(stem: str, obj: Mapping[str, Any]) -> Report:
     return rep
 
 
+def render_sequence_controls(stem: str, obj: Mapping[str, Any]) -> Report:
+    """An envelope of a sequence-augmentation benchmark with checks of its sequence parts (e.g.
+    ``ctrl_genaug_motion_phantoms``): the generic sections, then the frame-averaging learner on the same task
+    (``extra.frame_averaging.rows``), the clip stage's loss, the motion ablation and steering, temporal consistency
+    against the real clips, the early-stopping history (``extra.checks``) and the issue's goals (``extra.checks.goals``:
+    a paired interval above zero, a consistency gap in points, the oracle agreement of kept samples)."""
+    rep = render_envelope(stem, obj)
+    extra, metric = obj.get("extra", {}), obj.get("primary_metric", "score")
+    checks = extra.get("checks", {})
+    lines: list[str] = []
+    fa = extra.get("frame_averaging")
+    if fa:
+        ftab = ResultsTable.from_rows(fa["rows"])
+        lines += ["", "## A frame-averaging learner on the same task (real only; order-invariant by design)", ""]
+        lines += table(["learner", "mean", "95 % interval", "seeds"],
+                       [[m, f3(v["mean"]), interval(v), v["num_seeds"]] for m, v in _summaries(ftab, metric).items()])
+    loss, abl, steer = checks.get("clip_stage_loss"), checks.get("motion_ablation"), checks.get("motion_steering")
+    tc = checks.get("temporal_consistency", {})
+    rows = []
+    if loss:
+        rows.append(["clip-stage denoising loss, validation clips, fixed noise: before -> after",
+                     f"{loss['val_fixed_noise_before']:.4f} -> {loss['val_fixed_noise_after']:.4f}",
+                     "falls" if loss["falls"] else "does NOT fall"])
+        rows.append(["clip-stage training loss, first -> last tenth of the steps",
+                     f"{loss['train_first_tenth']:.4f} -> {loss['train_last_tenth']:.4f}", ""])
+    if abl:
+        rows.append(["validation loss with the motion / with the motion nulled",
+                     f"{abl['val_loss_with_motion']:.4f} / {abl['val_loss_motion_nulled']:.4f}",
+                     "motion used" if abl["motion_used"] else "motion NOT used"])
+    if steer:
+        margin = f" by > {steer['margin']:g}" if "margin" in steer else ""
+        rows.append(["cosine of generated clips' motion to their condition / to the reversed motion",
+                     f"{steer['own']:.3f} / {steer['reversed']:.3f}",
+                     f"steers{margin}" if steer["steers"] else f"does NOT steer{margin}"])
+    trend = checks.get("size_trend")
+    if trend:
+        rows.append(["share of clips whose bright area grows (class 0) / shrinks (class 1): real / generated",
+                     f"{trend['real_train']:.3f} / {trend['generated']:.3f}", ""])
+        rows.append(["share of generated clips the oracle calls class 1", f"{trend['oracle_class1_share_generated']:.3f}",
+                     ""])
+    if tc:
+        kept = "n/a" if tc.get("kept") is None else f"{tc['kept']:.2f}"
+        rows.append(["temporal consistency real training / test / generated / kept",
+                     f"{tc['real_train']:.2f} / {tc['real_test']:.2f} / {tc['generated']:.2f} / {kept}", ""])
+        rows.append(["real range / temporal-filter thresholds", f"{_value(tc['real_range'])} / "
+                     f"{_value(tc['filter_thresholds'])}", ""])
+    if rows:
+        lines += ["", "## Sequence parts: does each one do its job?", ""] + table(["check", "value", "verdict"], rows)
+    es = checks.get("early_stopping")
+    if es and es.get("history"):
+        keys = [k for k in es["history"][0] if k != "step"]
+        lines += ["", f"## Clip stage: model selection on validation clips (best step {es['best_step']}, stopped at "
+                      f"{es.get('stopped_at') or 'the last step'})", ""]
+        lines += table(["step", *keys], [[h["step"], *[f3(h[k]) for k in keys]] for h in es["history"]])
+    goals = checks.get("goals")
+    if goals:
+        tab = ResultsTable.from_rows(obj["rows"])
+        a, b = goals["filtered_vs_real_only"]
+        d = tab.paired(a, b, metric, **BOOT)
+        grows = [[f"{a} - {b} > 0 (paired 95 % interval)", f"{d['mean']:+.3f} {interval(d)}",
+                  "met" if d["low"] > 0 else "not met"]]
+        if tc:
+            lim = float(goals["consistency_within_points"])
+            for name in ("generated", "kept"):
+                if tc.get(name) is not None:
+                    gap = tc[name] - tc["real_train"]
+                    grows.append([f"temporal consistency of {name} clips within {lim:g} points of real",
+                                  f"{gap:+.2f}", "met" if abs(gap) <= lim else "not met"])
+        oracle = extra.get("oracle")
+        if oracle:
+            otab = ResultsTable.from_rows(oracle["rows"])
+            om = otab.metrics()[0]
+            if "kept by the filter" in otab.methods(om):
+                k = otab.summary("kept by the filter", om, **BOOT)
+                grows.append([f"oracle class agreement of kept clips >= {goals['kept_agreement_at_least']}",
+                              f"{k['mean']:.3f} {interval(k)}",
+                              "met" if k["mean"] >= float(goals["kept_agreement_at_least"]) else "not met"])
+        lines += ["", "## Goals of the issue", ""] + table(["goal", "measured", "verdict"], grows)
+    text = rep.markdown[f"{stem}.md"]
+    head, sep, tail = text.rpartition("\nPlot: `")
+    rep.markdown[f"{stem}.md"] = head + "\n".join(lines) + "\n" + sep + tail
+    return rep
+
+
 #: envelope files with their own renderer (by file stem); every other envelope goes to :func:`render_envelope`
 _TTGA_LABELS = {"segmenter": "segmenter alone (its own entropy)", "flip_tta": "flip TTA (8 random flips)",
                 "ttga": "TTGA", "ttga_x_flips": "TTGA x flips"}
@@ -444,6 +528,8 @@ ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {
     "ttga_quality": render_ttga_quality,
     "adaptdiff_fundus": render_adaptation,
     "adaptdiff_brats3d": render_adaptation,
+    "ctrl_genaug_motion_phantoms": render_sequence_controls,
+    "ctrl_genaug_motion_phantoms_class_embedding": render_sequence_controls,
 }
 
 
