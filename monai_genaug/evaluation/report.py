@@ -414,13 +414,219 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
     return rep
 
 
+def render_sequence_controls(stem: str, obj: Mapping[str, Any]) -> Report:
+    """An envelope of a sequence-augmentation benchmark with checks of its sequence parts (e.g.
+    ``ctrl_genaug_motion_phantoms``): the generic sections, then the frame-averaging learner on the same task
+    (``extra.frame_averaging.rows``), the clip stage's loss, the motion ablation and steering, temporal consistency
+    against the real clips, the early-stopping history (``extra.checks``) and the issue's goals (``extra.checks.goals``:
+    a paired interval above zero, a consistency gap in points, the oracle agreement of kept samples)."""
+    rep = render_envelope(stem, obj)
+    extra, metric = obj.get("extra", {}), obj.get("primary_metric", "score")
+    checks = extra.get("checks", {})
+    lines: list[str] = []
+    fa = extra.get("frame_averaging")
+    if fa:
+        ftab = ResultsTable.from_rows(fa["rows"])
+        lines += ["", "## A frame-averaging learner on the same task (real only; order-invariant by design)", ""]
+        lines += table(["learner", "mean", "95 % interval", "seeds"],
+                       [[m, f3(v["mean"]), interval(v), v["num_seeds"]] for m, v in _summaries(ftab, metric).items()])
+    loss, abl, steer = checks.get("clip_stage_loss"), checks.get("motion_ablation"), checks.get("motion_steering")
+    tc = checks.get("temporal_consistency", {})
+    rows = []
+    if loss:
+        rows.append(["clip-stage denoising loss, validation clips, fixed noise: before -> after",
+                     f"{loss['val_fixed_noise_before']:.4f} -> {loss['val_fixed_noise_after']:.4f}",
+                     "falls" if loss["falls"] else "does NOT fall"])
+        rows.append(["clip-stage training loss, first -> last tenth of the steps",
+                     f"{loss['train_first_tenth']:.4f} -> {loss['train_last_tenth']:.4f}", ""])
+    if abl:
+        rows.append(["validation loss with the motion / with the motion nulled",
+                     f"{abl['val_loss_with_motion']:.4f} / {abl['val_loss_motion_nulled']:.4f}",
+                     "motion used" if abl["motion_used"] else "motion NOT used"])
+    if steer:
+        margin = f" by > {steer['margin']:g}" if "margin" in steer else ""
+        rows.append(["cosine of generated clips' motion to their condition / to the reversed motion",
+                     f"{steer['own']:.3f} / {steer['reversed']:.3f}",
+                     f"steers{margin}" if steer["steers"] else f"does NOT steer{margin}"])
+    trend = checks.get("size_trend")
+    if trend:
+        rows.append(["share of clips whose bright area grows (class 0) / shrinks (class 1): real / generated",
+                     f"{trend['real_train']:.3f} / {trend['generated']:.3f}", ""])
+        rows.append(["share of generated clips the oracle calls class 1", f"{trend['oracle_class1_share_generated']:.3f}",
+                     ""])
+    if tc:
+        kept = "n/a" if tc.get("kept") is None else f"{tc['kept']:.2f}"
+        rows.append(["temporal consistency real training / test / generated / kept",
+                     f"{tc['real_train']:.2f} / {tc['real_test']:.2f} / {tc['generated']:.2f} / {kept}", ""])
+        rows.append(["real range / temporal-filter thresholds", f"{_value(tc['real_range'])} / "
+                     f"{_value(tc['filter_thresholds'])}", ""])
+    if rows:
+        lines += ["", "## Sequence parts: does each one do its job?", ""] + table(["check", "value", "verdict"], rows)
+    es = checks.get("early_stopping")
+    if es and es.get("history"):
+        keys = [k for k in es["history"][0] if k != "step"]
+        lines += ["", f"## Clip stage: model selection on validation clips (best step {es['best_step']}, stopped at "
+                      f"{es.get('stopped_at') or 'the last step'})", ""]
+        lines += table(["step", *keys], [[h["step"], *[f3(h[k]) for k in keys]] for h in es["history"]])
+    goals = checks.get("goals")
+    if goals:
+        tab = ResultsTable.from_rows(obj["rows"])
+        a, b = goals["filtered_vs_real_only"]
+        d = tab.paired(a, b, metric, **BOOT)
+        grows = [[f"{a} - {b} > 0 (paired 95 % interval)", f"{d['mean']:+.3f} {interval(d)}",
+                  "met" if d["low"] > 0 else "not met"]]
+        if tc:
+            lim = float(goals["consistency_within_points"])
+            for name in ("generated", "kept"):
+                if tc.get(name) is not None:
+                    gap = tc[name] - tc["real_train"]
+                    grows.append([f"temporal consistency of {name} clips within {lim:g} points of real",
+                                  f"{gap:+.2f}", "met" if abs(gap) <= lim else "not met"])
+        oracle = extra.get("oracle")
+        if oracle:
+            otab = ResultsTable.from_rows(oracle["rows"])
+            om = otab.metrics()[0]
+            if "kept by the filter" in otab.methods(om):
+                k = otab.summary("kept by the filter", om, **BOOT)
+                grows.append([f"oracle class agreement of kept clips >= {goals['kept_agreement_at_least']}",
+                              f"{k['mean']:.3f} {interval(k)}",
+                              "met" if k["mean"] >= float(goals["kept_agreement_at_least"]) else "not met"])
+        lines += ["", "## Goals of the issue", ""] + table(["goal", "measured", "verdict"], grows)
+    text = rep.markdown[f"{stem}.md"]
+    head, sep, tail = text.rpartition("\nPlot: `")
+    rep.markdown[f"{stem}.md"] = head + "\n".join(lines) + "\n" + sep + tail
+    return rep
+
+
 #: envelope files with their own renderer (by file stem); every other envelope goes to :func:`render_envelope`
+_TTGA_LABELS = {"segmenter": "segmenter alone (its own entropy)", "flip_tta": "flip TTA (8 random flips)",
+                "ttga": "TTGA", "ttga_x_flips": "TTGA x flips"}
+_TTGA_PAIRS = (("ttga", "segmenter"), ("ttga", "flip_tta"), ("ttga_x_flips", "flip_tta"), ("ttga_x_flips", "ttga"))
+
+
+def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
+    """TTGA on Kvasir-SEG under the protocol (``benchmarks/ttga_quality.py``): methods, paired differences, the issue
+    #16 goal and the links of the chain (reconstruction gate, identity fit, identity fraction, view diversity)."""
+    rep = Report()
+    extra, s = obj.get("extra", {}), obj.get("settings", {})
+    tab = ResultsTable.from_rows(obj["rows"])
+    methods = [m for m in _TTGA_LABELS if m in tab.methods("dice")]
+    env, timing = obj.get("environment", {}), obj.get("timing", {})
+    quick = " (quick smoke run: not a result)" if obj.get("quick") else ""
+    sums = {(m, k): tab.summary(m, k, **BOOT) for m in methods for k in ("dice", "hd95", "error_auc")
+            if m in tab.methods(k)}
+    dice = {m: sums[(m, "dice")] for m in methods}
+    n = dice[methods[0]]["num_cases"]
+    lines = [f"# {extra.get('title', stem)}", "",
+             f"Written by `benchmarks/{extra.get('script', stem)}`{quick}: {minutes(timing.get('wall_s'))} wall clock "
+             f"on "
+             f"{env.get('device', 'n/a')} ({env.get('torch_threads')} torch thread(s), load average at start "
+             f"{timing.get('load_average_start')}). {n} test images, {s.get('size')} px, metrics on the "
+             f"{s.get('metrics_grid', 'network grid')}; one trained segmenter and generator (seed {obj.get('seeds')}), "
+             "so every interval is a 95 % bootstrap over the test images (paired for differences). Budget: "
+             f"{s.get('budget', 'n/a')}.", "",
+             "## Methods (mean, 95 % interval over the test images)", ""]
+    rows = []
+    for m in methods:
+        cells = [_TTGA_LABELS[m]]
+        for k in ("dice", "hd95", "error_auc"):
+            v = sums.get((m, k))
+            cells.append("n/a" if v is None else f"{f3(v['mean'], 1 if k == 'hd95' else 3)} "
+                         f"{interval(v, 1 if k == 'hd95' else 3)} ({v['num_cases']})")
+        rows.append(cells)
+    lines += table(["method", "Dice", "HD95 (px)", "error-estimation AUC"], rows)
+    lines += ["", "HD95 counts only images where prediction and truth are both non-empty, the AUC only images with at "
+                  "least one wrong pixel (image counts in brackets).", "",
+              "## Paired differences (same test images)", ""]
+    prow, paired = [], {}
+    for a, b in _TTGA_PAIRS:
+        if a not in methods or b not in methods:
+            continue
+        for k in ("dice", "error_auc"):
+            d = tab.paired(a, b, k, **BOOT)
+            paired[(a, b, k)] = d
+            prow.append([f"{_TTGA_LABELS[a]} - {_TTGA_LABELS[b]}", k, f"{d['mean']:+.4f}", interval(d, 4),
+                         f"{d['wins']} / {d['losses']} / {d['ties']}", _verdict(d)])
+    lines += table(["difference", "metric", "mean", "95 % interval", "wins / losses / ties", "verdict"], prow)
+    goal = []
+    if ("ttga", "flip_tta", "error_auc") in paired:
+        auc, dce = paired[("ttga", "flip_tta", "error_auc")], paired[("ttga", "flip_tta", "dice")]
+        goal.append(f"TTGA's error-estimation AUC above flip TTA's: {'yes' if auc['low'] > 0 else 'no'} "
+                    f"({auc['mean']:+.4f} {interval(auc, 4)})")
+        goal.append(f"TTGA's Dice at least flip TTA's (interval not below 0): {'yes' if dce['high'] >= 0 else 'no'} "
+                    f"({dce['mean']:+.4f} {interval(dce, 4)})")
+    if ("ttga_x_flips", "ttga", "dice") in paired:
+        both = all(paired[("ttga_x_flips", o, k)]["low"] > 0
+                   for o in ("flip_tta", "ttga") for k in ("dice", "error_auc"))
+        goal.append(f"TTGA x flips above both in Dice and AUC: {'yes' if both else 'no'}")
+    lines += ["", "## Goal of issue #16", "", *[f"- {g}" for g in goal]]
+    diag = {k: tab.summary("ttga_diagnostics", k, **BOOT) for k in tab.metrics()
+            if "ttga_diagnostics" in tab.methods(k)}
+    gate = extra.get("reconstruction_gate", 0.98)
+    links = []
+    if "reconstruction" in tab.methods("dice"):
+        ratio = tab.summary("reconstruction", "dice", **BOOT)["mean"] / dice["segmenter"]["mean"]
+        links.append(["reconstruction gate: Dice on reconstruct(image) / Dice on the image", f3(ratio),
+                      f">= {gate}", "passed" if ratio >= gate else "FAILED: the identity path alone loses accuracy"])
+    if "identity_loss_over_threshold" in diag:
+        d = diag["identity_loss_over_threshold"]
+        links.append(["identity-fit loss / early-stop threshold (mean)", f"{d['mean']:.3g} {interval(d, 3)}", "<= 1",
+                      "reached" if d["mean"] <= 1 else "NOT reached: the identity embedding does not fit"])
+    if "identity_fraction" in diag:
+        d = diag["identity_fraction"]
+        ok = 0.2 < d["mean"] < 0.9
+        links.append(["identity fraction (kept area of the views)", f"{f3(d['mean'])} {interval(d)}", "in (0.2, 0.9)",
+                      "localised" if ok else ("all identity: the views equal the reconstruction" if d["mean"] >= 0.9
+                                              else "almost nothing kept")])
+    if "view_agreement" in diag:
+        d, mae = diag["view_agreement"], diag.get("view_mae")
+        links.append(["view diversity: agreement of the views' predictions with the image's", f3(d["mean"]),
+                      "< 0.98", "diverse" if d["mean"] < 0.98 else "views too alike: TTGA = the segmenter alone"])
+        if mae is not None:
+            links.append(["view diversity: mean absolute difference view - image", f3(mae["mean"]), "", ""])
+    lines += ["", "## Which link limits TTGA (means over the test images)", ""]
+    lines += table(["link", "value", "needed", "reading"], links)
+    val = extra.get("validation", {})
+    if val.get("grid"):
+        lines += ["", f"## Hyper-parameters chosen on {s.get('val_items')} validation images (best TTGA Dice)", ""]
+        lines += table(["tau_alpha_bar", "tau", "lambda_i", "TTGA Dice", "segmenter Dice", "TTGA error AUC",
+                        "reconstruction gate ratio"],
+                       [[g["tau_alpha_bar"], g["tau"], g["lambda_i"], f3(g["dice_ttga"]), f3(g["dice_segmenter"]),
+                         f3(g["error_auc_ttga"]), f3(g.get("gate_ratio"))] for g in val["grid"]])
+        c = val["chosen"]
+        lines += ["", f"Chosen: tau_alpha_bar {c['tau_alpha_bar']}, lambda_i {c['lambda_i']}."]
+    g = s.get("generator")
+    if g:
+        lines += ["", f"Generator: {g.get('config')}; {g.get('epochs_done')} of {g.get('epochs_asked')} epochs in "
+                      f"{minutes(g.get('seconds'))} of training, resumed across calls (the last call's budget "
+                      f"{minutes(g.get('budget_s'))}); final denoising loss "
+                      f"{f3(g.get('final_loss'), 4)}, grounding loss {f3(g.get('final_grounding_loss'), 4)}."]
+    lines += ["", f"Plot: `{_plot_name(stem)}`. Settings: `{json.dumps(s, sort_keys=True)}`", ""]
+    rep.markdown[f"{stem}.md"] = "\n".join(lines)
+    rep.plots.append(Plot(stem, f"{extra.get('title', stem)}: Dice", "bars", "Dice",
+                          [_TTGA_LABELS[m] for m in methods], [dice[m]["mean"] for m in methods],
+                          [dice[m]["low"] for m in methods], [dice[m]["high"] for m in methods]))
+    summary = "; ".join(f"{_TTGA_LABELS[m]} Dice {f3(dice[m]['mean'])} {interval(dice[m])}, AUC "
+                        f"{f3(sums[(m, 'error_auc')]['mean'])}" for m in methods if (m, "error_auc") in sums)
+    reading = "; ".join(f"{row[0].split(':')[0]} {row[1]} ({row[3]})" for row in links if row[3])
+    rep.readme_rows.append((f"`ttga_quality.py`{' (quick)' if obj.get('quick') else ''}",
+                            f"Kvasir-SEG test, {n} images, {s.get('size')} px: Dice and error-estimation AUC; 95 % "
+                            "bootstrap interval over the images", summary))
+    rep.bundle["ttga"] = [f"**Kvasir-SEG test, {n} images, {s.get('size')} px** "
+                          f"([details](../../../benchmarks/results/{stem}.md)){quick}: {summary}.", "",
+                          f"Goal of issue #16: {'; '.join(goal)}. Links: {reading}.", ""]
+    return rep
+
+
 ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {
+    "ttga_quality": render_ttga_quality,
     "adaptdiff_fundus": render_adaptation,
     "adaptdiff_brats3d": render_adaptation,
     "gms_quality": render_gms,
     "gms_speed": render_gms,
     "gms_crossdomain": render_gms,
+    "ctrl_genaug_motion_phantoms": render_sequence_controls,
+    "ctrl_genaug_motion_phantoms_class_embedding": render_sequence_controls,
 }
 
 
@@ -564,9 +770,12 @@ def render_ttga(files: Mapping[str, Mapping[str, Any]]) -> Report:
         readme.append("speed-up batched / loop " + ", ".join(
             f"{r['speedup_generation']:.2f}x at {r['image_size']} px" for r in sp["batched_vs_loop"]))
     rep.markdown["ttga.md"] = "\n".join(lines)
-    rep.readme_rows.append(("`ttga_quality.py`, `ttga_speed.py`", "segmenter alone / flip TTA / TTGA (plain views, "
-                            "bundle default): Dice and error-estimation AUC; batched vs per-view generation",
-                            "; ".join(readme)))
+    if q is not None:
+        rep.readme_rows.append(("`ttga_quality.py`, `ttga_speed.py`", "segmenter alone / flip TTA / TTGA (plain "
+                                "views, bundle default): Dice and error-estimation AUC; batched vs per-view generation",
+                                "; ".join(readme)))
+    elif sp is not None:
+        rep.readme_rows.append(("`ttga_speed.py`", "TTGA: batched vs per-view generation", "; ".join(readme)))
     rep.bundle["ttga"] = ["[details](../../../benchmarks/results/ttga.md): " + "; ".join(readme) + ".", ""]
     return rep
 

@@ -15,6 +15,10 @@ synthetic sample with the cross-entropy of its intended label; samples are group
 conditions generated them (same condition, different seeds), and a sample is kept when its loss is at most
 ``alpha`` x the mean loss of its group (``alpha = 1``). Works for any sample shape the classifier takes (clips
 ``(N, C, F, H, W)``, images, volumes).
+
+The group-relative rule keeps about half of every group even when the whole group is off-class (a group of clips that
+all look like the wrong class still has a "better half"); ``min_confidence`` adds an absolute floor: the classifier's
+probability of the intended class must also reach it (loss ``<= -log(min_confidence)``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from monai_genaug.filters.base import (
     iterate_sample_batches,
     num_samples,
 )
+
+import math
 
 __all__ = ["SemanticLossFilter", "sample_groups"]
 
@@ -64,6 +70,9 @@ class SemanticLossFilter(SyntheticFilter):
     Args:
         classifier: a classifier trained on real data, ``classifier(batch) -> logits``.
         alpha: the factor of the group mean (1.0 in the paper).
+        min_confidence: absolute floor on the classifier's probability of the intended class, in (0, 1) (None: the
+            paper's group-relative rule alone; 0.5 for two classes keeps only samples the classifier assigns to their
+            intended class).
         groups: group (source) id of every sample to be filtered; None reads ``group_key`` from a datalist, else one
             group for all.
         group_key: datalist key of the group id.
@@ -85,6 +94,7 @@ class SemanticLossFilter(SyntheticFilter):
         alpha: float = 1.0,
         groups: Sequence[Any] | None = None,
         group_key: str = "source",
+        min_confidence: float | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         batch_size: int = 32,
         image_key: str = "image",
@@ -97,6 +107,9 @@ class SemanticLossFilter(SyntheticFilter):
             raise TypeError(f"classifier must be a module or callable returning logits, got {classifier!r}.")
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}.")
+        if min_confidence is not None and not 0.0 < float(min_confidence) < 1.0:
+            raise ValueError(f"min_confidence is a probability in (0, 1), got {min_confidence}; None disables the floor.")
+        self.min_confidence = None if min_confidence is None else float(min_confidence)
         self.classifier = classifier
         self.alpha = float(alpha)
         self.groups = groups
@@ -153,12 +166,14 @@ class SemanticLossFilter(SyntheticFilter):
         scores = self.score(samples, labels).float()
         keep = torch.zeros(n, dtype=torch.bool)
         thresholds = torch.full((n,), float("nan"))
+        floor = math.inf if self.min_confidence is None else -math.log(self.min_confidence)
         for g in dict.fromkeys(groups):
             idx = torch.tensor([i for i, gi in enumerate(groups) if gi == g and bool(cand[i])], dtype=torch.long)
             if idx.numel() == 0:
                 continue
-            limit = self.alpha * float(scores[idx].mean())
+            limit = min(self.alpha * float(scores[idx].mean()), floor)
             thresholds[idx] = limit
             keep[idx] = scores[idx] <= limit + 1e-12
         order = torch.nonzero(keep).reshape(-1)
-        return FilterResult(keep, scores, order, True, details={"thresholds": thresholds, "groups": groups})
+        details = {"thresholds": thresholds, "groups": groups, "loss_floor": floor}
+        return FilterResult(keep, scores, order, True, details=details)

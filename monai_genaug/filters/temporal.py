@@ -16,7 +16,9 @@ Ctrl-GenAug's sequential filters (Zhou et al., arXiv:2409.17091):
   ``100 x`` the mean cosine similarity of consecutive frames' features (the paper's "VAE-Seq" with its fine-tuned
   VAE's latents; any frame encoder here, or the pixels). A 1-D k-means (``k = 4``, seed 3407) over the scores of the
   clips being filtered gives sorted centroids ``c1 < ... < c4``; clips with ``(c1 + c2) / 2 <= score <= (c3 + c4) / 2``
-  are kept, which removes both jittery and near-static clips.
+  are kept, which removes both jittery and near-static clips. Thresholds taken from the generated clips alone keep the
+  generated middle, however unlike real clips it is; ``calibration="reference"`` takes them from the score range of
+  the *real* clips the filter is fitted on instead (quantiles, optional margin), so only real-like clips are kept.
 - **inter-sequence** (:class:`NearDuplicateFilter`): within each group (clips generated from the same real clip),
   clips are kept greedily in order, dropping a clip whose mean per-frame cosine similarity to an already kept clip is
   ``>= threshold`` (0.98; the release writes ``98`` against a cosine, so it never fires).
@@ -36,6 +38,7 @@ from torch import nn
 
 from monai_genaug.filters.base import (
     FilterResult,
+    NotFittedError,
     Samples,
     SyntheticFilter,
     _candidates,
@@ -126,15 +129,20 @@ class TemporalConsistencyFilter(SyntheticFilter):
         feature_fn: frame encoder ``(b, C, H, W) -> features`` (a VAE's encoder in the paper); None: pixels.
         k: clusters of the 1-D k-means (4).
         seed: k-means seed (3407).
-        low: fixed lower threshold instead of the k-means one (e.g. from a previous run's ``details``).
-        high: fixed upper threshold instead of the k-means one.
+        low: fixed lower threshold instead of the fitted one (e.g. from a previous run's ``details``).
+        high: fixed upper threshold instead of the fitted one.
+        calibration: ``"kmeans"`` (the paper: thresholds from the scores being filtered) or ``"reference"``
+            (thresholds from the scores of the real clips given to :meth:`fit`).
+        reference_quantiles: ``(low, high)`` quantiles of the real scores used as thresholds (``(0, 1)``: the real
+            range).
+        margin: widens the reference thresholds by this many score points on each side.
         batch_size: clips per encoder call.
         image_key: datalist key of the clip.
         name: see :class:`SyntheticFilter`.
 
     With fewer than ``k`` distinct candidate scores no thresholds can be fitted and every candidate is kept
-    (``details["reason"]`` says so). ``fit(real_clips)`` is optional: it records the real clips' score range in
-    ``reference_scores`` (for reporting).
+    (``details["reason"]`` says so). ``fit(real_clips)`` records the real clips' scores in ``reference_scores``;
+    ``calibration="reference"`` requires it.
     """
 
     lower_is_better = False
@@ -150,10 +158,21 @@ class TemporalConsistencyFilter(SyntheticFilter):
         batch_size: int = 16,
         image_key: str = "image",
         name: str | None = None,
+        calibration: str = "kmeans",
+        reference_quantiles: Sequence[float] = (0.0, 1.0),
+        margin: float = 0.0,
     ) -> None:
         super().__init__(name=name)
         if k < 2:
             raise ValueError(f"k must be >= 2 (low and high midpoints), got {k}.")
+        if calibration not in ("kmeans", "reference"):
+            raise ValueError(f"calibration must be 'kmeans' or 'reference', got {calibration!r}.")
+        q = tuple(float(v) for v in reference_quantiles)
+        if len(q) != 2 or not 0.0 <= q[0] < q[1] <= 1.0:
+            raise ValueError(f"reference_quantiles must be (low, high) with 0 <= low < high <= 1, got {reference_quantiles}.")
+        self.calibration = calibration
+        self.reference_quantiles = q
+        self.margin = float(margin)
         self.feature_fn = feature_fn
         self.k = int(k)
         self.seed = int(seed)
@@ -185,6 +204,16 @@ class TemporalConsistencyFilter(SyntheticFilter):
         pool = scores[cand]
         if self.low is not None and self.high is not None:
             low, high = float(self.low), float(self.high)
+        elif self.calibration == "reference":
+            if self.reference_scores is None:
+                raise NotFittedError(
+                    "calibration='reference' takes the thresholds from real clips: call fit(real_clips) first."
+                )
+            ref = self.reference_scores.double()
+            low = float(torch.quantile(ref, self.reference_quantiles[0])) - self.margin
+            high = float(torch.quantile(ref, self.reference_quantiles[1])) + self.margin
+            low = low if self.low is None else float(self.low)
+            high = high if self.high is None else float(self.high)
         elif np.unique(pool.numpy()).size < self.k:
             details["reason"] = f"fewer than k={self.k} distinct scores among the candidates; all kept"
             keep = cand.clone()

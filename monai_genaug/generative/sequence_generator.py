@@ -28,6 +28,7 @@ import torch
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
+from monai_genaug.networks.frame_encoder import FrameAutoencoder
 from monai_genaug.networks.motion_encoder import MotionEncoder, check_motion
 from monai_genaug.networks.sequence_unet import ImagePriorTokenizer, SequenceDiffusionUNet
 from monai_genaug.utils.checkpoint import (
@@ -63,6 +64,9 @@ class SequenceGenerator(nn.Module):
         num_classes: number of classes (the UNet needs ``num_class_embeds = num_classes + 1``), or ``None``.
         prior_tokenizer: image-prior tokenizer (the UNet must have cross-attention), or ``None``.
         motion_encoder: motion-field encoder, or ``None``.
+        frame_encoder: a learned frame encoder kept with the generator (trained on real frames, then frozen), whose
+            encoding of a clip's first frame is the image prior (its ``out_channels`` must be the prior's channels);
+            ``None`` when priors come from elsewhere.
         config: the JSON config (kept in checkpoints).
     """
 
@@ -75,6 +79,7 @@ class SequenceGenerator(nn.Module):
         prior_tokenizer: ImagePriorTokenizer | None = None,
         motion_encoder: MotionEncoder | None = None,
         config: Mapping[str, Any] | None = None,
+        frame_encoder: FrameAutoencoder | None = None,
     ) -> None:
         super().__init__()
         self.unet = unet
@@ -83,6 +88,7 @@ class SequenceGenerator(nn.Module):
         self.num_classes = num_classes
         self.prior_tokenizer = prior_tokenizer
         self.motion_encoder = motion_encoder
+        self.frame_encoder = frame_encoder
         self.config = dict(config or {})
         self.register_buffer("scale_factor", torch.tensor(1.0))
         self.image_channels = int(unet.in_channels)
@@ -91,6 +97,11 @@ class SequenceGenerator(nn.Module):
             raise ValueError(f"num_classes={num_classes} needs a UNet with num_class_embeds={num_classes + 1}.")
         if (prior_tokenizer is not None) != unet.with_conditioning:
             raise ValueError("an image-prior tokenizer needs a UNet with cross-attention (with_conditioning=True).")
+        if frame_encoder is not None and (prior_tokenizer is None or frame_encoder.out_channels != self.prior_channels):
+            raise ValueError(
+                f"the frame encoder gives {frame_encoder.out_channels} channels but the prior tokenizer takes "
+                f"{self.prior_channels}; set prior_channels to the encoder's last width."
+            )
 
     @property
     def prior_channels(self) -> int | None:
@@ -110,6 +121,8 @@ class SequenceGenerator(nn.Module):
         u = dict(config["unet"])
         motion_channels = u.pop("motion_channels", [16])
         cross_dim = int(u.pop("cross_attention_dim"))
+        # older configs have no "motion_injection": their motion embedding is added (ControlNet-style)
+        injection = str(config.get("motion_injection", "add"))
         prior_channels = config.get("prior_channels")
         num_classes = config.get("num_classes")
         unet = SequenceDiffusionUNet(
@@ -119,17 +132,21 @@ class SequenceGenerator(nn.Module):
             with_conditioning=bool(prior_channels),
             cross_attention_dim=cross_dim if prior_channels else None,
             num_class_embeds=(num_classes + 1) if num_classes else None,
+            input_feature_mode=injection if config.get("motion") else "add",
             **u,
         )
         sched = dict(config["scheduler"])
         scheduler = DDPMScheduler(clip_sample=False, **sched)
         tokenizer = ImagePriorTokenizer(int(prior_channels), cross_dim) if prior_channels else None
         motion = (
-            MotionEncoder(2, 2, int(u["channels"][0]), motion_channels, scale=float(config.get("motion_scale", 1.0)))
+            MotionEncoder(2, 2, int(u["channels"][0]), motion_channels, scale=float(config.get("motion_scale", 1.0)),
+                          zero_init=injection == "add")
             if config.get("motion")
             else None
         )
-        return cls(unet, scheduler, int(config["num_frames"]), num_classes, tokenizer, motion, config)
+        frames = config.get("frame_encoder")
+        encoder = FrameAutoencoder(int(config["image_channels"]), **frames) if frames else None
+        return cls(unet, scheduler, int(config["num_frames"]), num_classes, tokenizer, motion, config, encoder)
 
     def save(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
         """Write weights + config atomically (load with :meth:`load`)."""

@@ -161,6 +161,10 @@ class MotionEncoder(nn.Module):
         channels: encoder widths; ``len(channels) - 1`` stride-2 stages (match the autoencoder factor; ``(16,)``
             for pixel-space diffusion, ``(16, 32, 96, 256)`` for an f=8 autoencoder as in the original).
         scale: multiplies the motion fields before encoding (e.g. ``1 / max displacement``).
+        zero_init: zero-initialise the output convolution (ControlNet: an untrained encoder adds nothing; right when
+            the feature is *added* to the UNet's). With ``False`` the output convolution keeps PyTorch's default
+            initialisation, for a feature that is concatenated and convolved by a zero-initialised insert unit
+            (then both the insert unit and the encoder get gradients from the first step).
     """
 
     def __init__(
@@ -170,6 +174,7 @@ class MotionEncoder(nn.Module):
         out_channels: int = 32,
         channels: Sequence[int] = (16,),
         scale: float = 1.0,
+        zero_init: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -181,6 +186,8 @@ class MotionEncoder(nn.Module):
         self.factor = 2 ** (len(channels) - 1)
         self.scale = float(scale)
         self.embedding = ControlNetConditioningEmbedding(2, in_channels, out_channels, tuple(int(c) for c in channels))
+        if not zero_init:
+            self.embedding.conv_out.conv.reset_parameters()
 
     def forward(self, motion: torch.Tensor) -> torch.Tensor:
         if motion.ndim != 5 or motion.shape[1] != self.in_channels:

@@ -24,8 +24,9 @@ arXiv:2409.17091) inflates an image diffusion UNet to clips: every convolution a
 The 2D UNet's modules keep their names (the attention classes are swapped in place, the new temporal modules are
 added as ``<attention block>.temporal``), so the weights of an image UNet pre-trained on frames load directly
 (:meth:`SequenceDiffusionUNet.from_image_unet`) and :func:`set_trainable_modules` selects what fine-tuning updates.
-An optional additive feature (a ControlNet-style motion embedding, see
-:class:`~monai_genaug.networks.motion_encoder.MotionEncoder`) is added to the output of the first convolution.
+An optional input feature (a motion embedding, see :class:`~monai_genaug.networks.motion_encoder.MotionEncoder`)
+enters after the first convolution: added (ControlNet-style), or - as Ctrl-GenAug does (``insert_strategy="concat"``)
+- concatenated to the features and convolved back by an ``insert_unit`` trained with the clip stage.
 
 Differences from the original: temporal attention sits after each attention block (not inside each transformer
 block after its feed-forward); the motion-field attention along precomputed trajectories (MFA) is not implemented.
@@ -44,6 +45,7 @@ from monai.networks.nets.diffusion_model_unet import SpatialTransformer
 from torch import nn
 
 __all__ = [
+    "INPUT_FEATURE_MODES",
     "SEQUENCE_TRAINABLE_MODULES",
     "ImagePriorTokenizer",
     "KeyFrameSABlock",
@@ -55,7 +57,10 @@ __all__ = [
 #: name substrings of the modules trained when fine-tuning an image UNet on clips (spec C.2: key-frame attention,
 #: temporal attention, the motion encoder, the query projections of the cross-attention)
 SEQUENCE_TRAINABLE_MODULES = ("attn1", "attn.to_q", "attn.to_k", "attn.to_v", "attn.out_proj", "temporal",
-                              "motion_encoder", "attn2.to_q")
+                              "motion_encoder", "insert_unit", "attn2.to_q")
+
+#: how an input feature (the motion embedding) enters after the UNet's first convolution
+INPUT_FEATURE_MODES = ("add", "concat")
 
 
 class _FrameState:
@@ -64,6 +69,7 @@ class _FrameState:
     def __init__(self) -> None:
         self.num_frames = 1
         self.input_feature: torch.Tensor | None = None
+        self.insert_unit: nn.Module | None = None
 
 
 class TemporalAttention(nn.Module):
@@ -160,16 +166,34 @@ class _TemporalSpatialAttentionBlock(SpatialAttentionBlock):
 
 
 def _add_input_feature(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook of ``conv_in``: add the shared state's input feature (motion embedding) when one is set."""
-    feat = module._frame_state.input_feature  # type: ignore[attr-defined]
+    """Forward hook of ``conv_in``: merge the shared state's input feature (motion embedding) when one is set: added,
+    or concatenated and convolved by the insert unit (``h = insert_unit(cat[h, feature])``)."""
+    state = module._frame_state  # type: ignore[attr-defined]
+    feat = state.input_feature
     if feat is None:
         return output
-    if feat.shape != output.shape:
+    if feat.shape[0] != output.shape[0] or feat.shape[2:] != output.shape[2:]:
         raise ValueError(
-            f"the additive input feature has shape {tuple(feat.shape)} but the UNet's first convolution gives "
+            f"the input feature has shape {tuple(feat.shape)} but the UNet's first convolution gives "
             f"{tuple(output.shape)}; the motion encoder must downsample motion fields to the latent size."
         )
+    if state.insert_unit is not None:
+        return state.insert_unit(torch.cat([output, feat.to(output.dtype)], dim=1))
+    if feat.shape != output.shape:
+        raise ValueError(f"an added input feature must have shape {tuple(output.shape)}, got {tuple(feat.shape)}.")
     return output + feat.to(output.dtype)
+
+
+def _identity_insert_unit(channels: int, feature_channels: int) -> nn.Conv2d:
+    """The insert unit of ``"concat"``: a 3x3 convolution ``channels + feature_channels -> channels``, initialised
+    to pass the UNet's features through unchanged (Dirac kernel) and to ignore the feature (zero kernel), so the
+    inflated UNet starts as the frame-trained one while the feature's weights get gradients from the first step."""
+    conv = nn.Conv2d(channels + feature_channels, channels, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        nn.init.dirac_(conv.weight[:, :channels])
+        conv.bias.zero_()
+    return conv
 
 
 class SequenceDiffusionUNet(nn.Module):
@@ -181,6 +205,10 @@ class SequenceDiffusionUNet(nn.Module):
         out_channels: output channels per frame.
         temporal_heads: heads of the temporal attentions (each block's channels must be divisible by it).
         key_frame_attention: swap the spatial self-attentions for key-frame attention.
+        input_feature_mode: how ``input_feature`` enters after the first convolution: ``"add"`` (a ControlNet-style
+            residual) or ``"concat"`` (Ctrl-GenAug's ``insert_strategy="concat"``: concatenated to the features and
+            convolved back to ``channels[0]`` by ``insert_unit``, see :func:`_identity_insert_unit`).
+        input_feature_channels: channels of the input feature (``"concat"`` only; default ``channels[0]``).
         unet: an existing 2D ``DiffusionModelUNet`` to wrap (e.g. pre-trained on frames); ``None`` builds one from
             ``unet_kwargs``.
         unet_kwargs: further ``DiffusionModelUNet`` arguments (``channels``, ``attention_levels``,
@@ -191,7 +219,7 @@ class SequenceDiffusionUNet(nn.Module):
     Inputs are clips ``(B, C, F, H, W)``; ``forward(x, timesteps, context=None, class_labels=None,
     input_feature=None)`` returns ``(B, out_channels, F, H, W)``. ``context`` ``(B, L, D)`` and ``class_labels``
     ``(B,)`` are shared by all frames of a clip; ``input_feature`` ``(B, C0, F, H, W)`` is added after the first
-    convolution (``C0 = channels[0]``).
+    convolution (``C0 = channels[0]``) or concatenated and convolved (``input_feature_mode="concat"``).
     """
 
     def __init__(
@@ -202,9 +230,13 @@ class SequenceDiffusionUNet(nn.Module):
         temporal_heads: int = 1,
         key_frame_attention: bool = True,
         unet: DiffusionModelUNet | None = None,
+        input_feature_mode: str = "add",
+        input_feature_channels: int | None = None,
         **unet_kwargs: Any,
     ) -> None:
         super().__init__()
+        if input_feature_mode not in INPUT_FEATURE_MODES:
+            raise ValueError(f"input_feature_mode must be one of {INPUT_FEATURE_MODES}, got {input_feature_mode!r}.")
         if spatial_dims != 2:
             raise ValueError(
                 f"SequenceDiffusionUNet inflates a 2D UNet over frames; got spatial_dims={spatial_dims}. Treat 3D "
@@ -243,6 +275,12 @@ class SequenceDiffusionUNet(nn.Module):
                 if type(module) is SABlock and not name.endswith("temporal"):
                     module.__class__ = KeyFrameSABlock
                     module._frame_state = self._state
+        self.input_feature_mode = input_feature_mode
+        self.insert_unit: nn.Module | None = None
+        if input_feature_mode == "concat":
+            c0 = int(self.block_out_channels[0])
+            self.insert_unit = _identity_insert_unit(c0, int(input_feature_channels or c0))
+            self._state.insert_unit = self.insert_unit
         self.unet.conv_in._frame_state = self._state
         self.unet.conv_in.register_forward_hook(_add_input_feature)
 

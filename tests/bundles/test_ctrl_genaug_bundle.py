@@ -67,14 +67,21 @@ def test_documented_commands_on_shipped_weights(tmp_path):
 
 
 def test_training_chain_with_tiny_overrides(tmp_path):
-    _run("train_frames.json", tmp_path, num_steps=2, batch_size=4, **TINY)
+    _run("train_frames.json", tmp_path, num_steps=2, batch_size=4, encoder_steps=3, **TINY)
     assert (tmp_path / "generator_frames.pt").is_file()
     _run("train_clips.json", tmp_path, num_steps=2, batch_size=2, **TINY)
     gen = tmp_path / "generator.pt"
     assert gen.is_file()
-    _run("inference.json", tmp_path, generator_path=str(gen), num_clips=1, num_per_clip=1, num_inference_steps=2, **TINY)
+    loaded = SequenceGenerator.load(gen)  # the learned frame encoder and the concat motion path travel with it
+    assert loaded.frame_encoder is not None and loaded.unet.insert_unit is not None
+    _run("inference.json", tmp_path, generator_path=str(gen), num_clips=2, num_per_clip=2, num_inference_steps=2, **TINY)
     synthetic = json.loads((tmp_path / "synthetic" / "synthetic_datalist.json").read_text())["training"]
-    assert len(synthetic) == 1 and Path(synthetic[0]["image"]).name == f"clip0000_{synthetic[0]['label']}_66.nii.gz"
+    assert len(synthetic) == 4 and Path(synthetic[0]["image"]).name == f"clip0000_{synthetic[0]['label']}_66.nii.gz"
+    # the filter with a temporal classifier, a confidence floor, thresholds from the real clips, learned features
+    _run("filter.json", tmp_path, classifier_steps=2, classifier="temporal", min_confidence=0.5,
+         temporal_calibration="reference", generator_path=str(gen), **TINY)
+    summary = json.loads((tmp_path / "filtered" / "filter_summary.json").read_text())
+    assert summary["total"] == 4 and summary["temporal_thresholds"][0] is not None
     with pytest.raises(Exception) as err:  # no frame-trained generator yet: the error says which config makes it
         _run("train_clips.json", tmp_path / "other", num_steps=1, **TINY)
     assert "train_frames.json" in "".join(traceback.format_exception(err.value))

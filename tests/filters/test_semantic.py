@@ -48,3 +48,19 @@ def test_groups_from_datalist_and_errors():
         SemanticLossFilter(_classifier, alpha=0)
     with pytest.raises(ValueError, match="labels"):
         SemanticLossFilter(_classifier)(torch.zeros(2, 1, 2, 4, 4))
+
+
+def test_confidence_floor_rejects_a_wholly_misaligned_group():
+    # every clip of group "a" looks like class 0 but was meant as class 1: the group-relative rule keeps its better
+    # half, the absolute floor (probability of the intended class >= 0.5) keeps none of it
+    levels = [0.3, 0.35, 0.4, 0.45, 0.9, 0.95]
+    clips = torch.stack([torch.full((1, 4, 8, 8), v) for v in levels])
+    labels, groups = [1] * 6, ["a"] * 4 + ["b"] * 2
+    relative = SemanticLossFilter(_classifier, groups=groups)(clips, labels)
+    assert relative.keep[:4].sum() >= 1
+    floored = SemanticLossFilter(_classifier, groups=groups, min_confidence=0.5)(clips, labels)
+    assert floored.keep.tolist() == [False, False, False, False, floored.keep[4].item(), floored.keep[5].item()]
+    assert floored.keep[4:].any()
+    assert floored.details["loss_floor"] == pytest.approx(-torch.log(torch.tensor(0.5)).item())
+    with pytest.raises(ValueError, match="probability in"):
+        SemanticLossFilter(_classifier, min_confidence=1.5)

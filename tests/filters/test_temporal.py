@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_genaug.filters.base import FilterChain
+from monai_genaug.filters.base import FilterChain, NotFittedError
 from monai_genaug.filters.temporal import (
     NearDuplicateFilter,
     TemporalConsistencyFilter,
@@ -69,3 +69,23 @@ def test_near_duplicates_removed_within_groups_only():
         NearDuplicateFilter(threshold=98)
     chain = FilterChain([TemporalConsistencyFilter(), NearDuplicateFilter(groups=groups)])
     assert chain(clips).scores.shape == (4, 2)
+
+
+def test_reference_calibration_keeps_real_like_clips_only():
+    # real clips are smooth (scores ~95); generated ones: static, smooth, moderate, jittery. k-means thresholds from
+    # the generated clips keep their middle (moderate included); thresholds from the real range keep the smooth ones
+    real = torch.stack([_clip("smooth", s) for s in range(4)])
+    gen = torch.stack([_clip(k, s) for k in ("static", "smooth", "moderate", "jitter") for s in range(3)])
+    kinds = [k for k in ("static", "smooth", "moderate", "jitter") for _ in range(3)]
+    kmeans = TemporalConsistencyFilter()(gen)
+    assert any(k == "moderate" and bool(keep) for k, keep in zip(kinds, kmeans.keep))
+    flt = TemporalConsistencyFilter(calibration="reference", margin=0.5)
+    with pytest.raises(NotFittedError, match="fit\\(real_clips\\)"):
+        flt(gen)
+    result = flt.fit(real)(gen)
+    assert [k for k, keep in zip(kinds, result.keep) if keep] == ["smooth"] * 3
+    ref = flt.reference_scores
+    assert result.details["low"] == pytest.approx(float(ref.min()) - 0.5)
+    assert result.details["high"] == pytest.approx(float(ref.max()) + 0.5)
+    with pytest.raises(ValueError, match="reference_quantiles"):
+        TemporalConsistencyFilter(calibration="reference", reference_quantiles=(0.9, 0.1))

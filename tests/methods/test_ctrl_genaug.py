@@ -31,6 +31,8 @@ def _pipeline():
         for name, p in pipe.generator.named_parameters():
             if float(p.abs().sum()) == 0 and "temporal" not in name:
                 p.normal_(std=0.2)
+            elif name.endswith("insert_unit.weight"):  # its motion half starts at zero (the UNet unchanged)
+                p[:, p.shape[1] // 2 :].normal_(std=0.2)
     return pipe
 
 

@@ -16,7 +16,9 @@ diffusion model is :class:`monai_genaug.generative.sequence_generator.SequenceGe
 from __future__ import annotations
 
 from .pipeline import (
+    CLIP_STAGE_LR,
     CTRL_GENAUG_SCHEDULE,
+    LEARNED_FRAME_ENCODER,
     CtrlGenAug,
     FramePrior,
     ctrl_genaug_config,
@@ -25,6 +27,10 @@ from .pipeline import (
 from .training import (
     SequenceClassifier,
     bundle_train,
+    classifier_network,
+    clip_stage_monitor,
+    frame_stage_pipeline,
+    temporal_classifier,
     sequence_classifier,
     train_sequence_classifier,
 )
@@ -45,13 +51,19 @@ from monai_genaug.generative.sequence_generator import (
 )
 
 __all__ = [
+    "CLIP_STAGE_LR",
     "CTRL_GENAUG_SCHEDULE",
+    "LEARNED_FRAME_ENCODER",
     "CtrlGenAug",
     "FramePrior",
     "ctrl_genaug_config",
     "drop_conditions",
     "SequenceClassifier",
     "bundle_train",
+    "classifier_network",
+    "clip_stage_monitor",
+    "frame_stage_pipeline",
+    "temporal_classifier",
     "sequence_classifier",
     "train_sequence_classifier",
     "load_clips",

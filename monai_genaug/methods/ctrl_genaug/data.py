@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from monai.utils import optional_import
 from torch import nn
 
+from monai_genaug.data.motion_phantoms import MOTION_CLASS_NAMES, make_motion_phantoms
 from monai_genaug.data.phantoms import make_sequence_phantoms
 from monai_genaug.evaluation.downstream import evaluate_training_sets, variant_summaries
 from monai_genaug.filters.base import FilterChain
 from monai_genaug.filters.semantic import SemanticLossFilter
 from monai_genaug.filters.temporal import NearDuplicateFilter, TemporalConsistencyFilter, temporal_consistency
 from monai_genaug.methods.ctrl_genaug.pipeline import CtrlGenAug
-from monai_genaug.methods.ctrl_genaug.training import sequence_classifier, train_sequence_classifier
+from monai_genaug.methods.ctrl_genaug.training import classifier_network, train_sequence_classifier
 from monai_genaug.utils.io import atomic_write_json
 
 __all__ = [
@@ -83,25 +84,50 @@ def prepare_sequence_data(
     num_classes: int = 2,
     test_fraction: float = 0.5,
     seed: int = 0,
+    phantoms: str = "shape",
 ) -> dict[str, Any]:
-    """Phantom sequences (:func:`~monai_genaug.data.phantoms.make_sequence_phantoms`) split into train / test.
+    """Phantom sequences split into train / test.
+
+    Args:
+        num: number of clips.
+        num_frames: frames per clip.
+        spatial_size: frame size.
+        num_classes: classes (``"shape"`` phantoms; the ``"motion"`` phantoms have 2).
+        test_fraction: share of the test split.
+        seed: seed of the phantoms and the split.
+        phantoms: ``"shape"`` (:func:`~monai_genaug.data.phantoms.make_sequence_phantoms`: the class is the moving
+            object's shape) or ``"motion"`` (:func:`~monai_genaug.data.motion_phantoms.make_motion_phantoms`: the
+            class is expansion vs contraction, an order-sensitive task; split by pair).
 
     Returns:
         ``{"train": {"clips", "labels"}, "test": {...}, "num_classes", "class_names"}``; clips ``(N, 1, F, H, W)``.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
-    items = make_sequence_phantoms(num, num_frames, spatial_size, num_classes, seed)
+    if phantoms == "shape":
+        items = make_sequence_phantoms(num, num_frames, spatial_size, num_classes, seed)
+        names = [f"class_{k}" for k in range(num_classes)]
+        units = torch.arange(num)
+    elif phantoms == "motion":
+        if num_classes != 2:
+            raise ValueError(f"motion phantoms have 2 classes (expanding, contracting); got num_classes={num_classes}.")
+        items = make_motion_phantoms(num, num_frames, spatial_size, seed)
+        names = list(MOTION_CLASS_NAMES)
+        units = torch.tensor([int(i["pair"]) for i in items])
+    else:
+        raise ValueError(f"phantoms must be 'shape' or 'motion', got {phantoms!r}.")
     clips = torch.stack([torch.as_tensor(i["image"]) for i in items]).float()
     labels = torch.tensor([int(i["label"]) for i in items])
-    perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed))
-    n_test = max(1, int(round(num * test_fraction)))
-    te, tr = perm[:n_test].sort().values, perm[n_test:].sort().values
+    ids = torch.unique(units)
+    perm = ids[torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(seed))]
+    n_test = max(1, int(round(ids.numel() * test_fraction)))
+    test_units = torch.isin(units, perm[:n_test])
+    te, tr = torch.nonzero(test_units).reshape(-1), torch.nonzero(~test_units).reshape(-1)
     return {
         "train": {"clips": clips[tr], "labels": labels[tr]},
         "test": {"clips": clips[te], "labels": labels[te]},
         "num_classes": num_classes,
-        "class_names": [f"class_{k}" for k in range(num_classes)],
+        "class_names": names,
     }
 
 
@@ -191,6 +217,7 @@ def evaluate_sequence_augmentation(
     lr: float = 3e-3,
     seeds: Sequence[int] = (0,),
     output_path: str | os.PathLike | None = None,
+    classifier: str = "frames",
 ) -> dict[str, dict[str, Any]]:
     """Train the downstream sequence classifier on real clips alone and on real + each synthetic set; test each.
 
@@ -211,6 +238,8 @@ def evaluate_sequence_augmentation(
         lr: AdamW learning rate (cosine decay).
         seeds: one run per seed.
         output_path: also write the results as JSON.
+        classifier: ``"frames"`` (:func:`sequence_classifier`, frame-averaging) or ``"temporal"``
+            (:func:`temporal_classifier`, 3D convolutions over (t, h, w): needed when the class is the motion).
 
     Returns:
         ``{variant: {"accuracy", "accuracy_std", "accuracy_low", "accuracy_high", "balanced_accuracy", "num_train",
@@ -224,7 +253,7 @@ def evaluate_sequence_augmentation(
     table, counts = evaluate_training_sets(
         "classification", (train_clips.float(), torch.as_tensor(train_labels).long().reshape(-1)),
         (test_clips.float(), torch.as_tensor(test_labels).long().reshape(-1)), num_classes, variants,
-        learner_fn=lambda: sequence_classifier(num_classes, train_clips.shape[1:]), iterations=num_steps,
+        learner_fn=lambda: classifier_network(classifier, num_classes, train_clips.shape[1:]), iterations=num_steps,
         batch_size=batch_size, lr=lr, seeds=seeds,
     )
     results = variant_summaries(table, counts, num_classes)
@@ -243,23 +272,50 @@ def filter_generated(
     k: int = 4,
     dedup_threshold: float = 0.98,
     seed: int = 3407,
+    min_confidence: float | None = None,
+    real_clips: torch.Tensor | None = None,
+    reference_quantiles: Sequence[float] = (0.0, 1.0),
+    margin: float = 0.0,
 ) -> dict[str, Any]:
-    """Ctrl-GenAug's noisy-sample filter on generated clips: semantic (classifier loss <= alpha x group mean) >>
-    temporal consistency (k-means midpoints) >> near-duplicates (cosine >= threshold), groups = source clips.
+    """Ctrl-GenAug's noisy-sample filter on generated clips: semantic (classifier loss <= alpha x group mean, and
+    optionally an absolute confidence floor) >> temporal consistency >> near-duplicates (cosine >= threshold),
+    groups = source clips.
+
+    Args:
+        generated: from :meth:`CtrlGenAug.generate` (``clips``, ``labels``, ``sources``).
+        classifier: a classifier trained on real clips.
+        feature_fn: frame encoder of the temporal and duplicate filters (e.g. the generator's learned frame encoder,
+            :attr:`CtrlGenAug.frame_features`); None: pixels.
+        alpha: the semantic filter's factor of the group mean.
+        k: k-means clusters of the temporal filter (when not calibrated on real clips).
+        dedup_threshold: cosine similarity at which a clip is a near-duplicate.
+        seed: k-means seed.
+        min_confidence: absolute floor on the classifier's probability of the intended class (None: none).
+        real_clips: real clips to calibrate the temporal thresholds on (their score range, ``reference_quantiles``
+            and ``margin``); None: the paper's k-means midpoints of the generated clips' scores.
+        reference_quantiles: quantiles of the real scores used as thresholds.
+        margin: widens the real-calibrated thresholds (score points).
 
     Returns:
-        ``{"keep": (N,) bool, "scores": (N, 3), "result": FilterResult, "kept": int, "total": int}``.
+        ``{"keep": (N,) bool, "scores": (N, 3), "result": FilterResult, "kept": int, "total": int,
+        "temporal_thresholds": (low, high)}``.
     """
     groups = list(generated["sources"])
+    temporal = TemporalConsistencyFilter(
+        feature_fn, k=k, seed=seed, calibration="kmeans" if real_clips is None else "reference",
+        reference_quantiles=reference_quantiles, margin=margin,
+    )
+    if real_clips is not None:
+        temporal.fit(real_clips)
     chain = FilterChain([
-        SemanticLossFilter(classifier, alpha=alpha, groups=groups),
-        TemporalConsistencyFilter(feature_fn, k=k, seed=seed),
+        SemanticLossFilter(classifier, alpha=alpha, groups=groups, min_confidence=min_confidence),
+        temporal,
         NearDuplicateFilter(feature_fn, threshold=dedup_threshold, groups=groups),
     ])
     result = chain(generated["clips"], generated["labels"])
+    tdetails = result.details["results"][1].details
     return {"keep": result.keep, "scores": result.scores, "result": result, "kept": result.num_kept,
-            "total": int(result.keep.numel())}
-
+            "total": int(result.keep.numel()), "temporal_thresholds": (tdetails.get("low"), tdetails.get("high"))}
 
 
 # ------------------------------------------------------------------------------------------------ bundle steps
@@ -271,11 +327,13 @@ def bundle_sequence_data(
     num_classes: int = 2,
     test_fraction: float = 0.5,
     seed: int = 0,
+    phantoms: str = "shape",
 ) -> dict[str, Any]:
-    """The bundle's data: phantom sequences by default, or ``dataset_dir/<class>/<clip>.nii.gz`` clips (frames along
-    the third axis, as written by :meth:`CtrlGenAug.write`), split train / test with ``seed``."""
+    """The bundle's data: phantom sequences by default (``phantoms="shape"`` or the order-sensitive ``"motion"``,
+    see :func:`prepare_sequence_data`), or ``dataset_dir/<class>/<clip>.nii.gz`` clips (frames along the third axis,
+    as written by :meth:`CtrlGenAug.write`), split train / test with ``seed``."""
     if dataset_dir is None:
-        return prepare_sequence_data(num_phantoms, num_frames, image_size, num_classes, test_fraction, seed)
+        return prepare_sequence_data(num_phantoms, num_frames, image_size, num_classes, test_fraction, seed, phantoms)
     from monai_genaug.data.folders import class_folder_datalist
 
     items = class_folder_datalist(dataset_dir, extensions=(".nii.gz", ".nii"), check_readable=False)
@@ -333,20 +391,36 @@ def bundle_filter(
     k: int = 4,
     dedup_threshold: float = 0.98,
     seed: int = 3407,
+    classifier: str = "frames",
+    min_confidence: float | None = None,
+    calibration: str = "kmeans",
+    generator_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Train the real-data sequence classifier, run the three filters, write the kept datalist and all scores."""
+    """Train the real-data sequence classifier, run the three filters, write the kept datalist and all scores.
+
+    ``classifier`` picks the semantic filter's network (:func:`classifier_network`), ``min_confidence`` its absolute
+    floor; ``calibration="reference"`` takes the temporal thresholds from the real training clips' range; a
+    ``generator_path`` whose generator has a learned frame encoder gives the temporal / duplicate filters its frame
+    features (else pixels)."""
+    if calibration not in ("kmeans", "reference"):
+        raise ValueError(f"calibration must be 'kmeans' or 'reference', got {calibration!r}.")
     entries, generated = _read_synthetic(synthetic_datalist)
     train = data["train"]
-    clf = train_sequence_classifier(train["clips"], train["labels"], int(data["num_classes"]), classifier_steps)
-    res = filter_generated(generated, clf, alpha=alpha, k=k, dedup_threshold=dedup_threshold, seed=seed)
+    n_cls = int(data["num_classes"])
+    clf = train_sequence_classifier(train["clips"], train["labels"], n_cls, classifier_steps,
+                                    network=classifier_network(classifier, n_cls, train["clips"].shape[1:]))
+    features = None if generator_path is None else CtrlGenAug.load(generator_path).frame_features
+    res = filter_generated(generated, clf, feature_fn=features, alpha=alpha, k=k, dedup_threshold=dedup_threshold,
+                           seed=seed, min_confidence=min_confidence,
+                           real_clips=train["clips"] if calibration == "reference" else None)
     out = Path(output_dir)
     kept = [e for e, keep in zip(entries, res["keep"].tolist()) if keep]
     atomic_write_json(out / "filtered_datalist.json", {"training": kept})
     names = ["semantic_loss", "temporal_consistency", "duplicate_similarity"]
     atomic_write_json(out / "filter_scores.json", [{"image": e["image"], "kept": bool(k_), **{n: float(s) for n, s in zip(names, row)}}
                  for e, k_, row in zip(entries, res["keep"].tolist(), res["scores"].tolist())])
-    real_tc = temporal_consistency(train["clips"])
-    summary = {"kept": res["kept"], "total": res["total"],
+    real_tc = temporal_consistency(train["clips"], features)
+    summary = {"kept": res["kept"], "total": res["total"], "temporal_thresholds": list(res["temporal_thresholds"]),
                "temporal_consistency_real": float(real_tc.mean()),
                "temporal_consistency_synthetic": float(res["scores"][:, 1].mean()) if res["total"] else None,
                "datalist": str(out / "filtered_datalist.json")}
@@ -361,8 +435,10 @@ def bundle_evaluate(
     output_path: str | os.PathLike,
     num_steps: int = 400,
     seeds: Sequence[int] = (0,),
+    classifier: str = "frames",
 ) -> dict[str, dict[str, Any]]:
-    """Downstream sequence classification: real only, real + all synthetic clips, real + filtered clips."""
+    """Downstream sequence classification: real only, real + all synthetic clips, real + filtered clips
+    (``classifier``: see :func:`evaluate_sequence_augmentation`)."""
     _, syn = _read_synthetic(synthetic_datalist)
     path = Path(filtered_datalist)
     if not path.is_file():
@@ -372,5 +448,5 @@ def bundle_evaluate(
     return evaluate_sequence_augmentation(
         data["train"]["clips"], data["train"]["labels"], data["test"]["clips"], data["test"]["labels"],
         {"real_only": None, "real+synthetic": (syn["clips"], syn["labels"]), "real+filtered": filt},
-        int(data["num_classes"]), num_steps=num_steps, seeds=seeds, output_path=output_path,
+        int(data["num_classes"]), num_steps=num_steps, seeds=seeds, output_path=output_path, classifier=classifier,
     )

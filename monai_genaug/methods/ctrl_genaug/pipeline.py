@@ -14,10 +14,13 @@ Zhou, Huang, et al., "Ctrl-GenAug: Controllable Generative Augmentation for Medi
 arXiv:2409.17091. The pipeline, composed from the package's parts:
 
 1. **pre-train on frames**: the sequence generator run on one-frame clips is an image diffusion model conditioned on
-   the class label (class embedding added to the time embedding) and an image prior (tokens from any frozen image
-   encoder's embedding of the frame, as cross-attention context; MedSAM in the paper, never required here);
-2. **fine-tune on clips**: key-frame attention, temporal attention (zero-initialised, an identity at the start) and
-   the ControlNet-style motion encoder are trained, the rest frozen
+   the class label (class embedding added to the time embedding) and an image prior (tokens from a frozen image
+   encoder's embedding of the frame, as cross-attention context; MedSAM in the paper, here by default a small
+   autoencoder trained on the real frames and kept in the generator, :meth:`CtrlGenAug.fit_frame_encoder`);
+2. **fine-tune on clips** (the paper's learning rate :data:`CLIP_STAGE_LR`, optional model selection / early stopping
+   with ``fit(monitor=...)``): key-frame attention, temporal attention (zero-initialised, an identity at the start),
+   the motion encoder and the insert unit (motion features concatenated and convolved, the paper's
+   ``insert_strategy="concat"``) are trained, the rest frozen
    (:func:`~monai_genaug.networks.sequence_unet.set_trainable_modules`); condition dropout keep-all (0.1) /
    drop-all (0.1) / drop-each (0.5) trains the null branches, copying the condition before dropping (the release
    mutates its cached samples, so a dropped condition stays dropped);
@@ -58,7 +61,8 @@ from monai_genaug.generative.sampler import DiffusionSampler
 from monai_genaug.generative.sequence_generator import SequenceGenerator
 from monai_genaug.handlers.tracking import loss_from_output
 from monai_genaug.networks.motion_encoder import check_motion, estimate_motion
-from monai_genaug.networks.sequence_unet import SEQUENCE_TRAINABLE_MODULES, set_trainable_modules
+from monai_genaug.networks.frame_encoder import train_frame_autoencoder
+from monai_genaug.networks.sequence_unet import INPUT_FEATURE_MODES, SEQUENCE_TRAINABLE_MODULES, set_trainable_modules
 from monai_genaug.utils.checkpoint import to_json_config
 from monai_genaug.utils.images import save_image_grid
 from monai_genaug.utils.io import atomic_write_json
@@ -67,6 +71,8 @@ nib, _has_nib = optional_import("nibabel")
 
 __all__ = [
     "CTRL_GENAUG_SCHEDULE",
+    "CLIP_STAGE_LR",
+    "LEARNED_FRAME_ENCODER",
     "CtrlGenAug",
     "FramePrior",
     "ctrl_genaug_config",
@@ -82,6 +88,11 @@ CTRL_GENAUG_SCHEDULE: dict[str, Any] = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
 }
+#: the paper's learning rate of the clip stage (AdamW, spec C.3)
+CLIP_STAGE_LR = 1e-4
+#: a small learned frame encoder (:class:`~monai_genaug.networks.frame_encoder.FrameAutoencoder`) for the image prior
+#: and the filters' frame features: 16 channels at half the frame size
+LEARNED_FRAME_ENCODER: dict[str, Any] = {"channels": [16, 16], "strides": [2, 1]}
 _PRESETS = {
     "tiny": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1, "norm_num_groups": 4,
              "num_head_channels": 8, "cross_attention_dim": 16, "motion_channels": [8]},
@@ -101,6 +112,8 @@ def ctrl_genaug_config(
     motion: bool = True,
     motion_scale: float = 1.0,
     overrides: Mapping[str, Any] | None = None,
+    motion_injection: str = "concat",
+    frame_encoder: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A JSON config of a :class:`SequenceGenerator`.
 
@@ -110,18 +123,29 @@ def ctrl_genaug_config(
         num_frames: clip length ``F`` the generator is fine-tuned and sampled at (1-frame clips are accepted for
             pre-training on frames).
         num_classes: classes of the class condition (a null class is added), ``None`` for none.
-        prior_channels: channels of the image-prior embedding (e.g. 2 for :class:`FramePrior`, 256 for MedSAM),
-            ``None`` for no prior.
+        prior_channels: channels of the image-prior embedding of an external encoder (e.g. 2 for :class:`FramePrior`,
+            256 for MedSAM), ``None`` for no prior; replaced by the last width of ``frame_encoder`` when one is given.
         motion: condition on motion fields through a :class:`~monai_genaug.networks.motion_encoder.MotionEncoder`.
         motion_scale: multiplies motion fields before encoding.
         overrides: entries replacing the preset's UNet settings (``channels``, ``attention_levels``...).
+        motion_injection: ``"concat"`` (the paper's ``insert_strategy``: motion features concatenated to the first
+            convolution's output and convolved back by a trained insert unit) or ``"add"`` (a zero-initialised
+            ControlNet-style residual).
+        frame_encoder: arguments of a :class:`~monai_genaug.networks.frame_encoder.FrameAutoencoder` kept inside the
+            generator (e.g. :data:`LEARNED_FRAME_ENCODER`): trained on real frames and frozen, it gives the image
+            prior (and the filters' frame features); ``None``: priors from an external encoder.
     """
     if preset not in _PRESETS:
         raise ValueError(f"unknown preset '{preset}'; choose one of {sorted(_PRESETS)}.")
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2 (a clip), got {num_frames}.")
+    if motion_injection not in INPUT_FEATURE_MODES:
+        raise ValueError(f"motion_injection must be one of {INPUT_FEATURE_MODES}, got {motion_injection!r}.")
     unet = dict(copy.deepcopy(_PRESETS[preset]))
     unet.update(overrides or {})
+    if frame_encoder is not None:
+        frame_encoder = dict(frame_encoder)
+        prior_channels = int(list(frame_encoder.get("channels", LEARNED_FRAME_ENCODER["channels"]))[-1])
     return to_json_config(
         {
             "image_channels": image_channels,
@@ -130,6 +154,8 @@ def ctrl_genaug_config(
             "prior_channels": prior_channels,
             "motion": bool(motion),
             "motion_scale": motion_scale,
+            "motion_injection": motion_injection,
+            "frame_encoder": frame_encoder,
             "unet": unet,
             "scheduler": {"prediction_type": "epsilon", **CTRL_GENAUG_SCHEDULE},
         }
@@ -154,6 +180,38 @@ class FramePrior(nn.Module):
         return torch.cat([F.adaptive_avg_pool2d(frames, self.size), F.adaptive_max_pool2d(frames, self.size)], dim=1)
 
 
+class _BestWeights:
+    """Model selection for :meth:`CtrlGenAug.fit`: evaluate, keep the best weights, stop after ``patience``."""
+
+    def __init__(self, network: nn.Module, monitor: Callable[[], Mapping[str, float]], patience: int | None) -> None:
+        self.network, self.monitor, self.patience = network, monitor, patience
+        self.history: list[dict[str, float]] = []
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self.stopped_at: int | None = None
+
+    def evaluate(self, step: int, engine: Any = None) -> None:
+        was_training = self.network.training
+        self.network.eval()
+        result = {k: float(v) for k, v in dict(self.monitor()).items()}
+        self.network.train(was_training)
+        if "score" not in result:
+            raise ValueError(f"the monitor must return a mapping with a 'score', got keys {sorted(result)}.")
+        self.history.append({"step": int(step), **result})
+        if self.best is None or result["score"] > self.best[0]:
+            self.best = (result["score"], int(step), copy.deepcopy(self.network.state_dict()))
+        elif self.patience is not None and engine is not None:
+            since = sum(1 for h in self.history if h["step"] > self.best[1])
+            if since >= int(self.patience):
+                self.stopped_at = int(step)
+                engine.terminate()
+
+    def restore(self) -> dict[str, Any]:
+        assert self.best is not None
+        self.network.load_state_dict(self.best[2])
+        return {"history": self.history, "best_step": self.best[1], "best_score": self.best[0],
+                "stopped_at": self.stopped_at}
+
+
 class CtrlGenAug:
     """The Ctrl-GenAug pipeline: conditions from clips, two-stage training, guided clip generation, writing.
 
@@ -162,8 +220,9 @@ class CtrlGenAug:
     Args:
         generator: the :class:`SequenceGenerator`.
         prior_encoder: a frozen module / callable mapping frames ``(B, C, H, W)`` to prior embeddings
-            ``(B, Cp, h, w)`` (default :class:`FramePrior` when the generator takes a prior; MedSAM or any foundation
-            model can be plugged in, or priors passed precomputed).
+            ``(B, Cp, h, w)`` (default: the generator's learned frame encoder when it has one
+            (:meth:`fit_frame_encoder`), else :class:`FramePrior` when the generator takes a prior; MedSAM or any
+            foundation model can be plugged in, or priors passed precomputed).
         motion_method: ``"flow"`` or ``"difference"`` (see :func:`estimate_motion`).
         device: device of the generator.
     """
@@ -178,9 +237,11 @@ class CtrlGenAug:
         self.device = torch.device(device)
         self.generator = generator.to(self.device)
         if prior_encoder is None and generator.prior_tokenizer is not None:
-            prior_encoder = FramePrior(int(generator.config.get("prior_size", 4)))
+            prior_encoder = generator.frame_encoder or FramePrior(int(generator.config.get("prior_size", 4)))
         self.prior_encoder = prior_encoder
         self.motion_method = motion_method
+        #: the clip stage's monitoring of the last :meth:`fit` with ``monitor`` (history, best step, stop step)
+        self.monitoring: dict[str, Any] = {}
 
     @classmethod
     def from_preset(cls, preset: str = "tiny", device: str | torch.device = "cpu", **kwargs: Any) -> CtrlGenAug:
@@ -286,7 +347,7 @@ class CtrlGenAug:
         stage: str = "clips",
         num_steps: int = 100,
         batch_size: int = 8,
-        lr: float = 1e-3,
+        lr: float | None = None,
         output_dir: str | os.PathLike = "ctrl_genaug_train",
         trainable: Sequence[str] | None = SEQUENCE_TRAINABLE_MODULES,
         steps_per_epoch: int | None = None,
@@ -306,7 +367,7 @@ class CtrlGenAug:
             stage: ``"frames"`` (pre-training on single frames, all parameters) or ``"clips"`` (``trainable`` only).
             num_steps: optimisation steps in total.
             batch_size: clips (or frames) per step.
-            lr: AdamW learning rate.
+            lr: AdamW learning rate (default 1e-3 for frames, the paper's :data:`CLIP_STAGE_LR` for clips).
             output_dir: folder of the checkpoint (``checkpoint_last.pt``), sample sheets, final file, MLflow store.
             trainable: name substrings of the modules fine-tuned on clips (None: all).
             steps_per_epoch: iterations per epoch; must divide ``num_steps``; default the largest divisor of
@@ -317,6 +378,8 @@ class CtrlGenAug:
                 replaced by ``seed`` -...).
         """
         items = self.training_items(clips, labels, priors, stage)
+        if lr is None:
+            lr = CLIP_STAGE_LR if stage == "clips" else 1e-3
         num_steps = int(num_steps)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
@@ -346,7 +409,7 @@ class CtrlGenAug:
         stage: str = "clips",
         num_steps: int = 100,
         batch_size: int = 8,
-        lr: float = 1e-3,
+        lr: float | None = None,
         trainable: Sequence[str] | None = SEQUENCE_TRAINABLE_MODULES,
         keep_all_p: float = 0.1,
         drop_all_p: float = 0.1,
@@ -355,6 +418,9 @@ class CtrlGenAug:
         seed: int = 0,
         log_every: int = 0,
         output_dir: str | os.PathLike | None = None,
+        monitor: Callable[[], Mapping[str, float]] | None = None,
+        monitor_every: int = 0,
+        patience: int | None = None,
         **trainer_kwargs: Any,
     ) -> list[float]:
         """Train the generator (MSE on the noise, AdamW, gradient clipping, condition dropout) with the Ignite trainer
@@ -368,7 +434,7 @@ class CtrlGenAug:
                 or ``"clips"`` (fine-tuning, only ``trainable`` modules).
             num_steps: optimisation steps.
             batch_size: clips (or frames) per step.
-            lr: AdamW learning rate.
+            lr: AdamW learning rate (default 1e-3 for frames, the paper's :data:`CLIP_STAGE_LR` for clips).
             trainable: name substrings of the modules fine-tuned on clips (None: all).
             keep_all_p: condition dropout, see :func:`drop_conditions`.
             drop_all_p: condition dropout.
@@ -377,11 +443,20 @@ class CtrlGenAug:
             seed: seed of batches, noise, timesteps and dropout.
             log_every: log the mean loss every so many steps (0: never).
             output_dir: the trainer's folder (checkpoint, sheets, MLflow); a temporary folder (no resume) when None.
+            monitor: early stopping / model selection: a callable run on the generator (eval mode) before training and
+                every ``monitor_every`` steps, returning a mapping with a ``"score"`` (higher is better; e.g.
+                :func:`~monai_genaug.methods.ctrl_genaug.training.clip_stage_monitor`: oracle class agreement and
+                temporal consistency of clips generated from validation conditions). The weights of the best score
+                are restored at the end (the untrained start included); :attr:`monitoring` keeps the history.
+            monitor_every: steps between two monitor calls (required with ``monitor``).
+            patience: stop after this many monitor calls without a better score (None: never stop early).
             trainer_kwargs: more arguments of :meth:`create_trainer` (``ema_decay``, ``options=TrainingOptions(...)``...).
 
         Returns:
             the loss of every step of this run.
         """
+        if monitor is not None and int(monitor_every) < 1:
+            raise ValueError(f"monitor needs monitor_every >= 1 (steps between evaluations), got {monitor_every}.")
         options = pop_training_options(trainer_kwargs, "CtrlGenAug.train")
         if output_dir is None:
             options = options.replace(resume=False)
@@ -400,12 +475,75 @@ class CtrlGenAug:
                                 f"loss {np.mean(losses[-log_every:]):.4f}")
 
             trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
+            if monitor is not None:
+                tracker = _BestWeights(self.generator, monitor, patience)
+                tracker.evaluate(0)
+                trainer.add_event_handler(Events.ITERATION_COMPLETED(every=int(monitor_every)),
+                                          lambda engine: tracker.evaluate(engine.state.iteration, engine))
             try:
                 trainer.run()
             finally:
                 self.generator.eval()
                 set_trainable_modules(self.generator, None)
+            if monitor is not None:
+                self.monitoring = tracker.restore()
         return losses
+
+    def fit_frame_encoder(
+        self, clips: torch.Tensor, num_steps: int = 300, batch_size: int = 32, lr: float = 3e-3, seed: int = 0
+    ) -> list[float]:
+        """Train the generator's learned frame encoder to reconstruct every frame of the real ``clips`` (before the
+        frame stage), then freeze it; it gives the image prior and the filters' frame features.
+
+        Raises:
+            ValueError: the generator has no frame encoder (build it with ``ctrl_genaug_config(frame_encoder=...)``).
+        """
+        enc = self.generator.frame_encoder
+        if enc is None:
+            raise ValueError("this generator has no learned frame encoder; build it with "
+                             "ctrl_genaug_config(..., frame_encoder=LEARNED_FRAME_ENCODER).")
+        self.generator.check_clips(clips, allow_frames=True)
+        frames = clips.float().transpose(1, 2).flatten(0, 1)
+        return train_frame_autoencoder(enc, frames.to(self.device), num_steps, batch_size, lr, seed)
+
+    @property
+    def frame_features(self) -> nn.Module | None:
+        """The learned frame encoder (frame features for the sequence filters), or None."""
+        return self.generator.frame_encoder
+
+    @torch.no_grad()
+    def denoising_loss(
+        self,
+        clips: torch.Tensor,
+        labels: Sequence[int] | torch.Tensor | None = None,
+        drop: Sequence[str] = (),
+        seed: int = 0,
+        repeats: int = 4,
+    ) -> float:
+        """The noise-prediction MSE on fixed noise and timesteps (the same draws every call): a loss curve without
+        the sampling noise of the training loss, and an ablation of a condition (``drop=("motion",)`` replaces it by
+        its null) that shows whether the model uses it.
+
+        Args:
+            clips: ``(N, C, F, H, W)`` clips in [0, 1] (e.g. validation clips).
+            labels: their classes.
+            drop: conditions replaced by their null version.
+            seed: seed of the noise and timesteps.
+            repeats: draws per clip.
+        """
+        gen = self.generator
+        cond = self.conditions_from_clips(clips, labels)
+        g = torch.Generator().manual_seed(int(seed))
+        x0 = (clips.float() * 2 - 1).repeat(int(repeats), 1, 1, 1, 1)
+        cond = {k: v.repeat(int(repeats), *[1] * (v.ndim - 1)) for k, v in cond.items()}
+        if drop:
+            cond = gen.null_condition(cond, x0.shape[0], drop)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, gen.scheduler.num_train_timesteps, (x0.shape[0],), generator=g)
+        x_t = gen.scheduler.add_noise(x0, noise, t)
+        gen.eval()
+        pred = gen(x_t.to(self.device), t.to(self.device), cond)
+        return float(F.mse_loss(pred.cpu(), noise))
 
     # ------------------------------------------------------------------ generation
     def guidance(

@@ -18,20 +18,25 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from monai_genaug.evaluation.learners import GlobalPoolCNN, train_learner
+from monai_genaug.evaluation.learners import GlobalPoolCNN, predict, train_learner
+from monai_genaug.filters.temporal import temporal_consistency
 from monai_genaug.generative.sequence_generator import SequenceGenerator
-from monai_genaug.methods.ctrl_genaug.pipeline import CtrlGenAug, ctrl_genaug_config
+from monai_genaug.methods.ctrl_genaug.pipeline import LEARNED_FRAME_ENCODER, CtrlGenAug, ctrl_genaug_config
 
 __all__ = [
     "SequenceClassifier",
     "bundle_train",
+    "classifier_network",
+    "clip_stage_monitor",
+    "frame_stage_pipeline",
+    "temporal_classifier",
     "sequence_classifier",
     "train_sequence_classifier",
 ]
@@ -65,6 +70,87 @@ class SequenceClassifier(GlobalPoolCNN):
         if clips.ndim != 5:
             raise ValueError(f"clips must be (B, C, F, H, W), got shape {tuple(clips.shape)}.")
         return super().forward(clips)
+
+
+def temporal_classifier(num_classes: int, clip_shape: Sequence[int], channels: Sequence[int] = (16, 32, 64)) -> nn.Module:
+    """An order-aware classifier for ``(C, F, H, W)`` clips: the protocol's :class:`GlobalPoolCNN` with 3D
+    convolutions over ``(t, h, w)`` (time as a spatial axis), so frame order, motion and temporal consistency can
+    change its output (unlike :class:`SequenceClassifier`, which averages per-frame features)."""
+    return GlobalPoolCNN(3, int(clip_shape[0]), num_classes, channels)
+
+
+def classifier_network(kind: str, num_classes: int, clip_shape: Sequence[int]) -> nn.Module:
+    """A fresh sequence classifier by name: ``"frames"`` (:func:`sequence_classifier`) or ``"temporal"``
+    (:func:`temporal_classifier`)."""
+    if kind == "frames":
+        return sequence_classifier(num_classes, clip_shape)
+    if kind == "temporal":
+        return temporal_classifier(num_classes, clip_shape)
+    raise ValueError(f"classifier must be 'frames' (frame-averaging) or 'temporal' (3D over (t, h, w)), got {kind!r}.")
+
+
+def frame_stage_pipeline(
+    generator: SequenceGenerator,
+    clips: torch.Tensor,
+    encoder_steps: int = 300,
+    motion_method: str = "flow",
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> CtrlGenAug:
+    """The pipeline of the frame stage (``train_frames.json``): a generator with a learned frame encoder first trains
+    it on every frame of the real ``clips`` (seeded, so a resumed run rebuilds the same encoder), which then gives the
+    image priors of the frame stage."""
+    pipe = CtrlGenAug(generator, motion_method=motion_method, device=device)
+    if generator.frame_encoder is not None:
+        pipe.fit_frame_encoder(clips, num_steps=encoder_steps, seed=seed)
+    return pipe
+
+
+def clip_stage_monitor(
+    pipeline: CtrlGenAug,
+    clips: torch.Tensor,
+    labels: Sequence[int] | torch.Tensor,
+    classifier: nn.Module,
+    reference_consistency: float,
+    feature_fn: nn.Module | None = None,
+    consistency_weight: float = 0.02,
+    num_inference_steps: int = 10,
+    guidance_scale: float = 2.0,
+    seed: int = 5000,
+) -> Callable[[], dict[str, float]]:
+    """The clip stage's early-stopping score (for :meth:`CtrlGenAug.fit` ``monitor=``): generate one clip from the
+    conditions of each validation clip and measure
+
+    - ``agreement``: the share a classifier trained on real clips (not the benchmark's oracle) assigns to the intended
+      class;
+    - ``temporal_consistency``: the clips' mean temporal consistency and its gap to the real clips';
+
+    ``score = agreement - consistency_weight x |gap|`` (higher is better).
+
+    Args:
+        pipeline: the pipeline being trained.
+        clips: validation clips ``(N, C, F, H, W)`` (their conditions generate the monitored clips).
+        labels: their classes.
+        classifier: a classifier trained on real training clips.
+        reference_consistency: the real clips' mean temporal consistency (same ``feature_fn``).
+        feature_fn: frame encoder of the temporal consistency (None: pixels).
+        consistency_weight: score points lost per point of consistency gap.
+        num_inference_steps: DDIM steps of the monitored clips.
+        guidance_scale: their guidance scale.
+        seed: seed of their starting noise.
+    """
+    labels = torch.as_tensor(labels).long().reshape(-1)
+
+    def monitor() -> dict[str, float]:
+        gen = pipeline.generate(clips, labels, num_per_clip=1, base_seed=seed, guidance_scale=guidance_scale,
+                                num_inference_steps=num_inference_steps)
+        agree = float((predict(classifier, gen["clips"]).argmax(1) == labels).float().mean())
+        tc = float(temporal_consistency(gen["clips"], feature_fn).mean())
+        gap = tc - float(reference_consistency)
+        return {"score": agree - consistency_weight * abs(gap), "agreement": agree, "temporal_consistency": tc,
+                "consistency_gap": gap}
+
+    return monitor
 
 
 def sequence_classifier(
@@ -113,12 +199,18 @@ def bundle_train(
     overrides: Mapping[str, Any] | None = None,
     num_steps: int = 300,
     batch_size: int = 8,
-    lr: float = 2e-3,
+    lr: float | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    frame_encoder: Mapping[str, Any] | None = LEARNED_FRAME_ENCODER,
+    encoder_steps: int = 300,
 ) -> dict[str, Any]:
     """One training stage of the bundle: ``"frames"`` (a fresh generator, or ``init_path``) or ``"clips"`` (fine-tune
-    the frame generator at ``init_path``); saves the generator to ``output_path``; returns a summary."""
+    the frame generator at ``init_path``); saves the generator to ``output_path``; returns a summary.
+
+    A fresh generator with a learned frame encoder (``frame_encoder``, default :data:`LEARNED_FRAME_ENCODER`) first
+    trains it on the real training frames (``encoder_steps``); ``lr`` defaults to 1e-3 (frames) / the paper's
+    :data:`CLIP_STAGE_LR` (clips)."""
     train = data["train"]
     if init_path is not None:
         generator = SequenceGenerator.load(init_path)
@@ -126,11 +218,12 @@ def bundle_train(
         raise ValueError("fine-tuning on clips starts from the frame-trained generator: set init_path (train_frames.json).")
     else:
         cfg = ctrl_genaug_config(preset, int(train["clips"].shape[1]), int(train["clips"].shape[2]),
-                                 int(data["num_classes"]), overrides=overrides)
+                                 int(data["num_classes"]), overrides=overrides, frame_encoder=frame_encoder)
         torch.manual_seed(seed)
         generator = SequenceGenerator.from_config(cfg)
-    pipe = CtrlGenAug(generator, device=device)
     t0 = time.time()
+    pipe = (CtrlGenAug(generator, device=device) if init_path is not None
+            else frame_stage_pipeline(generator, train["clips"], encoder_steps, device=device, seed=seed))
     losses = pipe.fit(train["clips"], train["labels"], stage=stage, num_steps=num_steps, batch_size=batch_size, lr=lr,
                       seed=seed, log_every=max(num_steps // 5, 1))
     generator.save(output_path, extra={"stage": stage, "num_steps": num_steps, "data": "see bundle docs"})

@@ -23,10 +23,12 @@ from .pipeline import (
     ttga_legacy_scheduler,
 )
 from .training import (
+    attention_grounding_loss,
     build_ttga_generator,
     estimate_scale_factor_from_loader,
     prepare_lora_adaptation,
     save_generator,
+    train_grounded_ttga_generator,
     train_ttga_generator,
     ttga_generator_config,
 )
@@ -38,10 +40,12 @@ __all__ = [
     "TTGAOutput",
     "TTGAAugmenter",
     "ttga_legacy_scheduler",
+    "attention_grounding_loss",
     "build_ttga_generator",
     "estimate_scale_factor_from_loader",
     "prepare_lora_adaptation",
     "save_generator",
+    "train_grounded_ttga_generator",
     "train_ttga_generator",
     "ttga_generator_config",
 ]

@@ -186,14 +186,17 @@ class _AttentionRecorder:
     """Forward hooks on the UNet's cross-attention blocks (``attn2``) that keep head-averaged attention maps.
 
     Uses MONAI's ``save_attn`` / ``att_mat`` when the block runs plain attention, and recomputes
-    ``softmax(q k^T * scale)`` from ``to_q`` / ``to_k`` when it runs flash attention.
+    ``softmax(q k^T * scale)`` from ``to_q`` / ``to_k`` when it runs flash attention or when ``differentiable``
+    (MONAI's ``att_mat`` is detached; a training loss on the maps, such as
+    :func:`~monai_genaug.methods.ttga.training.attention_grounding_loss`, needs the graph).
     """
 
-    def __init__(self, unet: torch.nn.Module, query_length: int | None = None) -> None:
+    def __init__(self, unet: torch.nn.Module, query_length: int | None = None, differentiable: bool = False) -> None:
         self.blocks = [
             m for name, m in unet.named_modules() if isinstance(m, CrossAttentionBlock) and name.endswith("attn2")
         ]
         self.query_length = query_length
+        self.differentiable = bool(differentiable)
         self.maps: list[torch.Tensor] = []  # each (B, Nq, L), averaged over heads
         self.seen: set[int] = set()  # query lengths of all cross-attention calls
         self._handles: list[Any] = []
@@ -207,7 +210,7 @@ class _AttentionRecorder:
             )
         for block in self.blocks:
             self._saved.append(block.save_attn)
-            if not block.use_flash_attention:
+            if not block.use_flash_attention and not self.differentiable:
                 block.save_attn = True
             self._handles.append(block.register_forward_hook(self._hook, with_kwargs=True))
         return self
@@ -226,7 +229,7 @@ class _AttentionRecorder:
         self.seen.add(int(x.shape[1]))
         if self.query_length is not None and x.shape[1] != self.query_length:
             return
-        if module.use_flash_attention:
+        if module.use_flash_attention or self.differentiable:
             context = kwargs.get("context", args[1] if len(args) > 1 else None)
             kv = context if context is not None else x
             q = module.input_rearrange(module.to_q(x))
@@ -234,7 +237,8 @@ class _AttentionRecorder:
             att = (torch.einsum("blxd,blyd->blxy", q, k) * module.scale).softmax(dim=-1)
         else:
             att = module.att_mat
-        self.maps.append(att.detach().float().mean(dim=1))
+        att = att.float().mean(dim=1)
+        self.maps.append(att if self.differentiable else att.detach())
 
     def take(self) -> list[torch.Tensor]:
         maps, self.maps = self.maps, []
@@ -287,7 +291,11 @@ class TTGAAugmenter:
         attention_factor: down-sampling factor (relative to the latent grid) of the cross-attention maps used for the
             mask; ``None`` takes the coarsest resolution with cross-attention (latent/4 for the ``small``/``base``
             presets, as TTGA's 16x16 for SD 1.5; pass 4 to force TTGA's level on SD-like UNets).
+            ``"finest"`` takes the finest resolution with cross-attention, ``"coarsest"`` is the same as ``None``.
         drop_first_token: drop context token 0 before the max over tokens (CLIP's BOS token).
+        mask_tokens: read the mask from these context tokens only (max over them), e.g. ``[0]`` for the lesion token
+            of a generator trained with :func:`~monai_genaug.methods.ttga.training.train_grounded_ttga_generator`;
+            ``None``: every token (after ``drop_first_token``).
         intensity_range: (min, max) of the input images (e.g. (0, 1) after ``ScaleIntensity``).
         generator_range: (min, max) of the images the generator was trained on.
         clip_input: clamp inputs to ``intensity_range`` instead of raising on values outside it.
@@ -333,8 +341,9 @@ class TTGAAugmenter:
         early_stop_tau_factor: float = 1e-6,
         legacy_schedule: bool = False,
         scheduler: Any | None = None,
-        attention_factor: int | None = None,
+        attention_factor: int | str | None = None,
         drop_first_token: bool = False,
+        mask_tokens: Sequence[int] | None = None,
         intensity_range: tuple[float, float] = (0.0, 1.0),
         generator_range: tuple[float, float] = (-1.0, 1.0),
         clip_input: bool = False,
@@ -419,8 +428,22 @@ class TTGAAugmenter:
         self.early_stop_loss = float(early_stop_loss)
         self.early_stop_tau_factor = float(early_stop_tau_factor)
         self.legacy_schedule = bool(legacy_schedule)
-        self.attention_factor = attention_factor
+        if isinstance(attention_factor, str) and attention_factor not in ("finest", "coarsest"):
+            raise ValueError(
+                f"attention_factor must be an int, None, 'finest' or 'coarsest', got '{attention_factor}'."
+            )
+        self.attention_factor = None if attention_factor == "coarsest" else attention_factor
         self.drop_first_token = bool(drop_first_token)
+        if mask_tokens is not None:
+            mask_tokens = [int(t) for t in mask_tokens]
+            length = (int(torch.as_tensor(prompt).shape[-2]) if isinstance(prompt, torch.Tensor) else
+                      generator.prompt_embedding.num_tokens if generator.prompt_embedding is not None else None)
+            if not mask_tokens or (length is not None and not all(0 <= t < length for t in mask_tokens)):
+                raise ValueError(f"mask_tokens must be a non-empty list of context token indices in [0, {length}), "
+                                 f"got {mask_tokens}.")
+            if drop_first_token:
+                raise ValueError("give mask_tokens or drop_first_token, not both (mask_tokens names the tokens kept).")
+        self.mask_tokens = mask_tokens
         self.intensity_range = (float(intensity_range[0]), float(intensity_range[1]))
         self.generator_range = (float(generator_range[0]), float(generator_range[1]))
         self.clip_input = bool(clip_input)
@@ -770,10 +793,12 @@ class TTGAAugmenter:
                 "coarsest)."
             )
         lengths = sorted({m.shape[1] for m in maps})
-        nq = lengths[0]
+        nq = lengths[-1] if self.attention_factor == "finest" else lengths[0]
         same = [m for m in maps if m.shape[1] == nq]
         att = torch.stack(same).mean(0)  # (B_total, Nq, L): mean over layers (heads already averaged)
-        if self.drop_first_token and att.shape[-1] > 1:
+        if self.mask_tokens is not None:
+            att = att[..., self.mask_tokens]
+        elif self.drop_first_token and att.shape[-1] > 1:
             att = att[..., 1:]
         att = att.amax(dim=-1)  # max over tokens
         total = 1
@@ -818,7 +843,7 @@ class TTGAAugmenter:
         return pool(r, tuple(latent_spatial)).expand(n, 1, *latent_spatial).contiguous()
 
     def _query_length(self, latent_spatial: Sequence[int]) -> int | None:
-        if self.attention_factor is None:
+        if self.attention_factor is None or self.attention_factor == "finest":
             return None
         f = int(self.attention_factor)
         if f < 1 or any(s % f for s in latent_spatial):
@@ -952,7 +977,7 @@ class TTGAAugmenter:
             "mask_scheme": self.mask_scheme, "eta": self.eta, "lr": self.lr, "min_iterations": self.min_iterations,
             "max_iterations": self.max_iterations, "early_stop_loss": self.early_stop_loss,
             "early_stop_tau_factor": self.early_stop_tau_factor, "legacy_schedule": self.legacy_schedule,
-            "num_views": self.num_views, "attention_factor": self.attention_factor,
+            "num_views": self.num_views, "attention_factor": self.attention_factor, "mask_tokens": self.mask_tokens,
             "alpha_bar_tau": alpha_bar(self.scheduler, self.tau), "tau_alpha_bar": self.tau_alpha_bar,
         }
 

@@ -40,20 +40,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import time
+
 import torch
+import torch.nn.functional as F
 
 from monai_genaug.engines.options import TrainingOptions
+from monai_genaug.engines.prepare_batch import LatentDiffusionPrepareBatch
 from monai_genaug.utils.paths import is_empty_path
 from monai_genaug.engines.autoencoder import create_autoencoder_trainer
 from monai_genaug.engines.diffusion import create_diffusion_trainer
 from monai_genaug.generative.latent_generator import LatentGenerator, generator_config
+from monai_genaug.methods.ttga.pipeline import _AttentionRecorder
 from monai_genaug.networks.lora import apply_lora, has_lora, merge_lora
+from monai_genaug.utils.checkpoint import atomic_save, load_checkpoint
 
 __all__ = [
+    "attention_grounding_loss",
     "build_ttga_generator",
     "estimate_scale_factor_from_loader",
     "prepare_lora_adaptation",
     "save_generator",
+    "train_grounded_ttga_generator",
     "train_ttga_generator",
     "ttga_generator_config",
 ]
@@ -76,6 +84,7 @@ def ttga_generator_config(
     prompt_tokens: int | None = None,
     num_train_timesteps: int = 1000,
     num_prompts: int = 1,
+    latent: bool = True,
 ) -> dict[str, Any]:
     """A :class:`LatentGenerator` config for TTGA: a size preset with one learned prompt, sizes overridable.
 
@@ -99,6 +108,10 @@ def ttga_generator_config(
         prompt_tokens: tokens per learned prompt (the context length L).
         num_train_timesteps: T of the training noise schedule.
         num_prompts: learned prompts (domains / classes); TTGA uses prompt 0 by default.
+        latent: ``False`` builds a pixel-space generator (no autoencoder: ``encode`` / ``decode`` are the identity, so
+            the reconstruction path loses nothing to an autoencoder; issue #16, item 1). The UNet then runs on the
+            image grid: keep it small (e.g. ``unet_channels=[16, 32, 64]`` with cross-attention on the last level only
+            at 64 px). The ``autoencoder_*`` / ``latent_channels`` arguments are ignored.
 
     Raises:
         ValueError: ``num_prompts < 1`` or inconsistent level counts.
@@ -112,15 +125,16 @@ def ttga_generator_config(
         num_prompts=int(num_prompts),
         num_train_timesteps=num_train_timesteps,
         cross_attention_dim=cross_attention_dim,
+        latent=bool(latent),
     )
-    ae, unet, cond = cfg["autoencoder"], cfg["unet"], cfg["conditioning"]
-    if autoencoder_channels is not None:
+    ae, unet, cond = cfg["autoencoder"] or {}, cfg["unet"], cfg["conditioning"]
+    if ae and autoencoder_channels is not None:
         levels = len(autoencoder_channels)
         ae.update(channels=list(autoencoder_channels), num_res_blocks=[ae["num_res_blocks"][0]] * levels,
                   attention_levels=[False] * levels)
-    if latent_channels is not None:
+    if ae and latent_channels is not None:
         ae["latent_channels"] = int(latent_channels)
-    if autoencoder_norm_num_groups is not None:
+    if ae and autoencoder_norm_num_groups is not None:
         ae["norm_num_groups"] = int(autoencoder_norm_num_groups)
     if unet_channels is not None:
         unet["channels"] = list(unet_channels)
@@ -367,3 +381,148 @@ def train_ttga_generator(
     return generator.eval()
 
 
+
+
+def attention_grounding_loss(maps: Sequence[torch.Tensor], mask: torch.Tensor, token: int = 0) -> torch.Tensor:
+    """Binary cross-entropy between one context token's cross-attention at the finest level and a mask.
+
+    Token-level attention supervision (Wang et al., "TokenCompose: Text-to-Image Diffusion with Token-level
+    Supervision", arXiv:2312.03626) gives a learned prompt token a spatial meaning: trained with this loss, token
+    ``token`` of the prompt attends where the lesion is and nowhere else, so TTGA's attention mask
+    (``mask_tokens=[token]``, ``attention_factor="finest"``) keeps the lesion and augments the rest.
+
+    Args:
+        maps: head-averaged cross-attention maps (B, Nq, L) of one UNet call (from ``_AttentionRecorder`` with
+            ``differentiable=True``); the maps with the most queries (the finest level) are averaged over layers.
+        mask: the lesion mask (B, 1, *spatial) in [0, 1] on the image (or latent) grid; it is average-pooled to the
+            attention grid (a soft target at the lesion's border).
+        token: the context token that is grounded.
+
+    Raises:
+        ValueError: no maps, or the token / the mask's batch does not fit the maps.
+    """
+    if not maps:
+        raise ValueError("no cross-attention maps were recorded; the UNet needs cross-attention (attn2) blocks.")
+    nq = max(int(m.shape[1]) for m in maps)
+    att = torch.stack([m for m in maps if m.shape[1] == nq]).mean(0)
+    if not 0 <= int(token) < att.shape[-1]:
+        raise ValueError(f"token {token} is outside the context of {att.shape[-1]} tokens.")
+    if mask.shape[0] != att.shape[0]:
+        raise ValueError(f"mask has batch {mask.shape[0]}, the attention maps {att.shape[0]}.")
+    spatial = mask.shape[2:]
+    total = 1
+    for s in spatial:
+        total *= int(s)
+    factor = round((total / nq) ** (1.0 / len(spatial)))
+    grid = tuple(int(s) // factor for s in spatial)
+    pool = F.adaptive_avg_pool2d if len(spatial) == 2 else F.adaptive_avg_pool3d
+    target = pool(mask.float().clamp(0, 1), grid).flatten(1)
+    if target.shape[1] != nq:
+        raise ValueError(f"the mask's grid {tuple(spatial)} does not map onto {nq} attention queries.")
+    return F.binary_cross_entropy(att[..., int(token)].clamp(1e-6, 1 - 1e-6), target)
+
+
+def train_grounded_ttga_generator(
+    generator: LatentGenerator,
+    train_loader: Any,
+    output_dir: str | os.PathLike,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    grounding_weight: float = 1.0,
+    lesion_token: int = 0,
+    prompt: int = 0,
+    condition_dropout: float = 0.15,
+    image_key: str = "image",
+    mask_key: str = "label",
+    seed: int = 0,
+    resume: bool = True,
+    max_seconds: float | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Train the diffusion UNet and prompts of a TTGA generator with a lesion token grounded on the masks.
+
+    Each step is the usual denoising loss (:class:`~monai_genaug.engines.prepare_batch.LatentDiffusionPrepareBatch`:
+    noise, timestep and condition dropout from one seeded generator) plus ``grounding_weight`` times
+    :func:`attention_grounding_loss` of token ``lesion_token`` of the prompt on the items that kept the prompt. The
+    autoencoder (if any) must already be trained; a pixel-space generator (``ttga_generator_config(latent=False)``)
+    needs none. A checkpoint (weights, optimiser, epoch, history) is written after every epoch to
+    ``output_dir/grounded_checkpoint.pt``; ``resume`` continues from it, and ``max_seconds`` stops after the epoch
+    that passes the budget (call again to continue).
+
+    Args:
+        generator: a TTGA generator with learned prompts and cross-attention.
+        train_loader: loader of dicts with ``image_key`` and ``mask_key`` (B, 1, *spatial) masks in [0, 1].
+        output_dir: checkpoint folder.
+        epochs: total epochs (counting resumed ones).
+        lr: AdamW learning rate.
+        grounding_weight: weight of the grounding loss (0: plain diffusion training).
+        lesion_token: prompt token tied to the lesion.
+        prompt: the prompt id every item is trained with (before condition dropout).
+        condition_dropout: probability of the null prompt (classifier-free guidance).
+        image_key: batch key of the images (already in the generator's range).
+        mask_key: batch key of the masks.
+        seed: seed of noise, timesteps and dropout.
+        resume: continue from the checkpoint.
+        max_seconds: wall-clock budget of this call (None: none).
+        device: training device.
+
+    Returns:
+        ``{"epochs": completed epochs, "loss": [...], "grounding_loss": [...], "seconds": [...]}`` (per epoch).
+    """
+    if generator.prompt_embedding is None or not generator.uses_context:
+        raise ValueError("grounding needs a generator with learned prompts; build it with ttga_generator_config().")
+    if not 0 <= int(lesion_token) < generator.prompt_embedding.num_tokens:
+        raise ValueError(f"lesion_token must be in [0, {generator.prompt_embedding.num_tokens}), got {lesion_token}.")
+    if grounding_weight < 0:
+        raise ValueError(f"grounding_weight must be >= 0, got {grounding_weight}.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = output_dir / "grounded_checkpoint.pt"
+    device = torch.device(device)
+    generator.to(device)
+    optimizer = torch.optim.AdamW(list(generator.trainable_parameters()), lr=lr)
+    prepare = LatentDiffusionPrepareBatch(generator, condition_keys={"prompt": "_prompt"},
+                                          condition_dropout=condition_dropout, image_key=image_key, seed=seed)
+    history: dict[str, Any] = {"epochs": 0, "loss": [], "grounding_loss": [], "seconds": []}
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(str(ckpt_path), map_location=device)
+        generator.load_state_dict(ckpt["generator"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        prepare.load_state_dict(ckpt["prepare"])
+        history = ckpt["history"]
+    started = time.perf_counter()
+    generator.train()
+    with _AttentionRecorder(generator.unet, differentiable=True) as recorder:
+        for epoch in range(int(history["epochs"]), int(epochs)):
+            t0, total, total_g, steps = time.perf_counter(), 0.0, 0.0, 0
+            for batch in train_loader:
+                if mask_key not in batch:
+                    raise KeyError(f"the batch has no '{mask_key}' mask (keys: {sorted(batch)}); set mask_key.")
+                batch = {**batch, "_prompt": torch.full((len(batch[image_key]),), int(prompt), dtype=torch.long)}
+                x_t, target, (t,), kwargs = prepare(batch, device)
+                recorder.take()
+                pred = generator(x_t, t, kwargs["condition"])
+                loss = F.mse_loss(pred.float(), target.float())
+                maps = recorder.take()
+                null = generator.prompt_embedding.null_context(1).to(device)
+                kept = ~torch.isclose(kwargs["condition"]["context"], null).flatten(1).all(1)
+                g_loss = torch.zeros((), device=device)
+                if grounding_weight > 0 and bool(kept.any()):
+                    mask = torch.as_tensor(batch[mask_key]).to(device).float()
+                    g_loss = attention_grounding_loss([m[kept] for m in maps], mask[kept], lesion_token)
+                optimizer.zero_grad(set_to_none=True)
+                (loss + grounding_weight * g_loss).backward()
+                optimizer.step()
+                total, total_g, steps = total + loss.item(), total_g + g_loss.item(), steps + 1
+            history["epochs"] = epoch + 1
+            history["loss"].append(total / max(steps, 1))
+            history["grounding_loss"].append(total_g / max(steps, 1))
+            history["seconds"].append(time.perf_counter() - t0)
+            logger.info(f"grounded epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}, grounding "
+                        f"{history['grounding_loss'][-1]:.4f}")
+            atomic_save({"generator": generator.state_dict(), "optimizer": optimizer.state_dict(),
+                         "prepare": prepare.state_dict(), "history": history}, ckpt_path)
+            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                break
+    generator.eval()
+    return history
