@@ -33,7 +33,10 @@ Stages (each skipped when its output exists in ``--work_dir``, so an interrupted
    reconstruction gate (the segmenter on ``augmenter.reconstruct(image)``), the identity-fit loss against its early-stop
    threshold, the identity fraction and the views' diversity, so the report shows which link limits TTGA.
 
-Writes ``benchmarks/results/ttga_quality.json`` (envelope, per-image rows, one seed); the report
+Writes ``benchmarks/results/ttga_quality.json`` (envelope, per-image rows); every training seed (``--seed``: the
+segmenter and the generator are retrained, the split stays fixed) is one run with its own ``--work_dir`` and
+``--out``, merged afterwards (``--merge seed0.json seed1.json ... --out benchmarks/results/ttga_quality.json``) so
+that the intervals bootstrap over images and seeds; the report
 (``python -m monai_genaug.evaluation.report benchmarks/results``) writes ``ttga_quality.md`` and the bundle doc's
 Performance section.
 """
@@ -56,7 +59,7 @@ from monai.data import CacheDataset, DataLoader  # noqa: E402
 from monai.networks.nets import UNet  # noqa: E402
 
 from monai_genaug.data.bundle import bundle_datalist, bundle_transforms  # noqa: E402
-from monai_genaug.evaluation.results import BenchmarkTimer, write_results  # noqa: E402
+from monai_genaug.evaluation.results import BenchmarkTimer, merge_results, write_results  # noqa: E402
 from monai_genaug.evaluation.statistics import ResultsTable  # noqa: E402
 from monai_genaug.generative.latent_generator import LatentGenerator  # noqa: E402
 from monai_genaug.generative.weights import load_network_weights  # noqa: E402
@@ -194,7 +197,14 @@ def main(argv=None) -> Path:
     p.add_argument("--lambda_grid", type=float, nargs="+", default=[0.5, 1.2])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes (not a result)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="merge the result files of runs with other --seed values into --out, then exit")
     args = p.parse_args(argv)
+    if args.merge:
+        out = merge_results(args.merge, args.out, per_run_settings=["generator"],
+                            per_run_extra=["validation", "stage_seconds"])
+        print(f"wrote {out}")
+        return out
     if args.quick:
         args.seg_epochs, args.train_items, args.gen_epochs, args.gen_seconds = 1, 16, 1, 30.0
         args.val_items, args.test_items, args.views, args.max_iterations = 2, 3, 2, 3

@@ -513,8 +513,16 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
     methods = [m for m in _TTGA_LABELS if m in tab.methods("dice")]
     env, timing = obj.get("environment", {}), obj.get("timing", {})
     quick = " (quick smoke run: not a result)" if obj.get("quick") else ""
-    sums = {(m, k): tab.summary(m, k, **BOOT) for m in methods for k in ("dice", "hd95", "error_auc")
-            if m in tab.methods(k)}
+    sums = {(m, k): tab.summary(m, k, complete_cases=True, **BOOT) for m in methods
+            for k in ("dice", "hd95", "error_auc") if m in tab.methods(k)}
+    seeds = list(obj.get("seeds") or [0])
+    runs = extra.get("runs") or [{"seeds": seeds, "validation": extra.get("validation"),
+                                  "generator": s.get("generator")}]
+    trained = (f"one trained segmenter and generator (seed {seeds}), so every interval is a 95 % bootstrap over the "
+               "test images (paired for differences)" if len(seeds) == 1 else
+               f"{len(seeds)} training seeds {seeds} (segmenter and generator retrained, hyper-parameters chosen on "
+               "validation per seed), so every interval is a 95 % bootstrap over the test images and the seeds "
+               "(paired for differences)")
     dice = {m: sums[(m, "dice")] for m in methods}
     n = dice[methods[0]]["num_cases"]
     lines = [f"# {extra.get('title', stem)}", "",
@@ -522,10 +530,8 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
              f"on "
              f"{env.get('device', 'n/a')} ({env.get('torch_threads')} torch thread(s), load average at start "
              f"{timing.get('load_average_start')}). {n} test images, {s.get('size')} px, metrics on the "
-             f"{s.get('metrics_grid', 'network grid')}; one trained segmenter and generator (seed {obj.get('seeds')}), "
-             "so every interval is a 95 % bootstrap over the test images (paired for differences). Budget: "
-             f"{s.get('budget', 'n/a')}.", "",
-             "## Methods (mean, 95 % interval over the test images)", ""]
+             f"{s.get('metrics_grid', 'network grid')}; {trained}. Budget: {s.get('budget', 'n/a')}.", "",
+             "## Methods (mean, 95 % interval)", ""]
     rows = []
     for m in methods:
         cells = [_TTGA_LABELS[m]]
@@ -536,14 +542,21 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
         rows.append(cells)
     lines += table(["method", "Dice", "HD95 (px)", "error-estimation AUC"], rows)
     lines += ["", "HD95 counts only images where prediction and truth are both non-empty, the AUC only images with at "
-                  "least one wrong pixel (image counts in brackets).", "",
+                  "least one wrong pixel (image counts in brackets; with several seeds, the images every seed "
+                  "scored).", ""]
+    if len(seeds) > 1:
+        lines += ["## Every seed (mean Dice over the test images)", ""]
+        lines += table(["method", *[f"seed {k}" for k in seeds]],
+                       [[_TTGA_LABELS[m], *[f3(v) for v in dice[m]["per_seed"]]] for m in methods])
+        lines += [""]
+    lines += [
               "## Paired differences (same test images)", ""]
     prow, paired = [], {}
     for a, b in _TTGA_PAIRS:
         if a not in methods or b not in methods:
             continue
         for k in ("dice", "error_auc"):
-            d = tab.paired(a, b, k, **BOOT)
+            d = tab.paired(a, b, k, complete_cases=True, **BOOT)
             paired[(a, b, k)] = d
             prow.append([f"{_TTGA_LABELS[a]} - {_TTGA_LABELS[b]}", k, f"{d['mean']:+.4f}", interval(d, 4),
                          f"{d['wins']} / {d['losses']} / {d['ties']}", _verdict(d)])
@@ -560,12 +573,12 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
                    for o in ("flip_tta", "ttga") for k in ("dice", "error_auc"))
         goal.append(f"TTGA x flips above both in Dice and AUC: {'yes' if both else 'no'}")
     lines += ["", "## Goal of issue #16", "", *[f"- {g}" for g in goal]]
-    diag = {k: tab.summary("ttga_diagnostics", k, **BOOT) for k in tab.metrics()
+    diag = {k: tab.summary("ttga_diagnostics", k, complete_cases=True, **BOOT) for k in tab.metrics()
             if "ttga_diagnostics" in tab.methods(k)}
     gate = extra.get("reconstruction_gate", 0.98)
     links = []
     if "reconstruction" in tab.methods("dice"):
-        ratio = tab.summary("reconstruction", "dice", **BOOT)["mean"] / dice["segmenter"]["mean"]
+        ratio = tab.summary("reconstruction", "dice", complete_cases=True, **BOOT)["mean"] / dice["segmenter"]["mean"]
         links.append(["reconstruction gate: Dice on reconstruct(image) / Dice on the image", f3(ratio),
                       f">= {gate}", "passed" if ratio >= gate else "FAILED: the identity path alone loses accuracy"])
     if "identity_loss_over_threshold" in diag:
@@ -586,21 +599,24 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
             links.append(["view diversity: mean absolute difference view - image", f3(mae["mean"]), "", ""])
     lines += ["", "## Which link limits TTGA (means over the test images)", ""]
     lines += table(["link", "value", "needed", "reading"], links)
-    val = extra.get("validation", {})
-    if val.get("grid"):
-        lines += ["", f"## Hyper-parameters chosen on {s.get('val_items')} validation images (best TTGA Dice)", ""]
-        lines += table(["tau_alpha_bar", "tau", "lambda_i", "TTGA Dice", "segmenter Dice", "TTGA error AUC",
-                        "reconstruction gate ratio"],
-                       [[g["tau_alpha_bar"], g["tau"], g["lambda_i"], f3(g["dice_ttga"]), f3(g["dice_segmenter"]),
-                         f3(g["error_auc_ttga"]), f3(g.get("gate_ratio"))] for g in val["grid"]])
-        c = val["chosen"]
-        lines += ["", f"Chosen: tau_alpha_bar {c['tau_alpha_bar']}, lambda_i {c['lambda_i']}."]
-    g = s.get("generator")
-    if g:
-        lines += ["", f"Generator: {g.get('config')}; {g.get('epochs_done')} of {g.get('epochs_asked')} epochs in "
-                      f"{minutes(g.get('seconds'))} of training, resumed across calls (the last call's budget "
-                      f"{minutes(g.get('budget_s'))}); final denoising loss "
-                      f"{f3(g.get('final_loss'), 4)}, grounding loss {f3(g.get('final_grounding_loss'), 4)}."]
+    for run in runs:
+        which = f" (seed {run['seeds'][0]})" if len(runs) > 1 else ""
+        val = run.get("validation") or {}
+        if val.get("grid"):
+            lines += ["", f"## Hyper-parameters chosen on {s.get('val_items')} validation images (best TTGA Dice)"
+                          f"{which}", ""]
+            lines += table(["tau_alpha_bar", "tau", "lambda_i", "TTGA Dice", "segmenter Dice", "TTGA error AUC",
+                            "reconstruction gate ratio"],
+                           [[g["tau_alpha_bar"], g["tau"], g["lambda_i"], f3(g["dice_ttga"]), f3(g["dice_segmenter"]),
+                             f3(g["error_auc_ttga"]), f3(g.get("gate_ratio"))] for g in val["grid"]])
+            c = val["chosen"]
+            lines += ["", f"Chosen: tau_alpha_bar {c['tau_alpha_bar']}, lambda_i {c['lambda_i']}."]
+        g = run.get("generator")
+        if g:
+            lines += ["", f"Generator{which}: {g.get('config')}; {g.get('epochs_done')} of {g.get('epochs_asked')} "
+                          f"epochs in {minutes(g.get('seconds'))} of training, resumed across calls (the last call's "
+                          f"budget {minutes(g.get('budget_s'))}); final denoising loss "
+                          f"{f3(g.get('final_loss'), 4)}, grounding loss {f3(g.get('final_grounding_loss'), 4)}."]
     lines += ["", f"Plot: `{_plot_name(stem)}`. Settings: `{json.dumps(s, sort_keys=True)}`", ""]
     rep.markdown[f"{stem}.md"] = "\n".join(lines)
     rep.plots.append(Plot(stem, f"{extra.get('title', stem)}: Dice", "bars", "Dice",
@@ -610,9 +626,10 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
                         f"{f3(sums[(m, 'error_auc')]['mean'])}" for m in methods if (m, "error_auc") in sums)
     reading = "; ".join(f"{row[0].split(':')[0]} {row[1]} ({row[3]})" for row in links if row[3])
     rep.readme_rows.append((f"`ttga_quality.py`{' (quick)' if obj.get('quick') else ''}",
-                            f"Kvasir-SEG test, {n} images, {s.get('size')} px: Dice and error-estimation AUC; 95 % "
-                            "bootstrap interval over the images", summary))
-    rep.bundle["ttga"] = [f"**Kvasir-SEG test, {n} images, {s.get('size')} px** "
+                            f"Kvasir-SEG test, {n} images, {s.get('size')} px, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}: Dice and "
+                            "error-estimation AUC; 95 % bootstrap interval over the images"
+                            + (" and seeds" if len(seeds) > 1 else ""), summary))
+    rep.bundle["ttga"] = [f"**Kvasir-SEG test, {n} images, {s.get('size')} px, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}** "
                           f"([details](../../../benchmarks/results/{stem}.md)){quick}: {summary}.", "",
                           f"Goal of issue #16: {'; '.join(goal)}. Links: {reading}.", ""]
     return rep

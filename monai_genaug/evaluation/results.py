@@ -32,6 +32,7 @@ __all__ = [
     "BenchmarkTimer",
     "environment",
     "is_complete",
+    "merge_results",
     "read_results",
     "write_json_atomic",
     "write_results",
@@ -151,6 +152,69 @@ def write_results(
         "environment": environment(),
     }
     return write_json_atomic(obj, path)
+
+
+def merge_results(
+    paths: Sequence[str | os.PathLike],
+    path: str | os.PathLike,
+    per_run_settings: Sequence[str] = (),
+    per_run_extra: Sequence[str] = (),
+) -> Path:
+    """Merge envelopes of the same benchmark run with different training seeds (e.g. one seed per machine, or per
+    resumable session) into one envelope whose statistics bootstrap over cases and seeds.
+
+    Rows are concatenated and the seeds joined; the settings must agree except ``per_run_settings`` (e.g. the
+    generator's training record); what differs per run (``per_run_settings``, ``per_run_extra`` such as the
+    validation grid each seed chose its hyper-parameters on, and each run's timing and environment) goes to
+    ``extra["runs"]``, one entry per input in seed order; the timing is the sum of the runs'.
+
+    Args:
+        paths: complete envelopes of one benchmark (same ``quick`` mode, disjoint seeds).
+        path: the merged JSON.
+        per_run_settings: settings keys allowed to differ between the runs (moved to ``extra["runs"]``).
+        per_run_extra: ``extra`` keys kept per run (moved to ``extra["runs"]``).
+
+    Raises:
+        ValueError: fewer than two files, an incomplete file, different benchmarks or modes, overlapping seeds, or a
+            setting that differs between runs (named) and is not in ``per_run_settings``.
+    """
+    if len(paths) < 2:
+        raise ValueError(f"merge_results needs at least two result files, got {len(paths)}.")
+    objs = []
+    for p in paths:
+        obj = read_results(p)
+        if obj.get("schema") != SCHEMA or not obj.get("complete"):
+            raise ValueError(f"{p} is not a complete results envelope; rerun its benchmark before merging.")
+        objs.append(obj)
+    objs.sort(key=lambda o: min(o["seeds"]))
+    first = objs[0]
+    seeds: list[int] = []
+    for p, obj in zip(paths, objs):
+        if obj["benchmark"] != first["benchmark"] or bool(obj.get("quick")) != bool(first.get("quick")):
+            raise ValueError(f"{p} is benchmark {obj['benchmark']!r} (quick={obj.get('quick')}), not "
+                             f"{first['benchmark']!r} (quick={first.get('quick')}); merge runs of one benchmark only.")
+        if set(obj["seeds"]) & set(seeds):
+            raise ValueError(f"seeds {sorted(set(obj['seeds']) & set(seeds))} appear in two files; each training seed "
+                             "must be run once.")
+        seeds += [int(s) for s in obj["seeds"]]
+        for key in set(obj["settings"]) | set(first["settings"]):
+            if key not in per_run_settings and obj["settings"].get(key) != first["settings"].get(key):
+                raise ValueError(f"setting {key!r} differs between the runs ({first['settings'].get(key)!r} vs "
+                                 f"{obj['settings'].get(key)!r}); rerun with the same settings or list it in "
+                                 "per_run_settings.")
+    settings = {k: v for k, v in first["settings"].items() if k not in per_run_settings}
+    extra = {k: v for k, v in first.get("extra", {}).items() if k not in per_run_extra}
+    extra["runs"] = [{"seeds": o["seeds"], **{k: o["settings"].get(k) for k in per_run_settings},
+                      **{k: o.get("extra", {}).get(k) for k in per_run_extra},
+                      "timing": o.get("timing"), "environment": o.get("environment")} for o in objs]
+    timing = {"wall_s": round(sum(float(o["timing"]["wall_s"]) for o in objs), 2),
+              "cpu_s": round(sum(float(o["timing"].get("cpu_s") or 0.0) for o in objs), 2),
+              "load_average_start": first["timing"].get("load_average_start"),
+              "load_average_end": objs[-1]["timing"].get("load_average_end"), "merged_runs": len(objs)}
+    rows = [row for o in objs for row in o["rows"]]
+    return write_results(path, first["benchmark"], settings, sorted(seeds), rows, timing,
+                         primary_metric=first.get("primary_metric", "score"), baseline=first.get("baseline"),
+                         extra=extra, quick=bool(first.get("quick")))
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:

@@ -278,14 +278,24 @@ class ResultsTable:
         """Metrics in order of first appearance."""
         return self._unique("metric")
 
-    def values(self, method: str, metric: str = "score") -> tuple[np.ndarray, list[int], list[str]]:
+    def values(
+        self, method: str, metric: str = "score", complete_cases: bool = False
+    ) -> tuple[np.ndarray, list[int], list[str]]:
         """Scores of one method as a ``(seeds, cases)`` grid.
+
+        Args:
+            method: method name.
+            metric: metric name.
+            complete_cases: keep only the cases every seed scored (for metrics that exist on some cases only, e.g.
+                HD95 where prediction and truth are non-empty, which can differ between training seeds); False
+                refuses a missing cell.
 
         Returns:
             ``(grid, seeds, cases)`` with seeds and cases sorted.
 
         Raises:
-            ValueError: no rows, or a (seed, case) cell missing or given twice.
+            ValueError: no rows, a (seed, case) cell given twice, a missing cell (unless ``complete_cases``) or no
+                case scored by every seed.
         """
         cells: dict[tuple[int, str], float] = {}
         for r in self.rows:
@@ -298,6 +308,10 @@ class ResultsTable:
             raise ValueError(f"no rows for method {method!r} and metric {metric!r}; methods: {self.methods()}.")
         seeds = sorted({k[0] for k in cells})
         cases = sorted({k[1] for k in cells})
+        if complete_cases:
+            cases = [c for c in cases if all((s, c) in cells for s in seeds)]
+            if not cases:
+                raise ValueError(f"method {method!r}, metric {metric!r}: no case was scored by every seed {seeds}.")
         missing = [(s, c) for s in seeds for c in cases if (s, c) not in cells]
         if missing:
             raise ValueError(
@@ -307,15 +321,21 @@ class ResultsTable:
         grid = np.array([[cells[(s, c)] for c in cases] for s in seeds], dtype=float)
         return grid, seeds, cases
 
-    def summary(self, method: str, metric: str = "score", **kwargs: Any) -> dict[str, Any]:
-        """:func:`summarize` of one method's scores (``kwargs``: confidence, num_resamples, seed)."""
-        grid, _, _ = self.values(method, metric)
+    def summary(
+        self, method: str, metric: str = "score", complete_cases: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
+        """:func:`summarize` of one method's scores (``complete_cases``: see :meth:`values`; ``kwargs``: confidence,
+        num_resamples, seed)."""
+        grid, _, _ = self.values(method, metric, complete_cases)
         return summarize(grid, **kwargs)
 
-    def paired(self, method_a: str, method_b: str, metric: str = "score", **kwargs: Any) -> dict[str, Any]:
-        """:func:`paired_difference` ``method_a - method_b`` on the (seed, case) cells both scored."""
-        ga, sa, ca = self.values(method_a, metric)
-        gb, sb, cb = self.values(method_b, metric)
+    def paired(
+        self, method_a: str, method_b: str, metric: str = "score", complete_cases: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
+        """:func:`paired_difference` ``method_a - method_b`` on the (seed, case) cells both scored
+        (``complete_cases``: see :meth:`values`)."""
+        ga, sa, ca = self.values(method_a, metric, complete_cases)
+        gb, sb, cb = self.values(method_b, metric, complete_cases)
         seeds = [s for s in sa if s in sb]
         cases = [c for c in ca if c in cb]
         if not seeds or not cases:

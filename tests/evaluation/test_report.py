@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from monai_genaug.evaluation import BenchmarkTimer, ResultsTable, is_complete, read_results, write_results
+from monai_genaug.evaluation import (
+    BenchmarkTimer,
+    ResultsTable,
+    is_complete,
+    merge_results,
+    read_results,
+    write_results,
+)
 from monai_genaug.evaluation.report import main, render_results, update_block
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +168,37 @@ def test_shipped_weights_numbers_are_written_between_their_markers(tmp_path):
     assert "hand typed" in docs["ctrl_genaug"].read_text()  # no ctrl_genaug job in this JSON: block untouched
     docs["adaptdiff"].write_text(docs["adaptdiff"].read_text().replace("0.561", "0.600"))
     assert main(args + ["--check"]) == 1
+
+
+def _seed_run(path, seed, shift, settings=None, quick=False):
+    table = ResultsTable()
+    for case in range(4):
+        table.add("a", case=f"c{case}", seed=seed, value=0.5 + 0.1 * case + shift, metric="dice")
+        table.add("b", case=f"c{case}", seed=seed, value=0.4 + 0.1 * case + shift, metric="dice")
+    return write_results(path, "toy_seeds", settings or {"size": 64, "trained": seed}, [seed], table,
+                         {"wall_s": 10.0, "cpu_s": 5.0}, primary_metric="dice", baseline="b",
+                         extra={"title": "toy", "chosen": {"lam": seed}}, quick=quick)
+
+
+def test_merge_results_joins_seeds_and_keeps_what_differs_per_run(tmp_path):
+    paths = [_seed_run(tmp_path / f"s{s}.json", s, 0.05 * s) for s in (1, 0, 2)]
+    out = merge_results(paths, tmp_path / "toy_seeds.json", per_run_settings=["trained"], per_run_extra=["chosen"])
+    obj = read_results(out)
+    assert obj["seeds"] == [0, 1, 2] and len(obj["rows"]) == 3 * 8 and obj["settings"] == {"size": 64}
+    assert [r["seeds"] for r in obj["extra"]["runs"]] == [[0], [1], [2]]
+    assert [r["trained"] for r in obj["extra"]["runs"]] == [0, 1, 2]
+    assert [r["chosen"] for r in obj["extra"]["runs"]] == [{"lam": 0}, {"lam": 1}, {"lam": 2}]
+    assert obj["extra"]["title"] == "toy" and obj["timing"]["wall_s"] == 30.0 and obj["timing"]["cpu_s"] == 15.0
+    s = ResultsTable.from_rows(obj["rows"]).summary("a", "dice")
+    assert s["num_seeds"] == 3 and s["per_seed"] == pytest.approx([0.65, 0.70, 0.75])
+    assert is_complete(out)
+    with pytest.raises(ValueError, match="setting 'trained' differs"):
+        merge_results(paths[:2], tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="appear in two files"):
+        merge_results([paths[0], paths[0]], tmp_path / "bad.json", per_run_settings=["trained"])
+    with pytest.raises(ValueError, match="not 'toy_seeds'|quick"):
+        merge_results([paths[0], _seed_run(tmp_path / "q.json", 5, 0.0, quick=True)], tmp_path / "bad.json",
+                      per_run_settings=["trained"])
+    with pytest.raises(ValueError, match="at least two"):
+        merge_results(paths[:1], tmp_path / "bad.json")
+    assert not (tmp_path / "bad.json").exists()

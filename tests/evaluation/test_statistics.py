@@ -100,3 +100,23 @@ def test_results_table_grid_round_trip_and_errors():
         t.add("a", case="c3", value=float("nan"))
     with pytest.raises(ValueError, match="NaN"):
         summarize([0.1, np.inf])
+
+
+def test_complete_cases_keeps_the_cases_every_seed_scored():
+    """A metric that exists on some cases only (HD95 of a non-empty prediction) may cover other cases per seed."""
+    t = ResultsTable()
+    for seed, cases in ((0, ["c1", "c2", "c3"]), (1, ["c1", "c3"])):
+        for i, case in enumerate(cases):
+            t.add("a", case=case, seed=seed, value=float(seed + i), metric="hd95")
+            t.add("b", case=case, seed=seed, value=float(seed + i) - 1.0, metric="hd95")
+    with pytest.raises(ValueError, match="cells missing"):
+        t.values("a", "hd95")
+    grid, seeds, cases = t.values("a", "hd95", complete_cases=True)
+    assert seeds == [0, 1] and cases == ["c1", "c3"]
+    np.testing.assert_allclose(grid, [[0.0, 2.0], [1.0, 2.0]])
+    assert t.summary("a", "hd95", complete_cases=True)["num_cases"] == 2
+    assert t.paired("a", "b", "hd95", complete_cases=True)["mean"] == pytest.approx(1.0)
+    t.add("c", case="c1", seed=0, value=1.0, metric="hd95")
+    t.add("c", case="c2", seed=1, value=1.0, metric="hd95")
+    with pytest.raises(ValueError, match="no case was scored by every seed"):
+        t.values("c", "hd95", complete_cases=True)
