@@ -222,7 +222,7 @@ def main(argv=None) -> Path:
         stage_s["segmenter"] = run_bundle(
             "train_segmenter.json", work / "segmenter.log", 1, dataset_dir=data, model_path=seg,
             output_dir=work / "segmenter", spatial_size=f"[{args.size},{args.size}]", epochs=args.seg_epochs,
-            val_interval=max(1, args.seg_epochs // 3), seed=args.seed,
+            val_interval=max(1, args.seg_epochs // 3), seed=args.seed, split_seed=0,
             max_items="null" if args.train_items is None else args.train_items)
     net = load_network_weights(UNet(2, 3, 2, SEGMENTER["channels"], SEGMENTER["strides"], num_res_units=1), seg).eval()
     t0 = time.time()
