@@ -247,6 +247,7 @@ def run(cfg: dict, out: Path, quick: bool = False, stem: str = STEM) -> Path:
                 "clip-stage steps at most; a pilot at noisier phantoms (noise 0.15) came first"}
     if "clip_trainable" in cfg:
         extra["title"] += "; clip stage also trains the class embedding"
+        extra["measured"] = "clip stage also trains the class embedding (not the paper): " + extra["measured"]
     return write_results(out, stem, settings, seeds, table, timer.stop(), primary_metric="accuracy",
                          baseline="real_only", extra=extra, quick=quick)
 
