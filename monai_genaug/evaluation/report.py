@@ -511,7 +511,9 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
     extra, s = obj.get("extra", {}), obj.get("settings", {})
     tab = ResultsTable.from_rows(obj["rows"])
     methods = [m for m in _TTGA_LABELS if m in tab.methods("dice")]
-    env, timing = obj.get("environment", {}), obj.get("timing", {})
+    # a merged file's own environment is the merging process's: show the first run's (threads, device)
+    env = (extra.get("runs") or [{}])[0].get("environment") or obj.get("environment", {})
+    timing = obj.get("timing", {})
     quick = " (quick smoke run: not a result)" if obj.get("quick") else ""
     sums = {(m, k): tab.summary(m, k, complete_cases=True, **BOOT) for m in methods
             for k in ("dice", "hd95", "error_auc") if m in tab.methods(k)}
