@@ -180,16 +180,17 @@ def merge_results(
     """
     if len(paths) < 2:
         raise ValueError(f"merge_results needs at least two result files, got {len(paths)}.")
-    objs = []
+    runs = []
     for p in paths:
         obj = read_results(p)
         if obj.get("schema") != SCHEMA or not obj.get("complete"):
             raise ValueError(f"{p} is not a complete results envelope; rerun its benchmark before merging.")
-        objs.append(obj)
-    objs.sort(key=lambda o: min(o["seeds"]))
+        runs.append((p, obj))
+    runs.sort(key=lambda run: min(run[1]["seeds"]))
+    objs = [obj for _, obj in runs]
     first = objs[0]
     seeds: list[int] = []
-    for p, obj in zip(paths, objs):
+    for p, obj in runs:
         if obj["benchmark"] != first["benchmark"] or bool(obj.get("quick")) != bool(first.get("quick")):
             raise ValueError(f"{p} is benchmark {obj['benchmark']!r} (quick={obj.get('quick')}), not "
                              f"{first['benchmark']!r} (quick={first.get('quick')}); merge runs of one benchmark only.")
