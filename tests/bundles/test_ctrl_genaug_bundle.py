@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+import torch
 from monai.bundle import run
 
 from monai_genaug.utils.bundle_schema import verify_bundle_metadata
@@ -85,3 +86,28 @@ def test_training_chain_with_tiny_overrides(tmp_path):
     with pytest.raises(Exception) as err:  # no frame-trained generator yet: the error says which config makes it
         _run("train_clips.json", tmp_path / "other", num_steps=1, **TINY)
     assert "train_frames.json" in "".join(traceback.format_exception(err.value))
+
+
+def test_clip_stage_early_stopping_through_the_bundle(tmp_path):
+    _run("train_frames.json", tmp_path, num_steps=2, batch_size=4, encoder_steps=2, **TINY)
+    frames = SequenceGenerator.load(tmp_path / "generator_frames.pt").state_dict()
+    # a monitor whose score never improves after the start: the run stops after `patience` calls and the saved
+    # generator is the untrained start of the clip stage (the frame-stage weights), not the weights of the last step
+    _run("train_clips.json", tmp_path, num_steps=8, batch_size=2, monitor_every=1, patience=2,
+         monitor="$lambda: {'score': 1.0}", save_execute_config=False, **TINY)
+    saved = torch.load(tmp_path / "generator.pt", weights_only=True)
+    assert saved["extra"]["monitoring"]["best_step"] == 0 and saved["extra"]["monitoring"]["stopped_at"] == 2
+    assert [h["step"] for h in saved["extra"]["monitoring"]["history"]] == [0, 1, 2]
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in frames.items())
+    # the documented monitor: clips generated from held-out training clips, judged by a real-data classifier
+    out = tmp_path / "monitored"
+    (out).mkdir()
+    (out / "generator_frames.pt").write_bytes((tmp_path / "generator_frames.pt").read_bytes())
+    _run("train_clips.json", out, num_steps=2, batch_size=2, monitor_every=1, monitor_classifier_steps=2,
+         monitor_sample_steps=2, validation_fraction=0.5, **TINY)
+    history = torch.load(out / "generator.pt", weights_only=True)["extra"]["monitoring"]["history"]
+    assert [h["step"] for h in history] == [0, 1, 2]
+    assert all(0.0 <= h["agreement"] <= 1.0 and h["score"] <= h["agreement"] for h in history)
+    with pytest.raises(Exception) as err:  # a validation split that leaves no clip is named with its fix
+        _run("train_clips.json", out, num_steps=1, monitor_every=1, validation_fraction=0.99, **TINY)
+    assert "validation_fraction" in "".join(traceback.format_exception(err.value))

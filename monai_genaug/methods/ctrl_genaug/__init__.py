@@ -26,6 +26,7 @@ from .pipeline import (
 )
 from .training import (
     SequenceClassifier,
+    bundle_clip_monitor,
     bundle_train,
     classifier_network,
     clip_stage_monitor,
@@ -41,6 +42,7 @@ from .data import (
     evaluate_sequence_augmentation,
     filter_generated,
     bundle_sequence_data,
+    bundle_validation_split,
     bundle_generate,
     bundle_filter,
     bundle_evaluate,
@@ -59,6 +61,7 @@ __all__ = [
     "ctrl_genaug_config",
     "drop_conditions",
     "SequenceClassifier",
+    "bundle_clip_monitor",
     "bundle_train",
     "classifier_network",
     "clip_stage_monitor",
@@ -72,6 +75,7 @@ __all__ = [
     "evaluate_sequence_augmentation",
     "filter_generated",
     "bundle_sequence_data",
+    "bundle_validation_split",
     "bundle_generate",
     "bundle_filter",
     "bundle_evaluate",

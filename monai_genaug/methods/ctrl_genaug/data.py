@@ -46,6 +46,7 @@ __all__ = [
     "evaluate_sequence_augmentation",
     "filter_generated",
     "bundle_sequence_data",
+    "bundle_validation_split",
     "bundle_generate",
     "bundle_filter",
     "bundle_evaluate",
@@ -347,6 +348,28 @@ def bundle_sequence_data(
     names = sorted({i["class_name"] for i in items}, key=lambda c: [i["class_name"] for i in items].index(c))
     return {"train": {"clips": clips[tr], "labels": labels[tr]}, "test": {"clips": clips[te], "labels": labels[te]},
             "num_classes": len(names), "class_names": names}
+
+
+def bundle_validation_split(data: Mapping[str, Any], validation_fraction: float = 0.0, seed: int = 0) -> dict[str, Any]:
+    """The bundle's data with a seeded share of the training clips moved to ``data["validation"]`` (the clip stage
+    selects / stops early on them, ``train_clips.json``); ``validation_fraction=0``: the data unchanged.
+
+    Raises a clear error unless at least one clip stays on each side."""
+    fraction = float(validation_fraction)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}.")
+    if fraction == 0.0:
+        return dict(data)
+    train = data["train"]
+    n = int(train["clips"].shape[0])
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"validation_fraction={fraction} of {n} training clips leaves {n_val} validation and "
+                         f"{n - n_val} training clips; both must be >= 1 (use more clips or another fraction).")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    va, tr = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return {**data, "train": {"clips": train["clips"][tr], "labels": train["labels"][tr]},
+            "validation": {"clips": train["clips"][va], "labels": train["labels"][va]}}
 
 
 def bundle_generate(

@@ -476,18 +476,55 @@ class CtrlGenAug:
 
             trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
             if monitor is not None:
-                tracker = _BestWeights(self.generator, monitor, patience)
-                tracker.evaluate(0)
-                trainer.add_event_handler(Events.ITERATION_COMPLETED(every=int(monitor_every)),
-                                          lambda engine: tracker.evaluate(engine.state.iteration, engine))
+                self.attach_monitor(trainer, monitor, monitor_every, patience)
             try:
                 trainer.run()
             finally:
                 self.generator.eval()
                 set_trainable_modules(self.generator, None)
-            if monitor is not None:
-                self.monitoring = tracker.restore()
         return losses
+
+    def attach_monitor(
+        self,
+        trainer: Any,
+        monitor: Callable[[], Mapping[str, float]],
+        monitor_every: int,
+        patience: int | None = None,
+        final_path: str | os.PathLike | None = None,
+    ) -> None:
+        """Model selection / early stopping on a trainer of :meth:`create_trainer` (what :meth:`fit` ``monitor=``
+        and the bundle's ``train_clips.json`` use): ``monitor`` runs on the generator (eval mode) when the run starts
+        and every ``monitor_every`` iterations; after ``patience`` calls without a better ``"score"`` the run stops;
+        when it ends, the best weights (the start included) are restored, :attr:`monitoring` gets the history, and
+        the generator is saved again to ``final_path`` (the trainer's final file, written just before with the last
+        weights) with the history in its ``extra["monitoring"]``.
+
+        Args:
+            trainer: the Ignite trainer.
+            monitor: callable returning a mapping with a ``"score"`` (higher is better), e.g.
+                :func:`~monai_genaug.methods.ctrl_genaug.training.clip_stage_monitor`.
+            monitor_every: iterations between two monitor calls.
+            patience: stop after this many monitor calls without a better score (None: never stop early).
+            final_path: where to save the selected generator (None: not saved).
+        """
+        if int(monitor_every) < 1:
+            raise ValueError(f"monitor needs monitor_every >= 1 (steps between evaluations), got {monitor_every}.")
+        if patience is not None and int(patience) < 1:
+            raise ValueError(f"patience must be >= 1 monitor calls (or None: never stop early), got {patience}.")
+        tracker = _BestWeights(self.generator, monitor, patience)
+        trainer.add_event_handler(Events.STARTED, lambda engine: tracker.evaluate(engine.state.iteration))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=int(monitor_every)),
+                                  lambda engine: tracker.evaluate(engine.state.iteration, engine))
+
+        def select(engine: Any) -> None:
+            self.monitoring = tracker.restore()
+            if final_path is not None:
+                self.generator.save(final_path, extra={"stage": "clips", "iterations": int(engine.state.iteration),
+                                                       "monitoring": self.monitoring})
+                logger.info(f"saved the generator of step {self.monitoring['best_step']} (best monitor score "
+                            f"{self.monitoring['best_score']:.4f}) to '{final_path}'.")
+
+        trainer.add_event_handler(Events.COMPLETED, select)
 
     def fit_frame_encoder(
         self, clips: torch.Tensor, num_steps: int = 300, batch_size: int = 32, lr: float = 3e-3, seed: int = 0

@@ -32,6 +32,7 @@ from monai_genaug.methods.ctrl_genaug.pipeline import LEARNED_FRAME_ENCODER, Ctr
 
 __all__ = [
     "SequenceClassifier",
+    "bundle_clip_monitor",
     "bundle_train",
     "classifier_network",
     "clip_stage_monitor",
@@ -151,6 +152,43 @@ def clip_stage_monitor(
                 "consistency_gap": gap}
 
     return monitor
+
+
+def bundle_clip_monitor(
+    pipeline: CtrlGenAug,
+    data: Mapping[str, Any],
+    classifier: str = "temporal",
+    classifier_steps: int = 300,
+    num_inference_steps: int = 10,
+    guidance_scale: float = 2.0,
+    consistency_weight: float = 0.02,
+    seed: int = 0,
+) -> Callable[[], dict[str, float]]:
+    """The early-stopping monitor of ``train_clips.json``: :func:`clip_stage_monitor` on the validation clips
+    (``data["validation"]``, see :func:`~monai_genaug.methods.ctrl_genaug.data.bundle_validation_split`) with a
+    classifier (:func:`classifier_network` ``classifier``) trained on ``data["train"]`` and the training clips' temporal
+    consistency (the generator's learned frame features, else pixels) as the reference.
+
+    Args:
+        pipeline: the pipeline whose clip stage is monitored.
+        data: ``{"train": {"clips", "labels"}, "validation": {...}, "num_classes"}``.
+        classifier: ``"temporal"`` or ``"frames"``.
+        classifier_steps: training steps of that classifier.
+        num_inference_steps: DDIM steps of the monitored clips.
+        guidance_scale: their guidance scale.
+        consistency_weight: score points lost per point of consistency gap.
+        seed: seed of the classifier.
+    """
+    val = data.get("validation")
+    if not val or not len(val["clips"]):
+        raise ValueError("early stopping needs validation clips: set validation_fraction > 0 (train_clips.json).")
+    train, n_cls = data["train"], int(data["num_classes"])
+    clf = train_sequence_classifier(train["clips"], train["labels"], n_cls, classifier_steps, seed=seed,
+                                    network=classifier_network(classifier, n_cls, train["clips"].shape[1:]))
+    features = pipeline.frame_features
+    reference = float(temporal_consistency(train["clips"], features).mean())
+    return clip_stage_monitor(pipeline, val["clips"], val["labels"], clf, reference, features, consistency_weight,
+                              num_inference_steps, guidance_scale)
 
 
 def sequence_classifier(
