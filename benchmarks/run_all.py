@@ -12,7 +12,7 @@
 
     python benchmarks/run_all.py --quick                      # smoke runs into outputs/benchmarks_quick/
     python benchmarks/run_all.py --full                       # real runs into benchmarks/results/, resumable
-    python benchmarks/run_all.py --full --only adaptdiff_phantoms ctrl_genaug_phantoms
+    python benchmarks/run_all.py --full --only adaptdiff_phantoms ctrl_genaug_motion_phantoms
     python benchmarks/run_all.py --full --rerun sampler_overhead  # run a stage again although its JSON is complete
 
 Every stage is one benchmark script in its own process (one CPU thread, ``OMP_NUM_THREADS=1``); it writes its JSON
@@ -82,12 +82,12 @@ def stages(out: Path, data: Path) -> list[Stage]:
         Stage("histodiffusion_lowlabel_brats", "histodiffusion_lowlabel.py", ["--quick"], [],
               ["histodiffusion_lowlabel_brats.json"], needs="brats2013_deepmedic",
               out_flag=["--datasets", "brats", "--out_dir", o]),
-        Stage("ctrl_genaug_phantoms", "ctrl_genaug_sequences.py", ["--quick"], ["--data", "phantoms"],
-              ["ctrl_genaug_phantoms.json"], out_flag=["--out_dir", o]),
-        Stage("ctrl_genaug_brats", "ctrl_genaug_sequences.py", [], ["--data", "brats", "--brats_dir", brats],
+        Stage("ctrl_genaug_brats", "ctrl_genaug_sequences.py", [], ["--brats_dir", brats],
               ["ctrl_genaug_brats.json"], needs="brats2013_deepmedic", out_flag=["--out_dir", o]),
         Stage("ctrl_genaug_motion_phantoms", "ctrl_genaug_motion.py", ["--quick"], [],
               ["ctrl_genaug_motion_phantoms.json"], out_flag=["--out_dir", o]),
+        Stage("ctrl_genaug_motion_phantoms_motion_scale", "ctrl_genaug_motion.py", [], ["--variant", "motion_scale"],
+              ["ctrl_genaug_motion_phantoms_motion_scale.json"], out_flag=["--out_dir", o]),
         Stage("adaptdiff_phantoms", "adaptdiff_brats.py", ["--quick"], ["--data", "phantoms"],
               ["adaptdiff_phantoms.json"], out_flag=["--out", f"{o}/adaptdiff_phantoms.json"]),
         Stage("adaptdiff_fundus", "adaptdiff_fundus.py", ["--quick", "--work_dir", f"{o}/work_adaptdiff_fundus"], [],

@@ -30,11 +30,11 @@ def _envelope(path: Path, quick: bool) -> None:
 
 def test_full_mode_resumes_stage_by_stage(tmp_path):
     stages = {s.name: s for s in run_all.stages(tmp_path, tmp_path / "data")}
-    ctrl, sampler = stages["ctrl_genaug_phantoms"], stages["sampler_overhead"]
+    ctrl, sampler = stages["ctrl_genaug_motion_phantoms"], stages["sampler_overhead"]
     assert not run_all.done(ctrl, tmp_path)
-    _envelope(tmp_path / "ctrl_genaug_phantoms.json", quick=True)
+    _envelope(tmp_path / "ctrl_genaug_motion_phantoms.json", quick=True)
     assert not run_all.done(ctrl, tmp_path)  # a quick result never stands in for a full one
-    _envelope(tmp_path / "ctrl_genaug_phantoms.json", quick=False)
+    _envelope(tmp_path / "ctrl_genaug_motion_phantoms.json", quick=False)
     assert run_all.done(ctrl, tmp_path)
     (tmp_path / "sampler_overhead.json").write_text("{truncated")
     assert not run_all.done(sampler, tmp_path)
@@ -47,11 +47,11 @@ def test_full_mode_resumes_stage_by_stage(tmp_path):
 @pytest.mark.timeout(600)
 def test_quick_mode_runs_benchmarks_and_renders_them(tmp_path):
     """The quick mode of two protocol benchmarks end to end (each a subprocess), then the report of their JSON."""
-    status = run_all.main(["--quick", "--out_dir", str(tmp_path), "--only", "adaptdiff_phantoms", "ctrl_genaug_phantoms"])
+    status = run_all.main(["--quick", "--out_dir", str(tmp_path), "--only", "adaptdiff_phantoms", "ctrl_genaug_motion_phantoms"])
     assert all(v.startswith("ok in") for v in status.values()), status
-    for name in ("adaptdiff_phantoms", "ctrl_genaug_phantoms"):
+    for name in ("adaptdiff_phantoms", "ctrl_genaug_motion_phantoms"):
         assert is_complete(tmp_path / f"{name}.json", quick=True)
         md = (tmp_path / f"{name}.md").read_text()
         assert "quick smoke run" in md and "95 % interval" in md
-    rows = json.loads((tmp_path / "ctrl_genaug_phantoms.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "ctrl_genaug_motion_phantoms.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"real_only", "real+all", "real+filtered", "real+random"}
