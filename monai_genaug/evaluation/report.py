@@ -491,6 +491,9 @@ def render_sequence_controls(stem: str, obj: Mapping[str, Any]) -> Report:
                 grows.append([f"oracle class agreement of kept clips >= {goals['kept_agreement_at_least']}",
                               f"{k['mean']:.3f} {interval(k)}",
                               "met" if k["mean"] >= float(goals["kept_agreement_at_least"]) else "not met"])
+            else:
+                grows.append([f"oracle class agreement of kept clips >= {goals['kept_agreement_at_least']}",
+                              "no clip kept", "not met"])
         lines += ["", "## Goals of the issue", ""] + table(["goal", "measured", "verdict"], grows)
     text = rep.markdown[f"{stem}.md"]
     head, sep, tail = text.rpartition("\nPlot: `")
