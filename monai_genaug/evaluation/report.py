@@ -414,6 +414,52 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
     return rep
 
 
+def _sequence_goal_diagnosis(obj: Mapping[str, Any]) -> list[str]:
+    """Where the chain from generator to downstream gain breaks, in numbers of the envelope (``extra.counts``,
+    ``extra.oracle``, ``extra.checks``, ``extra.folds``): kept clips, class agreement of all generated clips, the
+    consistency gap against the temporal filter's lower threshold, the clip stage's validation agreement, motion."""
+    extra = obj.get("extra", {})
+    checks, counts = extra.get("checks", {}), extra.get("counts", {})
+    out: list[str] = []
+    if "real+filtered" in counts and "real+all" in counts:
+        out.append(f"- the filter kept {counts['real+filtered']['num_synthetic']} of "
+                   f"{counts['real+all']['num_synthetic']} generated clips;")
+    oracle = extra.get("oracle")
+    if oracle:
+        otab = ResultsTable.from_rows(oracle["rows"])
+        om = otab.metrics()[0]
+        if "generated (all)" in otab.methods(om):
+            g = otab.summary("generated (all)", om, **BOOT)
+            out.append(f"- class: the oracle agrees with the intended class on {g['mean']:.3f} {interval(g)} of all "
+                       f"generated clips, against {oracle['test_score']:.3f} on real test clips;")
+    trend = checks.get("size_trend")
+    if trend:
+        out.append(f"- motion direction (model-free): the bright area changes in the class's direction in "
+                   f"{trend['generated']:.3f} of generated clips, {trend['real_train']:.3f} of real training clips;")
+    tc = checks.get("temporal_consistency", {})
+    if tc.get("generated") is not None:
+        th = tc.get("filter_thresholds") or []
+        lows = [t[0] for t in th if isinstance(t, list) and t and t[0] is not None] or (
+            [th[0]] if th and not isinstance(th[0], list) and th[0] is not None else [])
+        low = f"; the temporal filter's lowest lower threshold (real-calibrated) is {min(lows):.2f}" if lows else ""
+        out.append(f"- temporal consistency: generated {tc['generated']:.2f} vs real {tc['real_train']:.2f} "
+                   f"(gap {tc['generated'] - tc['real_train']:+.2f}){low};")
+    histories = [f["early_stopping"]["history"] for f in extra.get("folds", []) if f.get("early_stopping")]
+    if checks.get("early_stopping", {}).get("history"):
+        histories.append(checks["early_stopping"]["history"])
+    agreements = [h["agreement"] for hist in histories for h in hist if "agreement" in h]
+    if agreements:
+        out.append(f"- clip-stage selection: class agreement of clips generated from validation conditions between "
+                   f"{min(agreements):.3f} and {max(agreements):.3f} over {len(agreements)} checks;")
+    abl, steer = checks.get("motion_ablation"), checks.get("motion_steering")
+    if abl:
+        out.append(f"- motion: validation loss {abl['val_loss_with_motion']:.4f} with it, "
+                   f"{abl['val_loss_motion_nulled']:.4f} nulled"
+                   + (f"; generated motion's cosine to its condition {steer['own']:.3f} vs {steer['reversed']:.3f} "
+                      "to the reversed one" if steer else "") + ".")
+    return ["", "## Where the chain breaks (from the numbers of this file)", "", *out] if out else []
+
+
 def render_sequence_controls(stem: str, obj: Mapping[str, Any]) -> Report:
     """An envelope of a sequence-augmentation benchmark with checks of its sequence parts (e.g.
     ``ctrl_genaug_motion_phantoms``): the generic sections, then the frame-averaging learner on the same task
@@ -495,6 +541,7 @@ def render_sequence_controls(stem: str, obj: Mapping[str, Any]) -> Report:
                 grows.append([f"oracle class agreement of kept clips >= {goals['kept_agreement_at_least']}",
                               "no clip kept", "not met"])
         lines += ["", "## Goals of the issue", ""] + table(["goal", "measured", "verdict"], grows)
+        lines += _sequence_goal_diagnosis(obj)
     text = rep.markdown[f"{stem}.md"]
     head, sep, tail = text.rpartition("\nPlot: `")
     rep.markdown[f"{stem}.md"] = head + "\n".join(lines) + "\n" + sep + tail

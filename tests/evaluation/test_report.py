@@ -202,3 +202,32 @@ def test_merge_results_joins_seeds_and_keeps_what_differs_per_run(tmp_path):
     with pytest.raises(ValueError, match="at least two"):
         merge_results(paths[:1], tmp_path / "bad.json")
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_sequence_controls_say_where_the_chain_breaks(tmp_path):
+    """A sequence benchmark whose filter kept nothing: the goals table says so and the diagnosis gives the numbers."""
+    from monai_genaug.evaluation.report import render_sequence_controls
+
+    table = ResultsTable()
+    for seed in (0, 1):
+        for case, value in (("c0", 1.0), ("c1", 0.0)):
+            for method in ("real_only", "real+filtered"):
+                table.add(method, case=case, seed=seed, value=value, metric="accuracy")
+    oracle = ResultsTable()
+    for i, value in enumerate((1.0, 0.0, 0.0, 1.0)):
+        oracle.add("generated (all)", case=f"g{i}", seed=100, value=value, metric="oracle_accuracy")
+    checks = {"temporal_consistency": {"real_train": 99.5, "real_test": 99.4, "generated": 95.0, "kept": None,
+                                       "real_range": [99.0, 99.9], "filter_thresholds": [99.0, 99.9]},
+              "goals": {"filtered_vs_real_only": ["real+filtered", "real_only"], "consistency_within_points": 2.0,
+                        "kept_agreement_at_least": 0.9}}
+    extra = {"counts": {"real+all": {"num_train": 6, "num_synthetic": 4},
+                        "real+filtered": {"num_train": 2, "num_synthetic": 0}},
+             "oracle": {"rows": oracle.to_rows(), "test_score": 0.9}, "checks": checks}
+    path = write_results(tmp_path / "seq.json", "seq", {}, [0, 1], table, BenchmarkTimer().stop(),
+                         primary_metric="accuracy", baseline="real_only", extra=extra)
+    md = render_sequence_controls("seq", json.loads(path.read_text())).markdown["seq.md"]
+    assert "| oracle class agreement of kept clips >= 0.9 | no clip kept | not met |" in md
+    assert "- the filter kept 0 of 4 generated clips;" in md
+    assert "on 0.500 [" in md and "against 0.900 on real test clips" in md
+    assert "generated 95.00 vs real 99.50 (gap -4.50); the temporal filter's lowest lower threshold (real-calibrated) " \
+           "is 99.00;" in md
