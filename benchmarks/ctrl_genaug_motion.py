@@ -269,6 +269,9 @@ def main(argv=None) -> Path:
                    help="'paper': the paper's trainable modules in the clip stage; 'class_embedding': also the class "
                         f"embedding, longer (writes {STEM}_class_embedding.json); 'motion_scale': motion fields scaled "
                         f"to ~unit std before the motion encoder, longer (writes {STEM}_motion_scale.json)")
+    p.add_argument("--clip_steps", type=int, default=None,
+                   help="more clip-stage steps than the variant's (checked every quarter of them on the validation "
+                        "clips); the JSON's stem gets '_<N>steps'")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("ignite").setLevel(logging.WARNING)
@@ -276,6 +279,11 @@ def main(argv=None) -> Path:
     if args.quick:
         cfg = {**QUICK, **{k: cfg[k] for k in ("clip_trainable", "motion_scale") if k in cfg}}
     stem = STEM if args.variant == "paper" else f"{STEM}_{args.variant}"
+    if args.clip_steps is not None:
+        if args.clip_steps < 4:
+            raise SystemExit(f"--clip_steps must be >= 4 (checked every quarter), got {args.clip_steps}.")
+        cfg = {**cfg, "clip_steps": args.clip_steps, "monitor_every": args.clip_steps // 4, "patience": 4}
+        stem = f"{stem}_{args.clip_steps}steps"
     path = run(cfg, Path(args.out_dir) / f"{stem}.json", quick=args.quick, stem=stem)
     print(f"wrote {path}")
     return path

@@ -697,6 +697,7 @@ ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {
     "ctrl_genaug_motion_phantoms": render_sequence_controls,
     "ctrl_genaug_motion_phantoms_class_embedding": render_sequence_controls,
     "ctrl_genaug_motion_phantoms_motion_scale": render_sequence_controls,
+    "ctrl_genaug_motion_phantoms_motion_scale_3000steps": render_sequence_controls,
     "ctrl_genaug_brats": render_sequence_controls,
 }
 
