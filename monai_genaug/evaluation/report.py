@@ -51,8 +51,9 @@ BOOT = {"confidence": 0.95, "num_resamples": 2000, "seed": 0}
 
 @dataclass
 class Plot:
-    """A plot spec: ``kind`` "bars" (``labels``, ``means``, optional ``lows`` / ``highs``) or "curve" (``x``,
-    ``means``, ``lows``, ``highs``)."""
+    """A plot spec: ``kind`` "bars" (``labels``, ``means``, optional ``lows`` / ``highs``), "curve" (``x``,
+    ``means``, ``lows``, ``highs``) or "lines" (one line per ``series`` entry ``name -> [xs, ys]`` on a numeric
+    x axis named ``xlabel``)."""
 
     name: str
     title: str
@@ -62,6 +63,8 @@ class Plot:
     means: list[float] = field(default_factory=list)
     lows: list[float] | None = None
     highs: list[float] | None = None
+    xlabel: str | None = None
+    series: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -378,6 +381,40 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
                              f"{sum(p.get('train_cpu_s', 0) for p in pts) / len(pts):.0f}" if "train_cpu_s" in pts[0]
                              else "n/a"])
         lines += table(["model", "seeds", "iteration", "val Dice", "train wall s", "train CPU s"], rows)
+        if "speed" in extra or "plateaus" in extra:  # Kvasir-SEG runs: one x axis shared by every model
+            plots = _curve_plots(stem, extra.get("title", stem), models)
+            rep.plots += plots
+            lines += ["", "Plots: " + ", ".join(f"`{_plot_name(p.name)}`" for p in plots) + "."]
+    plateaus = extra.get("plateaus")
+    if plateaus:
+        lines += ["", f"## Plateaus (criterion: {extra.get('plateau_criterion', 'n/a')})", ""]
+        cost = extra.get("cost_per_iteration_relative_to_unet_gms_size", {})
+        lines += table(["model", "seed", "flattened", "at iteration", "CPU s", "wall s", "best val Dice (iteration)",
+                        "final val Dice", "cost / iteration vs GMS-size UNet"],
+                       [[m, sd, "yes" if p["flattened"] else "no", p["plateau_iteration"] or "-",
+                         f"{p['plateau_cpu_s']:.0f}" if p["flattened"] else "-",
+                         f"{p['plateau_wall_s']:.0f}" if p["flattened"] else "-",
+                         f"{f3(p['best_val_dice'])} ({p['best_iteration']})", f3(p["final_val_dice"]),
+                         f"{cost[m]:.2f}" if m in cost else "n/a"]
+                        for m, per_seed in plateaus.items() for sd, p in per_seed.items()])
+    gaps = extra.get("gaps_to_unet_gms_size")
+    if gaps:
+        lines += ["", "## GMS - GMS-size UNet on test: long run against the short run of the same seeds "
+                      "(paired over images)", ""]
+        rows = []
+        for m, g in gaps.items():
+            for k in sorted((k for k in g if k.endswith("_iterations")), key=lambda k: int(k.split("_")[0])):
+                rows.append([m, k.replace("_", " "), f"{g[k]['mean']:+.3f}", interval(g[k])])
+            if "change" in g:
+                rows.append([m, "change (long - short)", f"{g['change']['mean']:+.3f}", interval(g["change"])])
+        lines += table(["model", "budget", "Dice difference", "95 % interval"], rows)
+    window = extra.get("latent_window")
+    if window:
+        lines += ["", "## Latent window: whole-image latent mapped in one call minus through the window (same models, "
+                      "paired over seeds and images)", ""]
+        lines += table(["direction / domain", "Dice difference", "95 % interval", "wins / losses / ties"],
+                       [[k, f"{v['mean']:+.3f}", interval(v), f"{v['wins']} / {v['losses']} / {v['ties']}"]
+                        for k, v in window.items()])
     speed = extra.get("speed")
     if speed:
         lines += ["", "## Training cost (CPU seconds of the interleaved runs)", ""]
@@ -407,11 +444,35 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
     if extra.get("diagnosis"):
         lines += ["", f"Diagnosis: {extra['diagnosis']}"]
     _insert_before_plot(rep, stem, lines)
+    plots = [p for p in rep.plots if p.kind == "lines"]
+    if plots and rep.readme_rows:
+        script, measured, result = rep.readme_rows[-1]
+        rep.readme_rows[-1] = (script, measured, result + "; curves: " + ", ".join(
+            f"[vs {p.name.rpartition('_vs_')[2].replace('_', ' ')}](benchmarks/results/{_plot_name(p.name)})"
+            for p in plots))
     if extra.get("bundle"):
         rep.blocks[(f"bundles/{extra['bundle']}/docs/README.md", f"gms-{stem}")] = [
             f"### {extra.get('title', stem)}", "", f"[details](../../../benchmarks/results/{stem}.md)",
-            *[f"#{line}" if line.startswith("## ") else line for line in lines]]
+            *[f"#{line}" if line.startswith("## ") else line for line in lines],
+            *[f"\n![{p.title}](../../../benchmarks/results/{_plot_name(p.name)})" for p in plots]]
     return rep
+
+
+def _curve_plots(stem: str, title: str, models: Mapping[str, Any]) -> list[Plot]:
+    """Validation Dice against iterations and against training wall seconds, one line per model (mean over its
+    seeds at each checkpoint)."""
+    def mean_curve(curves: Sequence[Sequence[Mapping[str, float]]], key: str) -> list[list[float]]:
+        n = min(len(c) for c in curves)
+        return [[sum(c[i][key] for c in curves) / len(curves) for i in range(n)],
+                [sum(c[i]["val_dice"] for c in curves) / len(curves) for i in range(n)]]
+
+    out = []
+    for key, xlabel, suffix in (("iteration", "iterations", "iterations"),
+                                ("train_wall_s", "training wall seconds (interleaved)", "wall_time")):
+        series = {m: mean_curve(list(v["curves"].values()), key) for m, v in models.items() if v.get("curves")}
+        out.append(Plot(f"{stem}_val_dice_vs_{suffix}", f"{title}: validation Dice vs {xlabel}", "lines",
+                        "validation Dice", xlabel=xlabel, series=series))
+    return out
 
 
 def render_sequence_controls(stem: str, obj: Mapping[str, Any]) -> Report:
@@ -644,6 +705,7 @@ ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {
     "gms_quality": render_gms,
     "gms_speed": render_gms,
     "gms_crossdomain": render_gms,
+    "gms_curves": render_gms,
     "ctrl_genaug_motion_phantoms": render_sequence_controls,
     "ctrl_genaug_motion_phantoms_class_embedding": render_sequence_controls,
 }
@@ -1043,17 +1105,24 @@ def write_plots(plots: Sequence[Plot], results_dir: Path) -> list[Path]:
     out = []
     for p in plots:
         fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(p.labels) + 2), 3.4))
-        x = list(range(len(p.labels)))
-        yerr = None
-        if p.lows is not None and p.highs is not None:
-            yerr = [[m - lo for m, lo in zip(p.means, p.lows)], [hi - m for m, hi in zip(p.means, p.highs)]]
-        if p.kind == "curve":
-            ax.errorbar(x, p.means, yerr=yerr, marker="o", capsize=4)
-            ax.set_xlabel("real labelled items")
+        if p.kind == "lines":
+            for label, (xs, ys) in p.series.items():
+                ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            ax.set_xlabel(p.xlabel or "")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
         else:
-            ax.bar(x, p.means, yerr=yerr, capsize=4, color="#4c72b0")
-        ax.set_xticks(x)
-        ax.set_xticklabels(p.labels, rotation=30, ha="right", fontsize=7)
+            x = list(range(len(p.labels)))
+            yerr = None
+            if p.lows is not None and p.highs is not None:
+                yerr = [[m - lo for m, lo in zip(p.means, p.lows)], [hi - m for m, hi in zip(p.means, p.highs)]]
+            if p.kind == "curve":
+                ax.errorbar(x, p.means, yerr=yerr, marker="o", capsize=4)
+                ax.set_xlabel(p.xlabel or "real labelled items")
+            else:
+                ax.bar(x, p.means, yerr=yerr, capsize=4, color="#4c72b0")
+            ax.set_xticks(x)
+            ax.set_xticklabels(p.labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(p.ylabel)
         ax.set_title(textwrap.fill(p.title, 70), fontsize=8)
         fig.tight_layout()
