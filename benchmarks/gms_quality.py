@@ -685,12 +685,22 @@ def curves_extra(tab: ResultsTable, runs: dict, short: dict, args) -> dict:
         "gaps_to_unet_gms_size": gaps,
         "val_gap_to_unet_gms_size": val_gap,
         "cost_per_iteration_relative_to_unet_gms_size": {m: v / cpu[base] for m, v in cpu.items()},
-        "diagnosis": curves_diagnosis(plateaus, gaps, args),
+        "unet_reaches_gms_best": {m: _first_reaching(info[base]["curves"][seed], max(
+            p["val_dice"] for p in info[m]["curves"][seed])) | {"gms_cpu_s": info[m]["curves"][seed][-1]["train_cpu_s"]}
+            for m in gms},
+        "diagnosis": curves_diagnosis(plateaus, gaps, args, val_gap, info, base, seed),
     }
 
 
-def curves_diagnosis(plateaus: dict, gaps: dict, args) -> str:
-    """Which curves flattened (and where), and whether the GMS - UNet gap closes, narrows, holds or widens."""
+def _first_reaching(curve: Sequence[dict], value: float) -> dict[str, Any]:
+    """The first checkpoint of ``curve`` whose validation Dice reaches ``value`` (iteration and CPU seconds)."""
+    hit = next((p for p in curve if p["val_dice"] >= value), None)
+    return {"iteration": hit and hit["iteration"], "cpu_s": hit and hit["train_cpu_s"]}
+
+
+def curves_diagnosis(plateaus: dict, gaps: dict, args, val_gap: dict, info: dict, base: str, seed: str) -> str:
+    """Which curves flattened (and where), whether the GMS - UNet gap closes, narrows, holds or widens (test, and
+    along the validation curve), and what the same validation Dice costs each model in CPU time."""
     parts = []
     for m, per_seed in plateaus.items():
         for s, p in per_seed.items():
@@ -715,6 +725,15 @@ def curves_diagnosis(plateaus: dict, gaps: dict, args) -> str:
                      f"gap {verdict}.")
         else:
             text += "."
+    for m, g in val_gap.items():
+        mid = next((p for p in g if p["iteration"] >= args.iterations), g[0])
+        best = max(info[m]["curves"][seed], key=lambda p: p["val_dice"])
+        hit = _first_reaching(info[base]["curves"][seed], best["val_dice"])
+        text += (f" Along the validation curve (seed {seed}) {m} - {base} is {mid['gap']:+.3f} at iteration "
+                 f"{mid['iteration']} and {g[-1]['gap']:+.3f} at {g[-1]['iteration']}; {m}'s best validation Dice "
+                 f"{best['val_dice']:.3f} took {best['train_cpu_s']:.0f} CPU s, "
+                 + (f"which {base} reached at iteration {hit['iteration']} after {hit['cpu_s']:.0f} CPU s."
+                    if hit["iteration"] else f"which {base} did not reach."))
     return text
 
 
