@@ -941,7 +941,8 @@ def crossdomain_extra(tab: ResultsTable, runs: dict, pairs: Sequence[tuple[str, 
                                                            "met": met}},
         "diagnosis": "; ".join(parts) + ".",
         "tokenizers": {src: v["tokenizer"] for (src, _), v in runs.items()},
-        "models": {m: {"curves": {str(k): v["info"][m]["curve"] for k, v in runs.items()}} for m in first["info"]},
+        "models": {f"{m} {src}->{tgt}": {"curves": {str(seed): v["info"][m]["curve"] for (a, seed), v in runs.items()
+                                                    if a == src}} for src, tgt in pairs for m in first["info"]},
     }
 
 
