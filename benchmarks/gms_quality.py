@@ -678,6 +678,7 @@ def curves_extra(tab: ResultsTable, runs: dict, short: dict, args) -> dict:
         "script": "gms_quality.py --stages curves",
         "measured": f"Kvasir-SEG test Dice after {n}-iteration learning curves (GMS widths 16 / 32 vs MONAI UNets)",
         "bundle": "gms",
+        "pairs": [[a, b] for a, b in (("gms_fast_w32", "gms_fast"), ("gms_fast", "unet_benchmark")) if {a, b} <= set(info)],
         "models": info,
         "plateau_criterion": (f"first validation checkpoint that no later checkpoint beats by more than "
                               f"{args.plateau_tolerance} Dice, with at least the last quarter of the run after it"),
