@@ -735,6 +735,14 @@ def curves_diagnosis(plateaus: dict, gaps: dict, args, val_gap: dict, info: dict
                  f"{best['val_dice']:.3f} took {best['train_cpu_s']:.0f} CPU s, "
                  + (f"which {base} reached at iteration {hit['iteration']} after {hit['cpu_s']:.0f} CPU s."
                     if hit["iteration"] else f"which {base} did not reach."))
+    reached = [m for m, g in gaps.items() if g[f"{args.curve_iterations}_iterations"]["low"] >= -0.01]
+    base_flat = all(p["flattened"] for p in plateaus[base].values())
+    text += (f" Goal (within 1 Dice point of {base}): " + (f"reached by {', '.join(reached)}." if reached else (
+        f"not reached after {args.curve_iterations} iterations; "
+        + ("the UNet's curve has flattened, so at this size the gap holds at the plateau." if base_flat else
+           "the UNet's curve has not flattened either, so this budget neither reaches the goal nor shows it "
+           "unreachable.")))
+    )
     return text
 
 
