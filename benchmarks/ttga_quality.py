@@ -278,7 +278,8 @@ def gate_study(args: argparse.Namespace, data: Path) -> Path:
         settings = [(a, args.max_iterations, 0.1, st) for st in strides for a in args.study_alpha_bars]
         if k == 0:
             settings += [(a, n, lr, args.study_strides[-1]) for a in args.study_tune_alpha_bars
-                         for n in args.study_iterations for lr in args.study_lrs if (n, lr) != (args.max_iterations, 0.1)]
+                         for n in args.study_iterations for lr in args.study_lrs
+                         if (n, lr) != (args.max_iterations, 0.1) and (n > 1 or lr == args.study_lrs[0])]
         for a, n, lr, stride in settings:
             t0 = time.process_time()
             aug = TTGAAugmenter(gen, prompt=0, num_views=2, tau_alpha_bar=a, inversion_stride=stride,
