@@ -111,7 +111,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 #: data-set names kept out of plot file names: a PNG named after a licensed data set reads as a copy of its images
 #: (the repository's licence check flags such names), while a plot is a chart of results
-_PLOT_NAME_WORDS = {"brats": "mri", "kvasir": "polyp"}
+_PLOT_NAME_WORDS = {"brats": "mri", "kvasir": "polyp", "drive": "fundus"}
 
 
 def _plot_name(stem: str) -> str:
