@@ -51,8 +51,9 @@ BOOT = {"confidence": 0.95, "num_resamples": 2000, "seed": 0}
 
 @dataclass
 class Plot:
-    """A plot spec: ``kind`` "bars" (``labels``, ``means``, optional ``lows`` / ``highs``) or "curve" (``x``,
-    ``means``, ``lows``, ``highs``)."""
+    """A plot spec: ``kind`` "bars" (``labels``, ``means``, optional ``lows`` / ``highs``), "curve" (``x``,
+    ``means``, ``lows``, ``highs``) or "lines" (one line per ``series`` entry ``name -> [xs, ys]`` on a numeric
+    x axis named ``xlabel``)."""
 
     name: str
     title: str
@@ -62,6 +63,8 @@ class Plot:
     means: list[float] = field(default_factory=list)
     lows: list[float] | None = None
     highs: list[float] | None = None
+    xlabel: str | None = None
+    series: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,7 +114,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 #: data-set names kept out of plot file names: a PNG named after a licensed data set reads as a copy of its images
 #: (the repository's licence check flags such names), while a plot is a chart of results
-_PLOT_NAME_WORDS = {"brats": "mri", "kvasir": "polyp"}
+_PLOT_NAME_WORDS = {"brats": "mri", "kvasir": "polyp", "drive": "fundus"}
 
 
 def _plot_name(stem: str) -> str:
@@ -378,6 +381,40 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
                              f"{sum(p.get('train_cpu_s', 0) for p in pts) / len(pts):.0f}" if "train_cpu_s" in pts[0]
                              else "n/a"])
         lines += table(["model", "seeds", "iteration", "val Dice", "train wall s", "train CPU s"], rows)
+        if "speed" in extra or "plateaus" in extra:  # Kvasir-SEG runs: one x axis shared by every model
+            plots = _curve_plots(stem, extra.get("title", stem), models)
+            rep.plots += plots
+            lines += ["", "Plots: " + ", ".join(f"`{_plot_name(p.name)}`" for p in plots) + "."]
+    plateaus = extra.get("plateaus")
+    if plateaus:
+        lines += ["", f"## Plateaus (criterion: {extra.get('plateau_criterion', 'n/a')})", ""]
+        cost = extra.get("cost_per_iteration_relative_to_unet_gms_size", {})
+        lines += table(["model", "seed", "flattened", "at iteration", "CPU s", "wall s", "best val Dice (iteration)",
+                        "final val Dice", "cost / iteration vs GMS-size UNet"],
+                       [[m, sd, "yes" if p["flattened"] else "no", p["plateau_iteration"] or "-",
+                         f"{p['plateau_cpu_s']:.0f}" if p["flattened"] else "-",
+                         f"{p['plateau_wall_s']:.0f}" if p["flattened"] else "-",
+                         f"{f3(p['best_val_dice'])} ({p['best_iteration']})", f3(p["final_val_dice"]),
+                         f"{cost[m]:.2f}" if m in cost else "n/a"]
+                        for m, per_seed in plateaus.items() for sd, p in per_seed.items()])
+    gaps = extra.get("gaps_to_unet_gms_size")
+    if gaps:
+        lines += ["", "## GMS - GMS-size UNet on test: long run against the short run of the same seeds "
+                      "(paired over images)", ""]
+        rows = []
+        for m, g in gaps.items():
+            for k in sorted((k for k in g if k.endswith("_iterations")), key=lambda k: int(k.split("_")[0])):
+                rows.append([m, k.replace("_", " "), f"{g[k]['mean']:+.3f}", interval(g[k])])
+            if "change" in g:
+                rows.append([m, "change (long - short)", f"{g['change']['mean']:+.3f}", interval(g["change"])])
+        lines += table(["model", "budget", "Dice difference", "95 % interval"], rows)
+    window = extra.get("latent_window")
+    if window:
+        lines += ["", "## Latent window: whole-image latent mapped in one call minus through the window (same models, "
+                      "paired over seeds and images)", ""]
+        lines += table(["direction / domain", "Dice difference", "95 % interval", "wins / losses / ties"],
+                       [[k, f"{v['mean']:+.3f}", interval(v), f"{v['wins']} / {v['losses']} / {v['ties']}"]
+                        for k, v in window.items()])
     speed = extra.get("speed")
     if speed:
         lines += ["", "## Training cost (CPU seconds of the interleaved runs)", ""]
@@ -407,10 +444,17 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
     if extra.get("diagnosis"):
         lines += ["", f"Diagnosis: {extra['diagnosis']}"]
     _insert_before_plot(rep, stem, lines)
+    plots = [p for p in rep.plots if p.kind == "lines"]
+    if plots and rep.readme_rows:
+        script, measured, result = rep.readme_rows[-1]
+        rep.readme_rows[-1] = (script, measured, result + "; curves: " + ", ".join(
+            f"[vs {p.name.rpartition('_vs_')[2].replace('_', ' ')}](benchmarks/results/{_plot_name(p.name)})"
+            for p in plots))
     if extra.get("bundle"):
         rep.blocks[(f"bundles/{extra['bundle']}/docs/README.md", f"gms-{stem}")] = [
             f"### {extra.get('title', stem)}", "", f"[details](../../../benchmarks/results/{stem}.md)",
-            *[f"#{line}" if line.startswith("## ") else line for line in lines]]
+            *[f"#{line}" if line.startswith("## ") else line for line in lines],
+            *[f"\n![{p.title}](../../../benchmarks/results/{_plot_name(p.name)})" for p in plots]]
     return rep
 
 
@@ -458,6 +502,23 @@ def _sequence_goal_diagnosis(obj: Mapping[str, Any]) -> list[str]:
                    + (f"; generated motion's cosine to its condition {steer['own']:.3f} vs {steer['reversed']:.3f} "
                       "to the reversed one" if steer else "") + ".")
     return ["", "## Where the chain breaks (from the numbers of this file)", "", *out] if out else []
+
+
+def _curve_plots(stem: str, title: str, models: Mapping[str, Any]) -> list[Plot]:
+    """Validation Dice against iterations and against training wall seconds, one line per model (mean over its
+    seeds at each checkpoint)."""
+    def mean_curve(curves: Sequence[Sequence[Mapping[str, float]]], key: str) -> list[list[float]]:
+        n = min(len(c) for c in curves)
+        return [[sum(c[i][key] for c in curves) / len(curves) for i in range(n)],
+                [sum(c[i]["val_dice"] for c in curves) / len(curves) for i in range(n)]]
+
+    out = []
+    for key, xlabel, suffix in (("iteration", "iterations", "iterations"),
+                                ("train_wall_s", "training wall seconds (interleaved)", "wall_time")):
+        series = {m: mean_curve(list(v["curves"].values()), key) for m, v in models.items() if v.get("curves")}
+        out.append(Plot(f"{stem}_val_dice_vs_{suffix}", f"{title}: validation Dice vs {xlabel}", "lines",
+                        "validation Dice", xlabel=xlabel, series=series))
+    return out
 
 
 def render_sequence_controls(stem: str, obj: Mapping[str, Any]) -> Report:
@@ -555,10 +616,12 @@ _TTGA_PAIRS = (("ttga", "segmenter"), ("ttga", "flip_tta"), ("ttga_x_flips", "fl
 
 
 def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
-    """TTGA on Kvasir-SEG under the protocol (``benchmarks/ttga_quality.py``): methods, paired differences, the issue
-    #16 goal and the links of the chain (reconstruction gate, identity fit, identity fraction, view diversity)."""
+    """TTGA on Kvasir-SEG or DRIVE under the protocol (``benchmarks/ttga_quality.py [--dataset drive]``): methods,
+    paired differences, the issue #16 goal and the links of the chain (reconstruction gate, identity fit, identity
+    fraction, view diversity)."""
     rep = Report()
     extra, s = obj.get("extra", {}), obj.get("settings", {})
+    data_name = "DRIVE test" if s.get("dataset") == "drive" else "Kvasir-SEG test"
     tab = ResultsTable.from_rows(obj["rows"])
     methods = [m for m in _TTGA_LABELS if m in tab.methods("dice")]
     # a merged file's own environment is the merging process's: show the first run's (threads, device)
@@ -598,8 +661,12 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
                   "scored).", ""]
     if len(seeds) > 1:
         lines += ["## Every seed (mean Dice over the test images)", ""]
-        lines += table(["method", *[f"seed {k}" for k in seeds]],
-                       [[_TTGA_LABELS[m], *[f3(v) for v in dice[m]["per_seed"]]] for m in methods])
+        seed_rows = [[_TTGA_LABELS[m], *[f3(v) for v in dice[m]["per_seed"]]] for m in methods]
+        if "reconstruction" in tab.methods("dice"):  # the gate, per run
+            rec = tab.summary("reconstruction", "dice", complete_cases=True, **BOOT)["per_seed"]
+            seed_rows.append([f"reconstruction gate ratio (needed >= {extra.get('reconstruction_gate', 0.98)})",
+                              *[f3(r / max(d, 1e-8)) for r, d in zip(rec, dice["segmenter"]["per_seed"])]])
+        lines += table(["method", *[f"seed {k}" for k in seeds]], seed_rows)
         lines += [""]
     lines += [
               "## Paired differences (same test images)", ""]
@@ -624,7 +691,8 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
         both = all(paired[("ttga_x_flips", o, k)]["low"] > 0
                    for o in ("flip_tta", "ttga") for k in ("dice", "error_auc"))
         goal.append(f"TTGA x flips above both in Dice and AUC: {'yes' if both else 'no'}")
-    lines += ["", "## Goal of issue #16", "", *[f"- {g}" for g in goal]]
+    lines += ["", f"## Goal of issue #16{' (set on Kvasir-SEG; the same checks here)' if s.get('dataset') == 'drive' else ''}",
+              "", *[f"- {g}" for g in goal]]
     diag = {k: tab.summary("ttga_diagnostics", k, complete_cases=True, **BOOT) for k in tab.metrics()
             if "ttga_diagnostics" in tab.methods(k)}
     gate = extra.get("reconstruction_gate", 0.98)
@@ -649,6 +717,9 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
                       "< 0.98", "diverse" if d["mean"] < 0.98 else "views too alike: TTGA = the segmenter alone"])
         if mae is not None:
             links.append(["view diversity: mean absolute difference view - image", f3(mae["mean"]), "", ""])
+        if "view_pairwise_agreement" in diag:
+            links.append(["view diversity: agreement of the predictions between views",
+                          f3(diag["view_pairwise_agreement"]["mean"]), "", ""])
     lines += ["", "## Which link limits TTGA (means over the test images)", ""]
     lines += table(["link", "value", "needed", "reading"], links)
     for run in runs:
@@ -668,7 +739,9 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
             lines += ["", f"Generator{which}: {g.get('config')}; {g.get('epochs_done')} of {g.get('epochs_asked')} "
                           f"epochs in {minutes(g.get('seconds'))} of training, resumed across calls (the last call's "
                           f"budget {minutes(g.get('budget_s'))}); final denoising loss "
-                          f"{f3(g.get('final_loss'), 4)}, grounding loss {f3(g.get('final_grounding_loss'), 4)}."]
+                          f"{f3(g.get('final_loss'), 4)}, grounding loss {f3(g.get('final_grounding_loss'), 4)}"
+                          + (f"; loss per epoch {', '.join(f3(v, 4) for v in g['loss_curve'])}" if g.get("loss_curve")
+                             else "") + "."]
     lines += ["", f"Plot: `{_plot_name(stem)}`. Settings: `{json.dumps(s, sort_keys=True)}`", ""]
     rep.markdown[f"{stem}.md"] = "\n".join(lines)
     rep.plots.append(Plot(stem, f"{extra.get('title', stem)}: Dice", "bars", "Dice",
@@ -677,23 +750,135 @@ def render_ttga_quality(stem: str, obj: Mapping[str, Any]) -> Report:
     summary = "; ".join(f"{_TTGA_LABELS[m]} Dice {f3(dice[m]['mean'])} {interval(dice[m])}, AUC "
                         f"{f3(sums[(m, 'error_auc')]['mean'])}" for m in methods if (m, "error_auc") in sums)
     reading = "; ".join(f"{row[0].split(':')[0]} {row[1]} ({row[3]})" for row in links if row[3])
-    rep.readme_rows.append((f"`ttga_quality.py`{' (quick)' if obj.get('quick') else ''}",
-                            f"Kvasir-SEG test, {n} images, {s.get('size')} px, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}: Dice and "
+    script = "ttga_quality.py --dataset drive" if s.get("dataset") == "drive" else "ttga_quality.py"
+    rep.readme_rows.append((f"`{script}`{' (quick)' if obj.get('quick') else ''}",
+                            f"{data_name}, {n} images, {s.get('size')} px, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}: Dice and "
                             "error-estimation AUC; 95 % bootstrap interval over the images"
                             + (" and seeds" if len(seeds) > 1 else ""), summary))
-    rep.bundle["ttga"] = [f"**Kvasir-SEG test, {n} images, {s.get('size')} px, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}** "
+    rep.bundle["ttga"] = [f"**{data_name}, {n} images, {s.get('size')} px, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}** "
                           f"([details](../../../benchmarks/results/{stem}.md)){quick}: {summary}.", "",
-                          f"Goal of issue #16: {'; '.join(goal)}. Links: {reading}.", ""]
+                          f"Goal of issue #16{' (checks as on Kvasir-SEG)' if s.get('dataset') == 'drive' else ''}: "
+                          f"{'; '.join(goal)}. Links: {reading}.", ""]
+    return rep
+
+
+def render_ttga_gate(stem: str, obj: Mapping[str, Any]) -> Report:
+    """TTGA's reconstruction gate against the noise level on validation images (``ttga_quality.py --gate_study``):
+    per generator, inversion stride, alpha-bar and identity-fit setting the gate ratio, the identity-fit loss, the
+    views' diversity; the generators' loss curves (converged?) and the 64 vs 128 px cost probe."""
+    rep = Report()
+    extra, s = obj.get("extra", {}), obj.get("settings", {})
+    tab = ResultsTable.from_rows(obj["rows"])
+    gate, needed = extra.get("reconstruction_gate", 0.98), extra.get("view_agreement_needed", 0.98)
+    quick = " (quick smoke run: not a result)" if obj.get("quick") else ""
+
+    def mean(method: str, metric: str) -> float | None:
+        return tab.summary(method, metric, **BOOT)["mean"] if method in tab.methods(metric) else None
+
+    rows, settings_of = [], {}
+    for c in map(dict, extra.get("cells", [])):  # copies: the envelope stays as read
+        m = c["method"]
+        ratio = mean(m, "dice_reconstruction") / max(mean(m, "dice_image"), 1e-8)
+        agree = mean(m, "view_pairwise_agreement")
+        c["gate_ratio"], c["view_agreement"] = ratio, agree
+        settings_of.setdefault((c["alpha_bar"], c["inversion_stride"], c["iterations"], c["lr"]), []).append(c)
+        rows.append([c["generator"], c["inversion_stride"], c["alpha_bar"], c["tau"], c["iterations"], c["lr"],
+                     f3(ratio), "passed" if ratio >= gate else "failed",
+                     f3(mean(m, "identity_initial_over_threshold"), 1), f3(mean(m, "identity_loss_over_threshold"), 1),
+                     f3(mean(m, "view_agreement")), f3(agree), f3(mean(m, "view_mae")),
+                     f3(mean(m, "identity_fraction"))])
+    # a setting passes when its views differ (pairwise agreement measured < needed) and the gate holds; it passes
+    # robustly when it holds for every generator it was run with
+    passing = []
+    for (a, stride, n, lr), cs in settings_of.items():
+        differ = [c["view_agreement"] for c in cs if c["view_agreement"] is not None]
+        ok = [c for c in cs if c["gate_ratio"] >= gate]
+        if ok and differ and max(differ) < needed:
+            passing.append((a, stride, n, lr, ok, cs))
+    lines = [f"# {extra.get('title', stem)}", "",
+             f"Written by `benchmarks/{extra.get('script', stem)}`{quick}: {minutes(obj['timing'].get('wall_s'))} wall "
+             f"clock, load average at start {obj['timing'].get('load_average_start')}. {s.get('val_items')} "
+             f"validation images ({s.get('data')}), {s.get('size')} px; no test image is used. Budget: "
+             f"{s.get('budget', 'n/a')}.", "",
+             f"Gate ratio = mean Dice of the segmenter on `reconstruct(image)` (the identity path alone) / its mean "
+             f"Dice on the image (needed >= {gate}). Identity loss = the identity embedding's MSE at its first / last "
+             f"iteration over the early-stop threshold (needed <= 1). Views: 2 per image, lambda_i {s.get('lambda_i')}; "
+             f"agreement of the segmenter's predictions on the views with its prediction on the image, and between "
+             f"the two views (views that differ: pairwise agreement < {needed}; a lossy identity path alone lowers the "
+             f"first, not the second).", "",
+             "## Gate against the noise level and the identity fit", ""]
+    lines += table(["generator", "inversion stride", "alpha-bar", "tau", "identity iterations", "lr", "gate ratio",
+                    "gate", "identity loss / threshold, first", "last", "agreement with the image",
+                    "agreement between views", "view MAE",
+                    "identity fraction"], rows)
+    n_gen = len({c["generator"] for c in extra.get("cells", [])})
+    robust = [p for p in passing if len(p[4]) == n_gen]
+    if robust:
+        verdict = "the gate passes with views that differ for every generator at: " + "; ".join(
+            f"alpha-bar {a}, stride {stride}, {n} iterations, lr {lr} (gate "
+            f"{', '.join(f3(c['gate_ratio']) for c in cs)})" for a, stride, n, lr, _, cs in robust)
+    elif passing:
+        verdict = (f"the gate passes with views that differ for some of the {n_gen} generators, never for all: "
+                   + "; ".join(f"alpha-bar {a}, stride {stride}, {n} iterations, lr {lr}: {len(ok)} of the {len(cs)} "
+                               f"run (gate {', '.join(f3(c['gate_ratio']) for c in cs)})"
+                               for a, stride, n, lr, ok, cs in passing))
+    else:
+        verdict = (f"no setting passes the gate with views that differ (agreement between views < {needed}): where "
+                   "the gate passes the views are too alike, where they differ the identity path loses Dice")
+    lines += ["", f"Reading: {verdict}."]
+    gens = extra.get("generators", {})
+    if gens:
+        grow = []
+        for label, g in gens.items():
+            loss, k = g["loss"], min(5, len(g["loss"]) // 2)
+            last, before = sum(loss[-k:]) / k, sum(loss[-2 * k:-k]) / k
+            grow.append([label, g["epochs"], minutes(sum(g["seconds"])), f3(before, 4), f3(last, 4),
+                         f"{100 * (last - before) / before:+.0f} %", ", ".join(f3(v, 4) for v in loss)])
+        lines += ["", "## Has the generator converged? (denoising loss per epoch, one CPU thread)", ""]
+        lines += table(["generator", "epochs", "training wall time", f"mean loss, epochs before the last {k}",
+                        f"mean loss, last {k} epochs", "change", "loss per epoch"], grow)
+    probe = extra.get("cost_probe")
+    if probe:
+        pj = probe.get("projection", {})
+        steps = pj.get("generator_epochs", 0) * pj.get("steps_per_epoch", 0)
+        prow = [[f"{n} px", f3(probe[n]["train_step"], 2), f3(probe[n]["ttga_image"], 2),
+                 minutes(steps * probe[n]["train_step"]),
+                 minutes(pj.get("test_images", 0) * probe[n]["ttga_image"])] for n in ("64", "128") if n in probe]
+        lines += ["", "## Cost of 128 px (CPU seconds, median of interleaved repeats)", ""]
+        lines += table(["size", "s per generator training step (batch 16)", "s per TTGA image (4 views)",
+                        f"generator of one seed ({pj.get('generator_epochs')} epochs x {pj.get('steps_per_epoch')} "
+                        "steps)", f"TTGA views of one test pass ({pj.get('test_images')} images)"], prow)
+    lines += ["", f"Settings: `{json.dumps(s, sort_keys=True)}`", ""]
+    rep.markdown[f"{stem}.md"] = "\n".join(lines)
+    fits = [(mean(c["method"], "identity_initial_over_threshold"), mean(c["method"], "identity_loss_over_threshold"))
+             for c in extra.get("cells", [])]
+    fits = [(f, last) for f, last in fits if f is not None and last is not None]
+    summary = verdict
+    if fits:
+        summary += (f"; identity-fit loss / threshold {min(x for _, x in fits):.1f} to {max(x for _, x in fits):.1f} "
+                    f"(needed <= 1; it falls by at most {100 * max(1 - last / f for f, last in fits):.0f} % over the "
+                    "identity iterations)")
+    if probe and "128" in probe and steps:
+        summary += (f"; 128 px: a generator of one seed costs {minutes(steps * probe['128']['train_step'])} of one "
+                    f"core against {minutes(steps * probe['64']['train_step'])} at 64 px")
+    rep.readme_rows.append((f"`ttga_quality.py --gate_study`{' (quick)' if obj.get('quick') else ''}",
+                            f"Kvasir-SEG validation, {s.get('val_items')} images: reconstruction gate vs alpha-bar "
+                            "(means, no interval)", summary))
+    rep.bundle["ttga"] = [f"**Reconstruction gate on Kvasir-SEG validation images** "
+                          f"([details](../../../benchmarks/results/{stem}.md)){quick}: {summary}.", ""]
     return rep
 
 
 ENVELOPE_RENDERERS: dict[str, Callable[[str, Mapping[str, Any]], Report]] = {
     "ttga_quality": render_ttga_quality,
+    "ttga_quality_drive": render_ttga_quality,
+    "ttga_gate": render_ttga_gate,
     "adaptdiff_fundus": render_adaptation,
     "adaptdiff_brats3d": render_adaptation,
     "gms_quality": render_gms,
     "gms_speed": render_gms,
     "gms_crossdomain": render_gms,
+    "gms_curves": render_gms,
     "ctrl_genaug_motion_phantoms": render_sequence_controls,
     "ctrl_genaug_motion_phantoms_class_embedding": render_sequence_controls,
     "ctrl_genaug_motion_phantoms_motion_scale": render_sequence_controls,
@@ -1096,17 +1281,24 @@ def write_plots(plots: Sequence[Plot], results_dir: Path) -> list[Path]:
     out = []
     for p in plots:
         fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(p.labels) + 2), 3.4))
-        x = list(range(len(p.labels)))
-        yerr = None
-        if p.lows is not None and p.highs is not None:
-            yerr = [[m - lo for m, lo in zip(p.means, p.lows)], [hi - m for m, hi in zip(p.means, p.highs)]]
-        if p.kind == "curve":
-            ax.errorbar(x, p.means, yerr=yerr, marker="o", capsize=4)
-            ax.set_xlabel("real labelled items")
+        if p.kind == "lines":
+            for label, (xs, ys) in p.series.items():
+                ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            ax.set_xlabel(p.xlabel or "")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
         else:
-            ax.bar(x, p.means, yerr=yerr, capsize=4, color="#4c72b0")
-        ax.set_xticks(x)
-        ax.set_xticklabels(p.labels, rotation=30, ha="right", fontsize=7)
+            x = list(range(len(p.labels)))
+            yerr = None
+            if p.lows is not None and p.highs is not None:
+                yerr = [[m - lo for m, lo in zip(p.means, p.lows)], [hi - m for m, hi in zip(p.means, p.highs)]]
+            if p.kind == "curve":
+                ax.errorbar(x, p.means, yerr=yerr, marker="o", capsize=4)
+                ax.set_xlabel(p.xlabel or "real labelled items")
+            else:
+                ax.bar(x, p.means, yerr=yerr, capsize=4, color="#4c72b0")
+            ax.set_xticks(x)
+            ax.set_xticklabels(p.labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(p.ylabel)
         ax.set_title(textwrap.fill(p.title, 70), fontsize=8)
         fig.tight_layout()

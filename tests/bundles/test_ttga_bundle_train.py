@@ -92,3 +92,27 @@ def test_train_segmenter_writes_weights_the_inference_config_loads(work, common,
     # the default network_def does not fit these weights: the message names the train config
     default = bundle_tools.parser("ttga", "inference.json", model_path=str(model))
     assert "train_segmenter.json" in bundle_tools.errors(lambda: default.get_parsed_content("network"))
+
+
+def test_train_generator_pixel_space_grounded_switch(work, common, bundle_tools):
+    """``--latent False --grounding_weight w`` trains the benchmark's kind of generator from the bundle: no autoencoder
+    (nothing is lost to one), the lesion token grounded on the masks (``train_grounded_ttga_generator``, resumable
+    checkpoint with a per-epoch history); the inference config loads it and its identity path reconstructs."""
+    path, out = work / "generator_pixel.pt", work / "train_generator_pixel"
+    parser = bundle_tools.parser(  # in-process: the same config a `monai.bundle run` reads, without a new interpreter
+        "ttga", "train_generator.json", output_dir=str(out), generator_path=str(path),
+        phantom_dir=str(work / "phantoms_pixel"), num_phantoms=8, spatial_size=[16, 16], batch_size=4, seed=0,
+        latent=False, grounding_weight=1.0, lesion_token=1, prompt_tokens=4, unet_channels=[8, 8],
+        unet_attention_levels=[False, True], num_head_channels=8, unet_norm_num_groups=4, cross_attention_dim=8,
+        epochs=2, sample_grids=False, progress=False)
+    parser.get_parsed_content("run")
+    assert not (out / "autoencoder").exists() and not (out / "diffusion").exists()  # neither default trainer ran
+    history = torch.load(out / "grounded" / "grounded_checkpoint.pt", weights_only=False)["history"]
+    assert history["epochs"] == 2 and len(history["grounding_loss"]) == 2
+    assert all(0.0 < g < 5.0 for g in history["grounding_loss"])  # a BCE of attention vs mask was computed
+    extra = torch.load(path, weights_only=True)["extra"]
+    assert extra["latent"] is False and extra["grounding_weight"] == 1.0 and extra["epochs"] == [0, 2]
+    gen, image, views = _views_through_inference_config(bundle_tools, path)
+    assert gen.autoencoder is None and gen.autoencoder_factor == 1 and gen.prompt_embedding.num_tokens == 4
+    assert list(gen.config["unet"]["attention_levels"]) == [False, True]
+    assert views.shape == (2, 3, 16, 20) and torch.isfinite(views).all()

@@ -3,7 +3,9 @@ goals and diagnosis come from the JSON, and the bundle doc gets a generated bloc
 
 from __future__ import annotations
 
-from monai_genaug.evaluation.report import render_results
+import pytest
+
+from monai_genaug.evaluation.report import render_results, write_plots
 from monai_genaug.evaluation.results import BenchmarkTimer, write_results
 
 
@@ -43,6 +45,49 @@ def test_gms_quality_envelope_renders_every_section(tmp_path):
     block = rep.blocks[("bundles/gms/docs/README.md", "gms-gms_quality")]
     assert block[0] == "### GMS test" and "Diagnosis: the image latent is the limit." in block
     assert "### Goals" in block and "## Goals" not in block  # headings one level below the doc's "## Performance"
+    # learning curves as line plots against iterations and wall seconds, linked from the README row and the bundle doc
+    lines = {p.name: p for p in rep.plots if p.kind == "lines"}
+    assert set(lines) == {"gms_quality_val_dice_vs_iterations", "gms_quality_val_dice_vs_wall_time"}
+    assert lines["gms_quality_val_dice_vs_iterations"].series["gms_fast"] == [[10, 20], [0.42, 0.51]]
+    assert lines["gms_quality_val_dice_vs_wall_time"].series["unet_gms_size"] == [[3.0, 6.0], [0.42, 0.51]]
+    assert "[vs wall time](benchmarks/results/plots/gms_quality_val_dice_vs_wall_time.png)" in rep.readme_rows[0][2]
+    assert any("plots/gms_quality_val_dice_vs_iterations.png)" in line for line in block)
+
+
+def test_gms_curves_envelope_renders_plateaus_gaps_and_plots(tmp_path):
+    rows = _rows("gms_fast_w32", [0.5, 0.6, 0.7]) + _rows("unet_gms_size", [0.6, 0.7, 0.8])
+    rising = [{"iteration": i, "train_wall_s": 2.0 * i, "train_cpu_s": 1.0 * i, "val_dice": 0.1 * i} for i in (1, 2, 3, 4)]
+    extra = {
+        "title": "GMS curves", "bundle": "gms",
+        "models": {"gms_fast_w32": {"parameters": 1560112, "curves": {"0": rising}},
+                   "unet_gms_size": {"parameters": 407265, "curves": {"0": rising}}},
+        "plateau_criterion": "no later checkpoint beats it by more than 0.01",
+        "plateaus": {"gms_fast_w32": {"0": {"flattened": False, "plateau_iteration": None, "first_stable_checkpoint": 4,
+                                            "plateau_cpu_s": 4.0, "plateau_wall_s": 8.0, "best_val_dice": 0.4,
+                                            "best_iteration": 4, "final_val_dice": 0.4}},
+                     "unet_gms_size": {"0": {"flattened": True, "plateau_iteration": 2, "first_stable_checkpoint": 2,
+                                             "plateau_cpu_s": 2.0, "plateau_wall_s": 4.0, "best_val_dice": 0.205,
+                                             "best_iteration": 3, "final_val_dice": 0.2}}},
+        "gaps_to_unet_gms_size": {"gms_fast_w32": {"4_iterations": {"mean": -0.1, "low": -0.12, "high": -0.08},
+                                                   "2_iterations": {"mean": -0.2, "low": -0.25, "high": -0.15},
+                                                   "change": {"mean": 0.1, "low": 0.05, "high": 0.15}}},
+        "cost_per_iteration_relative_to_unet_gms_size": {"gms_fast_w32": 15.5, "unet_gms_size": 1.0},
+    }
+    write_results(tmp_path / "gms_curves.json", "gms_curves", {}, [0], rows, BenchmarkTimer().stop(),
+                  primary_metric="dice", baseline="unet_gms_size", extra=extra)
+    rep = render_results(tmp_path)
+    md = rep.markdown["gms_curves.md"]
+    assert "criterion: no later checkpoint beats it by more than 0.01" in md
+    assert "| gms_fast_w32 | 0 | no | - | - | - | 0.400 (4) | 0.400 | 15.50 |" in md
+    assert "| unet_gms_size | 0 | yes | 2 | 2 | 4 | 0.205 (3) | 0.200 | 1.00 |" in md
+    # budgets in increasing order, then the paired change
+    i2, i4 = md.index("| gms_fast_w32 | 2 iterations | -0.200 |"), md.index("| gms_fast_w32 | 4 iterations | -0.100 |")
+    assert i2 < i4 < md.index("| gms_fast_w32 | change (long - short) | +0.100 | [0.050, 0.150] |")
+    pytest.importorskip("matplotlib")
+    written = write_plots([p for p in rep.plots if p.kind == "lines"], tmp_path)
+    assert sorted(p.name for p in written) == ["gms_curves_val_dice_vs_iterations.png",
+                                               "gms_curves_val_dice_vs_wall_time.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
 
 
 def test_gms_crossdomain_envelope_renders_drops(tmp_path):
@@ -56,7 +101,9 @@ def test_gms_crossdomain_envelope_renders_drops(tmp_path):
              "gms_drop_minus_unet_drop": {"d->c": {"mean": -0.2, "low": -0.27, "high": -0.13}},
              "goals": {"smaller_drop": {"goal": "GMS drop - UNet drop < 0", "met": {"d->c": True}}},
              "tokenizers": {"drive": {"test_in_domain": {"psnr": 23.3, "ssim": 0.58, "mask_dice": 0.61},
-                                      "best_val_mask_dice": 0.55, "epochs": 3, "mask_foreground_weight": 10.0}}}
+                                      "best_val_mask_dice": 0.55, "epochs": 3, "mask_foreground_weight": 10.0}},
+             "latent_window": {"d->c out_of_domain": {"mean": -0.004, "low": -0.01, "high": 0.002, "wins": 1,
+                                                      "losses": 2, "ties": 0}}}
     write_results(tmp_path / "gms_crossdomain.json", "gms_crossdomain", {}, [0], rows, BenchmarkTimer().stop(),
                   primary_metric="dice_out_of_domain", extra=extra)
     md = render_results(tmp_path).markdown["gms_crossdomain.md"]
@@ -64,3 +111,4 @@ def test_gms_crossdomain_envelope_renders_drops(tmp_path):
     assert "| unet_gms_size d->c | +0.300 | [0.250, 0.350] |" in md
     assert "| d->c | -0.200 | [-0.270, -0.130] |" in md and "d->c: met" in md
     assert "| drive | 23.300 | 0.580 | 0.610 | 0.550 | 3 | 10.0 |" in md
+    assert "| d->c out_of_domain | -0.004 | [-0.010, 0.002] | 1 / 2 / 0 |" in md
