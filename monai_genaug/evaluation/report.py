@@ -458,6 +458,15 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
     return rep
 
 
+def _oracle_summary(extra: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """The oracle's summary of one synthetic set of ``extra.oracle.rows`` (None: no oracle or no such set)."""
+    if not extra.get("oracle"):
+        return None
+    otab = ResultsTable.from_rows(extra["oracle"]["rows"])
+    om = otab.metrics()[0]
+    return otab.summary(name, om, **BOOT) if name in otab.methods(om) else None
+
+
 def _sequence_goal_diagnosis(obj: Mapping[str, Any]) -> list[str]:
     """Where the chain from generator to downstream gain breaks, in numbers of the envelope (``extra.counts``,
     ``extra.oracle``, ``extra.checks``, ``extra.folds``): kept clips, class agreement of all generated clips, the
@@ -468,14 +477,10 @@ def _sequence_goal_diagnosis(obj: Mapping[str, Any]) -> list[str]:
     if "real+filtered" in counts and "real+all" in counts:
         out.append(f"- the filter kept {counts['real+filtered']['num_synthetic']} of "
                    f"{counts['real+all']['num_synthetic']} generated clips;")
-    oracle = extra.get("oracle")
-    if oracle:
-        otab = ResultsTable.from_rows(oracle["rows"])
-        om = otab.metrics()[0]
-        if "generated (all)" in otab.methods(om):
-            g = otab.summary("generated (all)", om, **BOOT)
-            out.append(f"- class: the oracle agrees with the intended class on {g['mean']:.3f} {interval(g)} of all "
-                       f"generated clips, against {oracle['test_score']:.3f} on real test clips;")
+    g = _oracle_summary(extra, "generated (all)")
+    if g is not None:
+        out.append(f"- class: the oracle agrees with the intended class on {g['mean']:.3f} {interval(g)} of all "
+                   f"generated clips, against {extra['oracle']['test_score']:.3f} on real test clips;")
     trend = checks.get("size_trend")
     if trend:
         out.append(f"- motion direction (model-free): the bright area changes in the class's direction in "
@@ -589,12 +594,9 @@ def render_sequence_controls(stem: str, obj: Mapping[str, Any]) -> Report:
                     gap = tc[name] - tc["real_train"]
                     grows.append([f"temporal consistency of {name} clips within {lim:g} points of real",
                                   f"{gap:+.2f}", "met" if abs(gap) <= lim else "not met"])
-        oracle = extra.get("oracle")
-        if oracle:
-            otab = ResultsTable.from_rows(oracle["rows"])
-            om = otab.metrics()[0]
-            if "kept by the filter" in otab.methods(om):
-                k = otab.summary("kept by the filter", om, **BOOT)
+        if extra.get("oracle"):
+            k = _oracle_summary(extra, "kept by the filter")
+            if k is not None:
                 grows.append([f"oracle class agreement of kept clips >= {goals['kept_agreement_at_least']}",
                               f"{k['mean']:.3f} {interval(k)}",
                               "met" if k["mean"] >= float(goals["kept_agreement_at_least"]) else "not met"])
