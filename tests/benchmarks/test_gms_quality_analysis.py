@@ -3,22 +3,14 @@ comparable, the per-image GMS - UNet gap, the latent-window comparison and the m
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from monai_genaug.evaluation.statistics import ResultsTable
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def gq():
-    spec = importlib.util.spec_from_file_location("gms_quality", ROOT / "benchmarks" / "gms_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gq(benchmark_script):
+    return benchmark_script("gms_quality")
 
 
 def _curve(values):

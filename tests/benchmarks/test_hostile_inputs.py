@@ -3,23 +3,14 @@ without a message; the full sweep is ``python benchmarks/hostile_inputs.py``."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "hostile_inputs.py"
-
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("hostile_inputs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def sweep(benchmark_script):
+    return benchmark_script("hostile_inputs")
 
 
 def test_quick_sweep_has_no_silent_or_unexplained_outcome(sweep, tmp_path):

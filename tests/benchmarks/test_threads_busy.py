@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.slow
-def test_threads_busy_quick(tmp_path):
-    spec = importlib.util.spec_from_file_location("threads_busy", ROOT / "benchmarks" / "threads_busy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_threads_busy_quick(tmp_path, benchmark_script):
+    module = benchmark_script("threads_busy")
     out = tmp_path / "threads_busy.json"
     result = module.main(["--quick", "--busy", "1", "--timeout", "600", "--out", str(out)])
     assert json.loads(out.read_text()) == result
