@@ -821,8 +821,8 @@ def render_ttga_gate(stem: str, obj: Mapping[str, Any]) -> Report:
             f"{', '.join(f3(c['gate_ratio']) for c in cs)})" for a, stride, n, lr, _, cs in robust)
     elif passing:
         verdict = (f"the gate passes with views that differ for some of the {n_gen} generators, never for all: "
-                   + "; ".join(f"alpha-bar {a}, stride {stride}, {n} iterations, lr {lr}: {len(ok)} of the {len(cs)} "
-                               f"run (gate {', '.join(f3(c['gate_ratio']) for c in cs)})"
+                   + "; ".join(f"alpha-bar {a}, stride {stride}, {n} iterations, lr {lr}: {len(ok)} of "
+                               f"{len(cs)} generator{'s' if len(cs) > 1 else ''} tried (gate {', '.join(f3(c['gate_ratio']) for c in cs)})"
                                for a, stride, n, lr, ok, cs in passing))
     else:
         verdict = (f"no setting passes the gate with views that differ (agreement between views < {needed}): where "

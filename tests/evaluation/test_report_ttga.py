@@ -65,7 +65,7 @@ def test_gate_study_report_finds_where_the_gate_passes_with_views_that_differ(tm
     assert "| 0.97 | 1 | 20 | 0.1 | 1.000 | passed |" in md
     # 0.9 passes for g (0.495 / 0.5 = 0.99) with views that differ (0.97 < 0.98) but fails for h (0.9): not robust;
     # 0.97 passes but its views are alike
-    assert ("for some of the 2 generators, never for all: alpha-bar 0.9, stride 10, 20 iterations, lr 0.1: 1 of the 2 "
-            "run (gate 0.990, 0.900)") in md and "alpha-bar 0.97," not in md
+    assert ("for some of the 2 generators, never for all: alpha-bar 0.9, stride 10, 20 iterations, lr 0.1: 1 of 2 "
+            "generators tried (gate 0.990, 0.900)") in md and "alpha-bar 0.97," not in md
     assert "| g | 10 | 10.0 min | 1.0000 | 0.5000 | -50 % |" in md
     assert f"| 128 px | 4.00 | 2.00 | {18 * 44 * 4 / 60:.1f} min | {200 * 2 / 60:.1f} min |" in md
