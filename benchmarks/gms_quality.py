@@ -127,11 +127,60 @@ def augment(x: torch.Tensor, y: torch.Tensor, rng: torch.Generator, jitter_prob:
 
 
 # ------------------------------------------------------------------------------------------------ tokenizers
+def first_stable(values: Sequence[float], tolerance: float) -> int:
+    """Index of the first value of a curve that no later value beats by more than ``tolerance``."""
+    return next(i for i in range(len(values)) if i == len(values) - 1 or max(values[i + 1 :]) - values[i] <= tolerance)
+
+
+class TokenizerConvergence:
+    """Epoch-level handler of a tokenizer's training: validation PSNR, SSIM and mask upper bound after every epoch,
+    kept in ``path`` (a resumed run keeps its curve); it stops the run once the PSNR and the mask-Dice curves have
+    both flattened: their first stable epoch (:func:`first_stable`, ``psnr_tolerance`` dB / ``dice_tolerance``)
+    leaves at least the last quarter of the epochs after it, and ``min_epochs`` have run."""
+
+    def __init__(self, ae: torch.nn.Module, val: dict, path: Path, psnr_tolerance: float, dice_tolerance: float,
+                 min_epochs: int):
+        self.ae, self.val, self.path = ae, val, path
+        self.psnr_tolerance, self.dice_tolerance, self.min_epochs = psnr_tolerance, dice_tolerance, min_epochs
+        self.curve: list[dict[str, float]] = json.loads(path.read_text()) if path.is_file() else []
+        self._cpu0 = time.process_time()
+        self._cpu_before = self.curve[-1]["train_cpu_s"] if self.curve else 0.0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def converged_epoch(self) -> int | None:
+        """The epoch both curves flattened at (None: not yet)."""
+        epochs = len(self.curve)
+        if epochs < self.min_epochs:
+            return None
+        first = max(first_stable([p["val_psnr"] for p in self.curve], self.psnr_tolerance),
+                    first_stable([p["val_mask_dice"] for p in self.curve], self.dice_tolerance))
+        return self.curve[first]["epoch"] if first + 1 <= 0.75 * epochs else None
+
+    def __call__(self, engine) -> None:
+        epoch = engine.state.epoch
+        scores = tokenizer_scores(self.ae, self.val, self.val.get("fov"))
+        self.curve = [p for p in self.curve if p["epoch"] < epoch] + [{
+            "epoch": epoch, **{f"val_{k}": float(np.mean(v)) for k, v in scores.items()},
+            "train_cpu_s": round(self._cpu_before + time.process_time() - self._cpu0, 1)}]
+        write_json_atomic(self.curve, self.path)
+        print(f"  tokenizer epoch {epoch}: PSNR {self.curve[-1]['val_psnr']:.2f} mask Dice "
+              f"{self.curve[-1]['val_mask_dice']:.3f}", flush=True)
+        if self.converged_epoch() is not None:
+            engine.terminate()
+
+
 def train_tokenizer(preset: str, images: torch.Tensor, masks: torch.Tensor, val: dict, epochs: int, batch: int,
-                    work: Path, seed: int = 0, mask_foreground_weight: float = 1.0) -> tuple[torch.nn.Module, dict]:
+                    work: Path, seed: int = 0, mask_foreground_weight: float = 1.0,
+                    converge: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Train a GMS tokenizer on ``images`` plus the mask images of ``masks`` (label maps; may be empty), choosing the
     epoch on the validation mask Dice; returns the frozen autoencoder and its training record.
-    ``mask_foreground_weight`` weighs the inside of the masks in the L1 loss (thin structures: vessels)."""
+    ``mask_foreground_weight`` weighs the inside of the masks in the L1 loss (thin structures: vessels).
+    ``converge`` (``psnr_tolerance``, ``dice_tolerance``, ``min_epochs``) trains until :class:`TokenizerConvergence`
+    sees both validation curves flatten, ``epochs`` being the cap; the run resumes from its last epoch."""
     channels = images.shape[1]
     config = gms_config(preset, 2, channels, 1)
     torch.manual_seed(seed)
@@ -140,18 +189,24 @@ def train_tokenizer(preset: str, images: torch.Tensor, masks: torch.Tensor, val:
     g = torch.Generator().manual_seed(seed)
     train = DataLoader([{"image": t} for t in pool], batch_size=batch, shuffle=True, generator=g)
     val_loader = DataLoader([{"image": i, "label": l} for i, l in zip(val["image"], val["label"])], batch_size=32)
+    monitor = TokenizerConvergence(ae, val, work / "convergence.json", **converge) if converge else None
     t = time.perf_counter()
     trainer = create_gms_autoencoder_trainer(
         ae, train, epochs, work, 1, config, val_loader=val_loader, grid=False, use_masks=False,
-        mask_foreground_weight=mask_foreground_weight, options=TrainingOptions(seed=seed, resume=False),
+        mask_foreground_weight=mask_foreground_weight,
+        options=TrainingOptions(seed=seed, resume=monitor is not None, extra_handlers=[monitor] if monitor else ()),
     )
     trainer.run()
-    record = {"preset": preset, "config": config["autoencoder"], "epochs": epochs, "train_items": len(pool),
+    record = {"preset": preset, "config": config["autoencoder"], "epochs": trainer.state.epoch,
+              "max_epochs": epochs, "train_items": len(pool),
               "images": len(images), "masks": len(masks), "train_seconds": round(time.perf_counter() - t, 1),
               "mask_foreground_weight": mask_foreground_weight,
               "parameters": sum(p.numel() for p in ae.parameters()),
               "best_val_mask_dice": trainer.handles.best_saver.best,
               "best_epoch": trainer.handles.best_saver.best_epoch}
+    if monitor is not None:
+        record.update(convergence=monitor.curve, converged_epoch=monitor.converged_epoch(),
+                      convergence_rule=converge, train_cpu_s=monitor.curve[-1]["train_cpu_s"])
     return ae.eval().requires_grad_(False), record
 
 
@@ -203,6 +258,8 @@ class Runner:
         self.sched = WarmupCosineSchedule(self.opt, warmup_steps=warmup, t_total=iterations)
         self.wall = self.cpu = 0.0
         self.iterations = 0
+        self.cap = iterations
+        self.stopped_at: int | None = None
         self.curve: list[dict[str, float]] = []
         self.best: tuple[float, dict] | None = None
 
@@ -241,12 +298,19 @@ class Runner:
 
 def train_lockstep(runners: list[Runner], train: dict, val: dict, iterations: int, checkpoints: Sequence[int],
                    batch: int, chunk: int, seed: int, jitter_prob: float,
-                   sample: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
-    """Train every runner on the same batch sequence, ``chunk`` iterations each in turn (interleaved timings)."""
+                   sample: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                   stop: Callable[[Runner], bool] | None = None) -> None:
+    """Train every runner on the same batch sequence, ``chunk`` iterations each in turn (interleaved timings).
+
+    A runner trains up to its own ``cap`` (the length of its learning-rate schedule, at most ``iterations``) and is
+    checkpointed at ``checkpoints`` and at its cap; with ``stop``, a runner whose curve ``stop`` judges finished at a
+    checkpoint leaves the run there (early stopping: its ``stopped_at``). The batches do not depend on which runners
+    are still training, so a runner sees the same batches alone or beside others."""
     n = len(train["image"])
     batches_rng = torch.Generator().manual_seed(seed)
     done = 0
-    while done < iterations:
+    active = list(runners)
+    while done < iterations and active:
         todo = min(chunk, iterations - done)
         batches = []
         for _ in range(todo):
@@ -256,15 +320,31 @@ def train_lockstep(runners: list[Runner], train: dict, val: dict, iterations: in
                 idx = torch.randint(0, n, (batch,), generator=batches_rng)
                 x, y = train["image"][idx], train["label"][idx]
             batches.append(augment(x, y, batches_rng, jitter_prob))
-        for r in runners:
-            for x, y in batches:
+        for r in active:
+            for x, y in batches[: r.cap - done]:
                 r.step(x, y)
         done += todo
-        if done in checkpoints or done == iterations:
-            for r in runners:
-                r.checkpoint(val)
+        marked = [r for r in active if done in checkpoints or done >= r.cap]
+        for r in marked:
+            r.checkpoint(val)
+            if done >= r.cap or (stop is not None and stop(r)):
+                r.stopped_at = r.iterations
+                active.remove(r)
+        if marked:
             print(f"  it {done}: " + ", ".join(f"{r.name} {r.curve[-1]['val_dice']:.3f} ({r.wall:.0f}s)"
-                                               for r in runners), flush=True)
+                                               + (" stop" if r.stopped_at else "") for r in marked), flush=True)
+
+
+def plateau_stop(tolerance: float, min_iterations: int, min_checkpoints_after: int = 3) -> Callable[[Runner], bool]:
+    """Early stopping by the plateau criterion: stop a runner once its curve so far has flattened (:func:`plateau`),
+    with at least ``min_checkpoints_after`` checkpoints after the plateau's and ``min_iterations`` trained."""
+
+    def finished(r: Runner) -> bool:
+        p = plateau(r.curve, tolerance, r.iterations)
+        after = sum(c["iteration"] > p["first_stable_checkpoint"] for c in r.curve)
+        return r.iterations >= min_iterations and p["flattened"] and after >= min_checkpoints_after
+
+    return finished
 
 
 def scale_of(ae: torch.nn.Module, images: torch.Tensor) -> float:
@@ -273,16 +353,31 @@ def scale_of(ae: torch.nn.Module, images: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def stage_tokenizers(args, data: dict, work: Path) -> dict:
+def tokenizer_specs(args, data: dict) -> dict[str, tuple]:
+    """The Kvasir-SEG tokenizers by name: (preset, images, masks, epochs, convergence rule or None)."""
     tr, va, te = data["training"], data["validation"], data["test"]
     all_images = torch.cat([tr["image"], va["image"], te["image"]])
+    return {
+        "tokenizer_task_small": ("small", tr["image"], tr["label"], args.ae_epochs, None),
+        "tokenizer_wide_all_images": ("paper", all_images, tr["label"], args.wide_ae_epochs, None),
+        "tokenizer_wide_converged": ("paper", all_images, tr["label"], args.converged_ae_epochs, converge_rule(args)),
+    }
+
+
+def converge_rule(args) -> dict[str, float]:
+    return {"psnr_tolerance": args.converge_psnr_tolerance, "dice_tolerance": args.converge_dice_tolerance,
+            "min_epochs": args.converge_min_epochs}
+
+
+def stage_tokenizers(args, data: dict, work: Path, names: Sequence[str]) -> dict:
+    """Train the Kvasir-SEG tokenizers ``names`` (of :func:`tokenizer_specs`) and score them on the test images."""
+    te = data["test"]
     out = {"rows": [], "records": {}}
-    for name, preset, images, masks, epochs in (
-        ("tokenizer_task_small", "small", tr["image"], tr["label"], args.ae_epochs),
-        ("tokenizer_wide_all_images", "paper", all_images, tr["label"], args.wide_ae_epochs),
-    ):
+    for name in names:
+        preset, images, masks, epochs, converge = tokenizer_specs(args, data)[name]
         print(f"tokenizer {name}", flush=True)
-        ae, record = train_tokenizer(preset, images, masks, va, epochs, args.ae_batch, work / name)
+        ae, record = train_tokenizer(preset, images, masks, data["validation"], epochs, args.ae_batch, work / name,
+                                     converge=converge)
         torch.save({"state": ae.state_dict(), "config": record["config"]}, work / f"{name}.pt")
         scores = tokenizer_scores(ae, te)
         record.update({f"test_{k}": float(np.mean(v)) for k, v in scores.items()})
@@ -291,6 +386,14 @@ def stage_tokenizers(args, data: dict, work: Path) -> dict:
             out["rows"] += [{"method": name, "case": cid, "seed": 0, "metric": metric, "value": float(v)}
                             for cid, v in zip(te["id"], values)]
     return out
+
+
+def merge_tokenizer_stages(first: dict, second: dict) -> dict:
+    """The tokenizers of two stages (e.g. the converged one trained in a later run) as one stage result."""
+    return {"rows": first["rows"] + second["rows"], "records": {**first["records"], **second["records"]},
+            "timing": {k: round(first["timing"][k] + second["timing"][k], 2) for k in ("wall_s", "cpu_s")}
+            | {"load_average_start": first["timing"]["load_average_start"],
+               "load_average_end": second["timing"]["load_average_end"]}}
 
 
 def load_tokenizer(work: Path, name: str, channels: int) -> tuple[torch.nn.Module, dict]:
@@ -315,16 +418,21 @@ def kvasir_runner(name: str, args, tok: tuple, scale: float, common: dict) -> Ru
 
 
 def stage_kvasir_seed(args, data: dict, work: Path, seed: int, models: Sequence[str], iterations: int,
-                      checkpoints: Sequence[int]) -> dict:
+                      checkpoints: Sequence[int], caps: dict[str, int] | None = None,
+                      stop: Callable[[Runner], bool] | None = None, tokenizer: str | None = None) -> dict:
     """Train ``models`` in lockstep for ``iterations`` on seed ``seed``'s batch sequence (a model's batches, its
     initialisation and its GMS latent noise depend on the seed only, so a model trained alone here matches the one
-    it would have been beside the others), keep the best validation checkpoint and score it once on the test split."""
+    it would have been beside the others), keep the best validation checkpoint and score it once on the test split.
+    ``caps`` gives a model its own iteration cap (its schedule's length), ``stop`` an early stop (see
+    :func:`train_lockstep`), ``tokenizer`` GMS's tokenizer (default ``--tokenizer``)."""
     tr, va, te = data["training"], data["validation"], data["test"]
-    tok = load_tokenizer(work, args.tokenizer, 3)
+    tokenizer = tokenizer or args.tokenizer
+    tok = load_tokenizer(work, tokenizer, 3)
     scale = scale_of(tok[0], tr["image"])
-    common = {"iterations": iterations, "lr": args.lr, "warmup": args.warmup, "seed": seed}
-    runners = [kvasir_runner(m, args, tok, scale, common) for m in models]
-    train_lockstep(runners, tr, va, iterations, checkpoints, args.batch, args.chunk, seed, args.jitter_prob)
+    common = {"lr": args.lr, "warmup": args.warmup, "seed": seed}
+    runners = [kvasir_runner(m, args, tok, scale, common | {"iterations": (caps or {}).get(m, iterations)})
+               for m in models]
+    train_lockstep(runners, tr, va, iterations, checkpoints, args.batch, args.chunk, seed, args.jitter_prob, stop=stop)
     rows, info = [], {}
     for r in runners:
         r.restore_best()
@@ -332,9 +440,10 @@ def stage_kvasir_seed(args, data: dict, work: Path, seed: int, models: Sequence[
         rows += [{"method": r.name, "case": cid, "seed": seed, "metric": "dice", "value": float(v)}
                  for cid, v in zip(te["id"], scores)]
         info[r.name] = {"curve": r.curve, "parameters": r.parameters, "train_wall_s": round(r.wall, 1),
-                        "train_cpu_s": round(r.cpu, 1), "best_val_dice": r.best[0],
+                        "train_cpu_s": round(r.cpu, 1), "best_val_dice": r.best[0], "iterations": r.iterations,
+                        "cap": r.cap, "stopped_early": r.iterations < r.cap,
                         "cache": repr(r.prepare.cache) if r.is_gms and r.prepare.cache is not None else None,
-                        "trained_beside": [m for m in models if m != r.name]}
+                        "trained_beside": [m for m in models if m != r.name], "tokenizer": tokenizer}
     return {"rows": rows, "info": info, "scale_factor": scale}
 
 
@@ -377,19 +486,27 @@ def fundus_split(items: list[dict], domain: str) -> tuple[list[dict], list[dict]
             [i for i in items if i["group"] in kids[7:]])
 
 
-def stage_fundus_seed(args, sets: dict, work: Path, seed: int, source: str, target: str) -> dict:
-    src_train, src_val, src_test = fundus_split(sets[source], source)
-    tgt = sets[target]
+def fundus_tokenizer(args, sets: dict, work: Path, source: str) -> str:
+    """Train (once) the fundus tokenizer of ``source``: crops of every DRIVE and CHASE_DB1 image without labels plus
+    crops of the source's training masks, until its validation curves flatten; returns its name in ``work``."""
     name = f"tokenizer_fundus_{source}"
     if not (work / f"{name}.pt").is_file():
+        src_train, src_val, _ = fundus_split(sets[source], source)
         crops = random_fov_crops(sets["drive"] + sets["chase"], args.crop, args.tok_crops, seed=0, keys=("image",))
         mask_crops = random_fov_crops(src_train, args.crop, args.tok_mask_crops, seed=1, keys=("label",))
         val_crops = random_fov_crops(src_val, args.crop, 8, seed=2)
         ae, record = train_tokenizer(
             "paper", torch.stack([c["image"] for c in crops]), torch.stack([c["label"] for c in mask_crops]),
             _stack(val_crops) | {"fov": None}, args.fundus_ae_epochs, args.ae_batch, work / name,
-            mask_foreground_weight=args.fundus_mask_weight)
+            mask_foreground_weight=args.fundus_mask_weight, converge=converge_rule(args))
         torch.save({"state": ae.state_dict(), "config": record["config"], "record": record}, work / f"{name}.pt")
+    return name
+
+
+def stage_fundus_seed(args, sets: dict, work: Path, seed: int, source: str, target: str) -> dict:
+    src_train, src_val, src_test = fundus_split(sets[source], source)
+    tgt = sets[target]
+    name = fundus_tokenizer(args, sets, work, source)
     tok = load_tokenizer(work, name, 1)
     record = torch.load(work / f"{name}.pt", weights_only=False)["record"]
     train_crops = random_fov_crops(src_train, args.crop, 64, seed=100 + seed)
@@ -403,8 +520,9 @@ def stage_fundus_seed(args, sets: dict, work: Path, seed: int, source: str, targ
     runners = [Runner("gms_fast", tokenizer=tok, scale=scale, mapping_channels=args.mapping_channels, recipe="fast",
                       latent_roi=args.crop // 4, **common),
                Runner("unet_gms_size", channels=UNET_SIZES["unet_gms_size"], **common)]
-    train_lockstep(runners, tr, val, args.fundus_iterations, args.fundus_checkpoints, args.batch, args.chunk, seed,
-                   args.jitter_prob)
+    marks = list(range(args.fundus_every, args.fundus_iterations + 1, args.fundus_every))
+    train_lockstep(runners, tr, val, args.fundus_iterations, marks, args.batch, args.chunk, seed, args.jitter_prob,
+                   stop=plateau_stop(args.plateau_tolerance, args.fundus_min_iterations))
     rows, info = [], {}
     for r in runners:
         r.restore_best()
@@ -420,7 +538,8 @@ def stage_fundus_seed(args, sets: dict, work: Path, seed: int, source: str, targ
                           "metric": f"dice_{domain}_whole_latent", "value": float(v)}
                          for cid, v in zip(split["id"], whole)]
         info[r.name] = {"curve": r.curve, "parameters": r.parameters, "train_wall_s": round(r.wall, 1),
-                        "best_val_dice": r.best[0]}
+                        "train_cpu_s": round(r.cpu, 1), "best_val_dice": r.best[0], "iterations": r.iterations,
+                        "stopped_early": r.iterations < r.cap}
     return {"rows": rows, "info": info, "tokenizer": record}
 
 
@@ -482,16 +601,32 @@ def main(argv=None) -> dict:
                         "cached without it trains it alone on the same batches")
     p.add_argument("--curve_seeds", type=int, nargs="+", default=[0],
                    help="seeds of the long learning-curve run (stage 'curves'; one seed fits the CPU budget)")
-    p.add_argument("--curve_iterations", type=int, default=800)
+    p.add_argument("--curve_iterations", type=int, default=1200,
+                   help="iteration cap of the GMS curves (each model stops earlier once its curve flattens)")
+    p.add_argument("--curve_unet_iterations", type=int, default=2400, help="iteration cap of the UNet curves")
+    p.add_argument("--curve_min_iterations", type=int, default=400, help="no early stop before this many iterations")
     p.add_argument("--curve_every", type=int, default=100, help="validation checkpoint every N iterations")
     p.add_argument("--curve_models", nargs="+", default=["gms_fast", "gms_fast_w32", "unet_benchmark", "unet_gms_size"])
     p.add_argument("--plateau_tolerance", type=float, default=0.01,
                    help="a curve has flattened at the first checkpoint no later checkpoint beats by more than this "
                         "validation Dice (it must leave at least the last quarter of the run after it)")
-    p.add_argument("--tokenizer", default="tokenizer_wide_all_images",
-                   choices=["tokenizer_task_small", "tokenizer_wide_all_images"])
+    tokenizers = ["tokenizer_task_small", "tokenizer_wide_all_images", "tokenizer_wide_converged"]
+    p.add_argument("--tokenizer", default="tokenizer_wide_all_images", choices=tokenizers,
+                   help="tokenizer of the 300-iteration stage 'kvasir'")
+    p.add_argument("--curve_tokenizer", default="tokenizer_wide_converged", choices=tokenizers,
+                   help="tokenizer of the learning-curve stage 'curves'")
     p.add_argument("--ae_epochs", type=int, default=4)
     p.add_argument("--wide_ae_epochs", type=int, default=3)
+    p.add_argument("--converged_tokenizer", type=int, default=1,
+                   help="1: also train the wide tokenizer to convergence (tokenizer_wide_converged)")
+    p.add_argument("--converged_ae_epochs", type=int, default=30, help="epoch cap of the tokenizers trained to convergence")
+    p.add_argument("--converge_psnr_tolerance", type=float, default=0.2,
+                   help="a tokenizer has converged once no later epoch beats its validation PSNR by more than this "
+                        "(dB) ...")
+    p.add_argument("--converge_dice_tolerance", type=float, default=0.003,
+                   help="... nor its validation mask upper bound by more than this, with the last quarter of the "
+                        "epochs after it")
+    p.add_argument("--converge_min_epochs", type=int, default=6)
     p.add_argument("--ae_batch", type=int, default=16)
     p.add_argument("--fundus_size", type=int, default=256)
     p.add_argument("--crop", type=int, default=64)
@@ -499,18 +634,24 @@ def main(argv=None) -> dict:
     p.add_argument("--tok_mask_crops", type=int, default=48, help="tokenizer mask crops per source training image")
     p.add_argument("--fundus_mask_weight", type=float, default=10.0,
                    help="weight of the vessel pixels in the tokenizer's L1 loss (1: plain L1 blurs thin vessels away)")
-    p.add_argument("--fundus_ae_epochs", type=int, default=3)
-    p.add_argument("--fundus_iterations", type=int, default=200)
-    p.add_argument("--fundus_checkpoints", type=int, nargs="+", default=[50, 100])
+    p.add_argument("--fundus_ae_epochs", type=int, default=30,
+                   help="epoch cap of the fundus tokenizers (trained to convergence, see --converge_*)")
+    p.add_argument("--fundus_iterations", type=int, default=1000,
+                   help="iteration cap of the fundus models (each stops earlier once its validation curve flattens)")
+    p.add_argument("--fundus_every", type=int, default=100, help="fundus validation checkpoint every N iterations")
+    p.add_argument("--fundus_min_iterations", type=int, default=400)
     p.add_argument("--reverse", action="store_true", help="also CHASE_DB1 -> DRIVE")
+    p.add_argument("--fundus_tokenizers_only", action="store_true", help="stage fundus: train the tokenizers only")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.seeds, args.iterations, args.checkpoints = 32, args.seeds[:2], 6, [3]
-        args.ae_epochs = args.wide_ae_epochs = args.fundus_ae_epochs = 1
-        args.fundus_size, args.crop, args.tok_crops, args.fundus_iterations, args.fundus_checkpoints = 64, 32, 2, 4, [2]
+        args.ae_epochs = args.wide_ae_epochs = 1
+        args.fundus_ae_epochs = args.converged_ae_epochs = args.converge_min_epochs = 2
+        args.fundus_size, args.crop, args.tok_crops, args.fundus_iterations, args.fundus_every = 64, 32, 2, 4, 2
+        args.fundus_min_iterations = args.curve_min_iterations = 4
         args.tok_mask_crops = 2
         args.chunk = 3
-        args.curve_iterations, args.curve_every = 8, 2
+        args.curve_iterations, args.curve_unet_iterations, args.curve_every = 8, 12, 2
     torch.set_num_threads(1)
     data_root = shared_data_dir(args.data_dir)
     work = Path(args.work_dir)
@@ -537,7 +678,11 @@ def main(argv=None) -> dict:
     if any(st in args.stages for st in ("tokenizers", "kvasir", "curves")):
         timer = BenchmarkTimer()
         data = load_kvasir(str(data_root / "kvasir_seg"), args.size, work, args.quick)
-        tok = stage("tokenizers", lambda: stage_tokenizers(args, data, work))
+        tok = stage("tokenizers", lambda: stage_tokenizers(
+            args, data, work, ["tokenizer_task_small", "tokenizer_wide_all_images"]))
+        if args.converged_tokenizer:  # trained later than the two above, in its own resumable stage
+            tok = merge_tokenizer_stages(tok, stage("tokenizer_wide_converged", lambda: stage_tokenizers(
+                args, data, work, ["tokenizer_wide_converged"])))
         seeds = {}
         if "kvasir" in args.stages:
             for s in args.seeds:
@@ -561,15 +706,22 @@ def main(argv=None) -> dict:
                 primary_metric="dice", baseline="unet_gms_size", extra=extra, quick=args.quick)
         if "curves" in args.stages:
             timer = BenchmarkTimer()
-            every = args.curve_every
-            marks = list(range(every, args.curve_iterations + 1, every))
+            longest = max(args.curve_iterations, args.curve_unet_iterations)
+            marks = list(range(args.curve_every, longest + 1, args.curve_every))
+            caps = {m: args.curve_unet_iterations if m in UNET_SIZES else args.curve_iterations
+                    for m in args.curve_models}
             runs = {}
             for s in args.curve_seeds:
                 print(f"kvasir learning curves seed {s}", flush=True)
                 runs[s] = stage(f"kvasir_curves_seed{s}", lambda s=s: stage_kvasir_seed(
-                    args, data, work, s, args.curve_models, args.curve_iterations, marks))
+                    args, data, work, s, args.curve_models, longest, marks, caps=caps,
+                    stop=plateau_stop(args.plateau_tolerance, args.curve_min_iterations),
+                    tokenizer=args.curve_tokenizer))
+            # the short runs compare with the long ones only where they used the same tokenizer
             short = {s: json.loads((work / f"kvasir_seed{s}.json").read_text()) for s in args.curve_seeds
                      if (work / f"kvasir_seed{s}.json").is_file()}
+            short = {s: v for s, v in short.items()
+                     if all(i.get("tokenizer", args.tokenizer) == args.curve_tokenizer for i in v["info"].values())}
             rows = [r for v in runs.values() for r in v["rows"]]
             written["gms_curves"] = write_results(
                 out_dir / "gms_curves.json", "gms_curves", settings, list(runs), rows,
@@ -579,6 +731,11 @@ def main(argv=None) -> dict:
         timer = BenchmarkTimer()
         sets = load_fundus_sets(data_root, args.fundus_size)
         pairs = [("drive", "chase")] + ([("chase", "drive")] if args.reverse else [])
+        if args.fundus_tokenizers_only:  # e.g. beside another run: the tokenizers now, the models later
+            for src, _ in pairs:
+                print(f"fundus tokenizer {src}", flush=True)
+                fundus_tokenizer(args, sets, work, src)
+            return written
         runs = {}
         for src, tgt in pairs:
             for s in args.seeds:
@@ -614,7 +771,8 @@ def models_info(seeds: dict) -> dict[str, dict]:
         info[m] = {"parameters": next(iter(runs.values()))["parameters"], "seeds": list(runs),
                    "curves": {str(s): r["curve"] for s, r in runs.items()},
                    "train_wall_s": [r["train_wall_s"] for r in runs.values()],
-                   "train_cpu_s": [r["train_cpu_s"] for r in runs.values()]}
+                   "train_cpu_s": [r["train_cpu_s"] for r in runs.values()],
+                   "iterations": [r.get("iterations", r["curve"][-1]["iteration"]) for r in runs.values()]}
     return info
 
 
@@ -623,13 +781,13 @@ def plateau(curve: Sequence[dict], tolerance: float, iterations: int) -> dict[st
     ``tolerance``; the curve counts as flattened only if that checkpoint leaves at least the last quarter of the run
     after it (otherwise it may still be rising)."""
     vals = [p["val_dice"] for p in curve]
-    first = next(i for i in range(len(vals)) if i == len(vals) - 1 or max(vals[i + 1:]) - vals[i] <= tolerance)
+    first = first_stable(vals, tolerance)
     best = int(np.argmax(vals))
     flattened = curve[first]["iteration"] <= 0.75 * iterations
     return {"flattened": bool(flattened), "plateau_iteration": curve[first]["iteration"] if flattened else None,
             "first_stable_checkpoint": curve[first]["iteration"], "plateau_cpu_s": curve[first]["train_cpu_s"],
             "plateau_wall_s": curve[first]["train_wall_s"], "best_val_dice": vals[best],
-            "best_iteration": curve[best]["iteration"], "final_val_dice": vals[-1]}
+            "best_iteration": curve[best]["iteration"], "final_val_dice": vals[-1], "iterations": iterations}
 
 
 def _gap_table(rows: Sequence[dict], model: str, baseline: str, label: str) -> list[dict]:
@@ -641,42 +799,55 @@ def _gap_table(rows: Sequence[dict], model: str, baseline: str, label: str) -> l
 
 
 def curves_extra(tab: ResultsTable, runs: dict, short: dict, args) -> dict:
-    """Long learning curves on Kvasir-SEG: where each validation curve flattens, and whether the GMS - same-size
-    UNet test gap of the long run differs from the same seeds' gap after ``--iterations``."""
+    """Long learning curves on Kvasir-SEG, each model trained until its validation curve flattened (or its cap):
+    where each curve flattened, the GMS - same-size UNet test gap at the models' best checkpoints (and, where the
+    same seeds' ``--iterations`` runs used the same tokenizer, against their gap), the cost per iteration and the
+    CPU time the same-size UNet needs to reach GMS's best validation Dice."""
     boot = {"confidence": 0.95, "num_resamples": 2000, "seed": 0}
     info = models_info(runs)
-    n, n_short = args.curve_iterations, args.iterations
-    plateaus = {m: {s: plateau(c, args.plateau_tolerance, n) for s, c in v["curves"].items()} for m, v in info.items()}
+    plateaus = {m: {s: plateau(c, args.plateau_tolerance, c[-1]["iteration"]) for s, c in v["curves"].items()}
+                for m, v in info.items()}
     gms = [m for m in info if m.startswith("gms_")]
     base = "unet_gms_size"
     gaps: dict[str, Any] = {}
     for m in gms:
-        g = {f"{n}_iterations": {k: tab.paired(m, base, "dice", **boot)[k] for k in ("mean", "low", "high")}}
-        short_rows = [r for s, v in short.items() for r in v["rows"]]
+        d = tab.paired(m, base, "dice", **boot)
+        g = {"long": {k: d[k] for k in ("mean", "low", "high", "wins", "losses")}}
         gap_rows = _gap_table([r for s in runs for r in runs[s]["rows"]], m, base, "long")
-        gap_rows += _gap_table(short_rows, m, base, "short")
+        gap_rows += _gap_table([r for v in short.values() for r in v["rows"]], m, base, "short")
         if {r["method"] for r in gap_rows} == {"long", "short"}:
             gt = ResultsTable.from_rows(gap_rows)
-            g[f"{n_short}_iterations"] = {k: gt.summary("short", "dice_gap", **boot)[k] for k in ("mean", "low", "high")}
+            g["short"] = {k: gt.summary("short", "dice_gap", **boot)[k] for k in ("mean", "low", "high")}
             g["change"] = {k: gt.paired("long", "short", "dice_gap", **boot)[k] for k in ("mean", "low", "high")}
             g["short_run_seeds"] = sorted(short)
         gaps[m] = g
-    seed = str(next(iter(runs)))
-    unet_curve = info[base]["curves"][seed]
-    val_gap = {m: [{"iteration": p["iteration"], "gap": p["val_dice"] - q["val_dice"]}
-                   for p, q in zip(info[m]["curves"][seed], unet_curve)] for m in gms}
-    cpu = {m: sum(v["train_cpu_s"]) / (len(v["seeds"]) * n) for m, v in info.items()}
+    val_gap = {m: {s: [{"iteration": p["iteration"], "gap": p["val_dice"] - q["val_dice"]}
+                       for p, q in zip(c, info[base]["curves"][s])] for s, c in info[m]["curves"].items()}
+               for m in gms}
+    cpu = {m: sum(v["train_cpu_s"]) / sum(v["iterations"]) for m, v in info.items()}
+    reach = {m: {s: _first_reaching(info[base]["curves"][s], max(p["val_dice"] for p in c))
+                 | {"gms_cpu_s": max(c, key=lambda p: p["val_dice"])["train_cpu_s"]}
+                 for s, c in info[m]["curves"].items()} for m in gms}
+    flat = {m: all(p["flattened"] for p in per_seed.values()) for m, per_seed in plateaus.items()}
+    met = {m: bool(gaps[m]["long"]["low"] >= -0.01) for m in gms}
+    goals = {"within_1_point_of_same_size_unet": {
+        "goal": "GMS within 1 Dice point of the UNet of GMS's size (test, each at its best validation checkpoint; "
+                "lower end of the 95 % interval >= -0.01)",
+        "met": met, "every_curve_flattened": flat}}
+    caps = f"GMS at most {args.curve_iterations}, UNets at most {args.curve_unet_iterations}"
     return {
-        "title": f"GMS vs MONAI UNets on Kvasir-SEG: learning curves to {n} iterations",
+        "title": "GMS vs MONAI UNets on Kvasir-SEG: learning curves to a plateau",
         "description": (
             f"The Kvasir-SEG protocol of `gms_quality` (same split, {args.size} px, batch {args.batch}, augmentation, "
-            f"AdamW lr {args.lr} + warm-up / cosine over the run) trained {n} iterations (about "
-            f"{n * args.batch / 700:.1f} epochs) with a validation checkpoint every {args.curve_every}; every model "
-            "in lockstep on the same batches (interleaved timings). `gms_fast_w32` is GMS at the paper's mapping "
-            f"width (32), `gms_fast` at width {args.mapping_channels}. The best validation checkpoint is scored once "
-            f"on the 200 test images. Seeds {list(runs)} only: the CPU budget allowed one long run."),
+            f"AdamW lr {args.lr} + warm-up / cosine over each model's cap) with GMS on the `{args.curve_tokenizer}` "
+            f"tokenizer. Every model trains in lockstep on the same batches (interleaved timings) with a validation "
+            f"checkpoint every {args.curve_every} iterations, until its validation curve flattens (the plateau "
+            f"criterion below, after at least {args.curve_min_iterations} iterations and 3 checkpoints past the "
+            f"plateau's) or its cap ({caps} iterations). `gms_fast_w32` is GMS at the paper's mapping width (32), "
+            f"`gms_fast` at width {args.mapping_channels}. The best validation checkpoint is scored once on the 200 "
+            f"test images. Seeds {list(runs)}."),
         "script": "gms_quality.py --stages curves",
-        "measured": f"Kvasir-SEG test Dice after {n}-iteration learning curves (GMS widths 16 / 32 vs MONAI UNets)",
+        "measured": "Kvasir-SEG test Dice at the plateau of each learning curve (GMS widths 16 / 32 vs MONAI UNets)",
         "bundle": "gms",
         "pairs": [[a, b] for a, b in (("gms_fast_w32", "gms_fast"), ("gms_fast", "unet_benchmark")) if {a, b} <= set(info)],
         "models": info,
@@ -686,10 +857,9 @@ def curves_extra(tab: ResultsTable, runs: dict, short: dict, args) -> dict:
         "gaps_to_unet_gms_size": gaps,
         "val_gap_to_unet_gms_size": val_gap,
         "cost_per_iteration_relative_to_unet_gms_size": {m: v / cpu[base] for m, v in cpu.items()},
-        "unet_reaches_gms_best": {m: _first_reaching(info[base]["curves"][seed], max(
-            p["val_dice"] for p in info[m]["curves"][seed])) | {"gms_cpu_s": info[m]["curves"][seed][-1]["train_cpu_s"]}
-            for m in gms},
-        "diagnosis": curves_diagnosis(plateaus, gaps, args, val_gap, info, base, seed),
+        "unet_reaches_gms_best": reach,
+        "goals": goals,
+        "diagnosis": curves_diagnosis(plateaus, gaps, reach, goals, args),
     }
 
 
@@ -699,50 +869,46 @@ def _first_reaching(curve: Sequence[dict], value: float) -> dict[str, Any]:
     return {"iteration": hit and hit["iteration"], "cpu_s": hit and hit["train_cpu_s"]}
 
 
-def curves_diagnosis(plateaus: dict, gaps: dict, args, val_gap: dict, info: dict, base: str, seed: str) -> str:
-    """Which curves flattened (and where), whether the GMS - UNet gap closes, narrows, holds or widens (test, and
-    along the validation curve), and what the same validation Dice costs each model in CPU time."""
+def curves_diagnosis(plateaus: dict, gaps: dict, reach: dict, goals: dict, args) -> str:
+    """Which curves flattened (and where), the GMS - same-size UNet test gap at the plateau and whether it changed
+    from the short run, what GMS's best validation Dice costs each model in CPU time, and the goal's verdict."""
     parts = []
     for m, per_seed in plateaus.items():
-        for s, p in per_seed.items():
-            parts.append(f"{m} (seed {s}) " + (
-                f"flattened at iteration {p['plateau_iteration']} ({p['plateau_cpu_s']:.0f} CPU s; best validation "
-                f"Dice {p['best_val_dice']:.3f} at {p['best_iteration']})" if p["flattened"] else
-                f"had not flattened by iteration {args.curve_iterations} (validation Dice {p['final_val_dice']:.3f}, "
-                f"best {p['best_val_dice']:.3f} at {p['best_iteration']})"))
+        done = {s: p for s, p in per_seed.items() if p["flattened"]}
+        at = ", ".join(str(p["plateau_iteration"]) for p in done.values())
+        best = ", ".join(f"{p['best_val_dice']:.3f}" for p in per_seed.values())
+        parts.append(f"{m} flattened in {len(done)} of {len(per_seed)} seeds"
+                     + (f" (at iterations {at})" if done else "") + f", best validation Dice {best}"
+                     + ("" if len(done) == len(per_seed) else
+                        f", not by its cap in seeds {[s for s in per_seed if s not in done]}"))
     text = "; ".join(parts) + "."
+    base = "unet_gms_size"
     for m, g in gaps.items():
-        long = g[f"{args.curve_iterations}_iterations"]
-        text += (f" {m} - unet_gms_size on test after {args.curve_iterations} iterations: {long['mean']:+.3f} "
-                 f"[{long['low']:+.3f}, {long['high']:+.3f}]")
+        long = g["long"]
+        text += (f" {m} - {base} on test at the best checkpoints: {long['mean']:+.3f} [{long['low']:+.3f}, "
+                 f"{long['high']:+.3f}] ({long['wins']} wins / {long['losses']} losses over seeds and images)")
         if "change" in g:
-            short, ch = g[f"{args.iterations}_iterations"], g["change"]
-            verdict = ("closes to within 1 Dice point" if long["low"] >= -0.01 else
-                       "narrows" if ch["low"] > 0 else "widens" if ch["high"] < 0 else
-                       "holds (no change shown)")
-            text += (f" against {short['mean']:+.3f} [{short['low']:+.3f}, {short['high']:+.3f}] after "
-                     f"{args.iterations} (same seed{'s' if len(g['short_run_seeds']) > 1 else ''} "
-                     f"{g['short_run_seeds']}); change {ch['mean']:+.3f} [{ch['low']:+.3f}, {ch['high']:+.3f}]: the "
-                     f"gap {verdict}.")
-        else:
-            text += "."
-    for m, g in val_gap.items():
-        mid = next((p for p in g if p["iteration"] >= args.iterations), g[0])
-        best = max(info[m]["curves"][seed], key=lambda p: p["val_dice"])
-        hit = _first_reaching(info[base]["curves"][seed], best["val_dice"])
-        text += (f" Along the validation curve (seed {seed}) {m} - {base} is {mid['gap']:+.3f} at iteration "
-                 f"{mid['iteration']} and {g[-1]['gap']:+.3f} at {g[-1]['iteration']}; {m}'s best validation Dice "
-                 f"{best['val_dice']:.3f} took {best['train_cpu_s']:.0f} CPU s, "
-                 + (f"which {base} reached at iteration {hit['iteration']} after {hit['cpu_s']:.0f} CPU s."
-                    if hit["iteration"] else f"which {base} did not reach."))
-    reached = [m for m, g in gaps.items() if g[f"{args.curve_iterations}_iterations"]["low"] >= -0.01]
-    base_flat = all(p["flattened"] for p in plateaus[base].values())
-    text += (f" Goal (within 1 Dice point of {base}): " + (f"reached by {', '.join(reached)}." if reached else (
-        f"not reached after {args.curve_iterations} iterations; "
-        + ("the UNet's curve has flattened, so at this size the gap holds at the plateau." if base_flat else
-           "the UNet's curve has not flattened either, so this budget neither reaches the goal nor shows it "
-           "unreachable.")))
-    )
+            short, ch = g["short"], g["change"]
+            verdict = ("narrowed" if ch["low"] > 0 else "widened" if ch["high"] < 0 else "held (no change shown)")
+            text += (f", against {short['mean']:+.3f} [{short['low']:+.3f}, {short['high']:+.3f}] after "
+                     f"{args.iterations} iterations (seeds {g['short_run_seeds']}): the gap {verdict} "
+                     f"({ch['mean']:+.3f} [{ch['low']:+.3f}, {ch['high']:+.3f}])")
+        cpu = [(r["gms_cpu_s"], r["cpu_s"]) for r in reach[m].values()]
+        hit = [u for _, u in cpu if u is not None]
+        text += (f"; {m}'s best validation Dice took {np.mean([c for c, _ in cpu]):.0f} CPU s on average, which "
+                 + (f"{base} reached in {len(hit)} of {len(cpu)} seeds after {np.mean(hit):.0f} CPU s on average."
+                    if hit else f"{base} did not reach in any seed."))
+    g = goals["within_1_point_of_same_size_unet"]
+    reached = [m for m, v in g["met"].items() if v]
+    flat = g["every_curve_flattened"]
+    settled = flat.get(base, False) and all(flat.get(m, False) for m in g["met"])
+    text += " Goal (within 1 Dice point of the same-size UNet): " + (
+        f"reached by {', '.join(reached)}." if reached else (
+            "not reached; every GMS and same-size UNet curve flattened in every seed, so at this size (64 px, the "
+            f"`{args.curve_tokenizer}` tokenizer) the gap holds at the plateau rather than closing with training."
+            if settled else
+            "not reached, and not every curve flattened by its cap, so this budget does not settle whether the gap "
+            "closes with more training."))
     return text
 
 
@@ -831,15 +997,21 @@ def curve_facts(models: dict, seed: str) -> dict[str, Any]:
 
 
 def _tokenizer_comparison(tokenizers: dict) -> str:
-    """How the wide tokenizer's test reconstructions compare with the task's small one (PSNR, mask Dice)."""
-    small, wide = tokenizers.get("tokenizer_task_small"), tokenizers.get("tokenizer_wide_all_images")
-    if not small or not wide:
+    """How the wide tokenizers' test reconstructions compare with the task's small one (PSNR, mask Dice): the one
+    trained a few epochs and, when trained, the one trained until its validation curves flattened."""
+    small = tokenizers.get("tokenizer_task_small")
+    wides = {k: tokenizers[k] for k in ("tokenizer_wide_all_images", "tokenizer_wide_converged") if k in tokenizers}
+    if not small or not wides:
         return "only one tokenizer was trained"
-    dp, dm = wide["test_psnr"] - small["test_psnr"], wide["test_mask_dice"] - small["test_mask_dice"]
-    verdict = ("no better than" if dp < 0.5 and dm < 0.005 else "better than")
-    return (f"the wider tokenizer trained on every image reconstructs {verdict} the task's small one (PSNR "
-            f"{dp:+.2f} dB, mask upper bound {dm:+.3f}; both trained for a few epochs only), a sign that its latent "
-            "is still compressed pixels rather than the semantic latent GMS presumes")
+    parts = []
+    for name, wide in wides.items():
+        dp, dm = wide["test_psnr"] - small["test_psnr"], wide["test_mask_dice"] - small["test_mask_dice"]
+        verdict = "no better than" if dp < 0.5 and dm < 0.005 else "better than"
+        trained = (f"{wide['epochs']} epochs, " + ("converged" if wide.get("converged_epoch") else "not converged")
+                   if "convergence" in wide else f"{wide['epochs']} epochs")
+        parts.append(f"`{name}` ({trained}) reconstructs the test images {verdict} the task's small one (PSNR "
+                     f"{dp:+.2f} dB, mask upper bound {dm:+.3f})")
+    return "; ".join(parts)
 
 
 def diagnosis(goals: dict, tokenizers: dict, args, facts: dict) -> str:
@@ -856,7 +1028,8 @@ def diagnosis(goals: dict, tokenizers: dict, args, facts: dict) -> str:
             f"decoder is not the limit; {_tokenizer_comparison(tokenizers)}; and after {args.iterations} iterations (about "
             f"{args.iterations * args.batch / 700:.1f} epochs; paper: 1000 epochs) the validation curves of "
             f"{', '.join(rising) if rising else 'no model'} still rise by more than half a point over the last "
-            "checkpoint interval, so no model reached its plateau within this CPU budget")
+            f"checkpoint interval, so no model reached its plateau within {args.iterations} iterations (the "
+            "`gms_curves` stage trains every model until its curve flattens)")
     else:
         parts.append(f"GMS is within 1 Dice point of the same-size UNet ({d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])")
     f = goals["fast_recipe"]
@@ -894,6 +1067,14 @@ def latent_window_comparison(tab: ResultsTable, pairs: Sequence[tuple[str, str]]
     return out
 
 
+def _iterations_text(runs: dict, source: str, model: str) -> str:
+    """The iterations a fundus model of ``source`` trained, per seed, and how many seeds stopped on a plateau."""
+    done = [v["info"][model] for (src, _), v in runs.items() if src == source]
+    its = [str(i.get("iterations", i["curve"][-1]["iteration"])) for i in done]
+    early = sum(bool(i.get("stopped_early")) for i in done)
+    return f"{' / '.join(its)} iterations ({early} of {len(done)} seeds stopped on a flat validation curve)"
+
+
 def crossdomain_extra(tab: ResultsTable, runs: dict, pairs: Sequence[tuple[str, str]], args) -> dict:
     drops, diffs = {}, {}
     for src, tgt in pairs:
@@ -917,7 +1098,7 @@ def crossdomain_extra(tab: ResultsTable, runs: dict, pairs: Sequence[tuple[str, 
             f"{'met' if met[f'{src}->{tgt}'] else 'not met'}; GMS reaches {gi:.3f} in-domain against the UNet's "
             f"{ui:.3f}; its tokenizer caps it at a vessel-mask upper bound of {bound:.3f} on the in-domain test images "
             f"and GMS {'stays more than 5 points below' if below else 'comes within 5 points of'} that cap after "
-            f"{args.fundus_iterations} iterations"
+            f"{_iterations_text(runs, src, 'gms_fast')} (the UNet: {_iterations_text(runs, src, 'unet_gms_size')})"
             + (", so a drop measured from a much lower in-domain Dice says little about robustness"
                if below and gi < ui - 0.05 else ""))
     window = latent_window_comparison(tab, pairs)
@@ -929,7 +1110,9 @@ def crossdomain_extra(tab: ResultsTable, runs: dict, pairs: Sequence[tuple[str, 
     return {
         "title": f"GMS vs a UNet of its size across fundus domains ({directions}): in-domain vs out-of-domain Dice",
         "description": (
-            "Trained on random 64-px crops of the source's training images (green channel), scored per image inside the "
+            f"Trained on random 64-px crops of the source's training images (green channel) until the validation "
+            f"curve flattened (plateau criterion of `gms_curves`, checkpoints every {args.fundus_every} iterations, at "
+            f"least {args.fundus_min_iterations}) or at most {args.fundus_iterations} iterations; scored per image inside the "
             "field of view on the source's test images (in-domain) and on every target image (out-of-domain); DRIVE: "
             "official split, 4 training images held out for validation (16 / 4 / 20); CHASE_DB1: by child, children "
             "1-6 train, 7 validation, 8-10 test (12 / 2 / 6). GMS maps the whole-image latent through its latent "
@@ -938,7 +1121,8 @@ def crossdomain_extra(tab: ResultsTable, runs: dict, pairs: Sequence[tuple[str, 
             "it). The "
             "tokenizer (32-64-64 autoencoder) saw crops of every DRIVE and CHASE_DB1 image without labels and crops "
             "of the source's training masks, with the vessel pixels weighted in its L1 loss (a plain L1 autoencoder "
-            "blurs the thin vessels away: its mask upper bound stayed near 0 in a first run)."),
+            "blurs the thin vessels away: its mask upper bound stayed near 0 in a first run), trained until its "
+            f"validation PSNR and mask upper bound flattened (at most {args.fundus_ae_epochs} epochs)."),
         "script": "gms_quality.py --stages fundus",
         "measured": "fundus vessel Dice in-domain and out-of-domain, GMS vs same-size UNet",
         "bundle": "gms",

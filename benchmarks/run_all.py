@@ -72,7 +72,7 @@ def stages(out: Path, data: Path) -> list[Stage]:
               ["--work_dir", str(ROOT / "outputs" / "gms_quality")], ["gms_quality.json"], needs="kvasir_seg",
               out_flag=["--stages", "tokenizers", "kvasir", "--data_dir", str(data), "--out_dir", o]),
         Stage("gms_crossdomain", "gms_quality.py", ["--quick", "--work_dir", f"{o}/work_gms_quality"],
-              ["--work_dir", str(ROOT / "outputs" / "gms_quality")], ["gms_crossdomain.json"], needs="chase_db1",
+              ["--work_dir", str(ROOT / "outputs" / "gms_fundus_converged")], ["gms_crossdomain.json"], needs="chase_db1",
               out_flag=["--stages", "fundus", "--reverse", "--data_dir", str(data), "--out_dir", o]),
         Stage("gms_curves", "gms_quality.py", ["--quick", "--work_dir", f"{o}/work_gms_quality"],
               ["--work_dir", str(ROOT / "outputs" / "gms_quality")], ["gms_curves.json"],

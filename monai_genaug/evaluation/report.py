@@ -340,6 +340,34 @@ def _goal_lines(goals: Mapping[str, Any]) -> list[str]:
     return table(["goal", "criterion", "result"], rows)
 
 
+def _epochs(record: Mapping[str, Any]) -> str:
+    """A tokenizer's epochs, with whether its validation curves converged (records trained to convergence)."""
+    epochs = record.get("epochs", "n/a")
+    if "convergence" not in record:
+        return str(epochs)
+    if record.get("converged_epoch") is not None:
+        return f"{epochs} (converged at {record['converged_epoch']})"
+    return f"{epochs} (cap {record.get('max_epochs')}; not converged)"
+
+
+def _convergence_lines(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Per-epoch validation curves of the tokenizers trained to convergence, and the rule that stopped them."""
+    lines: list[str] = []
+    for name, r in records.items():
+        if not r.get("convergence"):
+            continue
+        rule = r.get("convergence_rule", {})
+        lines += ["", f"## Convergence of `{name}` (validation images, after each epoch; stopped once PSNR and mask "
+                      f"upper bound both flattened: no later epoch better by more than {rule.get('psnr_tolerance')} "
+                      f"dB / {rule.get('dice_tolerance')} Dice, with the last quarter of the epochs after it, at "
+                      f"least {rule.get('min_epochs')} epochs)", ""]
+        lines += table(["epoch", "PSNR", "SSIM", "mask upper bound", "train CPU s"],
+                       [[p["epoch"], f"{p['val_psnr']:.2f}", f3(p["val_ssim"]), f3(p["val_mask_dice"]),
+                         f"{p['train_cpu_s']:.0f}"] for p in r["convergence"]])
+        lines += ["", f"Epochs: {_epochs(r)}."]
+    return lines
+
+
 def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
     """GMS envelopes (``gms_quality``, ``gms_speed``, ``gms_crossdomain``): the generic sections, then the
     tokenizers' reconstruction quality, learning curves, training cost, out-of-domain drops, goals and diagnosis
@@ -358,8 +386,9 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
             r = rec.get(m, {})
             rows.append([m, *[f"{f3(v['mean'])} {interval(v)}" for v in (tab.summary(m, k, **BOOT) for k in metrics)],
                          r.get("parameters", "n/a"), f"{r.get('images', 'n/a')} images + {r.get('masks', 'n/a')} masks",
-                         r.get("epochs", "n/a"), minutes(r.get("train_seconds")), f3(r.get("best_val_mask_dice"))])
+                         _epochs(r), minutes(r.get("train_seconds")), f3(r.get("best_val_mask_dice"))])
         lines += table(["tokenizer", *metrics, "parameters", "trained on", "epochs", "time", "val mask Dice"], rows)
+        lines += _convergence_lines(rec)
     for m in [m for m in extra.get("secondary_metrics", []) if m in tab.metrics()]:
         sums = _summaries(tab, m)
         lines += ["", f"## {m} (mean, {_describe_interval(next(iter(sums.values())))})", ""]
@@ -374,9 +403,9 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
         rows = []
         for m, v in models.items():
             curves = list(v["curves"].values())
-            for i, point in enumerate(curves[0]):
+            for i in range(max(len(c) for c in curves)):  # early-stopped seeds leave the mean
                 pts = [c[i] for c in curves if len(c) > i]
-                rows.append([m, len(pts), point["iteration"], f3(sum(p["val_dice"] for p in pts) / len(pts)),
+                rows.append([m, len(pts), pts[0]["iteration"], f3(sum(p["val_dice"] for p in pts) / len(pts)),
                              f"{sum(p.get('train_wall_s', 0) for p in pts) / len(pts):.0f}",
                              f"{sum(p.get('train_cpu_s', 0) for p in pts) / len(pts):.0f}" if "train_cpu_s" in pts[0]
                              else "n/a"])
@@ -389,9 +418,10 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
     if plateaus:
         lines += ["", f"## Plateaus (criterion: {extra.get('plateau_criterion', 'n/a')})", ""]
         cost = extra.get("cost_per_iteration_relative_to_unet_gms_size", {})
-        lines += table(["model", "seed", "flattened", "at iteration", "CPU s", "wall s", "best val Dice (iteration)",
-                        "final val Dice", "cost / iteration vs GMS-size UNet"],
-                       [[m, sd, "yes" if p["flattened"] else "no", p["plateau_iteration"] or "-",
+        lines += table(["model", "seed", "trained (iterations)", "flattened", "at iteration", "CPU s", "wall s",
+                        "best val Dice (iteration)", "final val Dice", "cost / iteration vs GMS-size UNet"],
+                       [[m, sd, p.get("iterations", "n/a"), "yes" if p["flattened"] else "no",
+                         p["plateau_iteration"] or "-",
                          f"{p['plateau_cpu_s']:.0f}" if p["flattened"] else "-",
                          f"{p['plateau_wall_s']:.0f}" if p["flattened"] else "-",
                          f"{f3(p['best_val_dice'])} ({p['best_iteration']})", f3(p["final_val_dice"]),
@@ -399,15 +429,13 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
                         for m, per_seed in plateaus.items() for sd, p in per_seed.items()])
     gaps = extra.get("gaps_to_unet_gms_size")
     if gaps:
-        lines += ["", "## GMS - GMS-size UNet on test: long run against the short run of the same seeds "
-                      "(paired over images)", ""]
-        rows = []
-        for m, g in gaps.items():
-            for k in sorted((k for k in g if k.endswith("_iterations")), key=lambda k: int(k.split("_")[0])):
-                rows.append([m, k.replace("_", " "), f"{g[k]['mean']:+.3f}", interval(g[k])])
-            if "change" in g:
-                rows.append([m, "change (long - short)", f"{g['change']['mean']:+.3f}", interval(g["change"])])
-        lines += table(["model", "budget", "Dice difference", "95 % interval"], rows)
+        lines += ["", "## GMS - GMS-size UNet on test at the best validation checkpoints (paired over seeds and "
+                      "images), and against the short run of the same seeds where it used the same tokenizer", ""]
+        labels = {"long": "long run (to the plateau or the cap)", "short": "short run",
+                  "change": "change (long - short)"}
+        lines += table(["model", "run", "Dice difference", "95 % interval"],
+                       [[m, label, f"{g[k]['mean']:+.3f}", interval(g[k])]
+                        for m, g in gaps.items() for k, label in labels.items() if k in g])
     window = extra.get("latent_window")
     if window:
         lines += ["", "## Latent window: whole-image latent mapped in one call minus through the window (same models, "
@@ -430,8 +458,9 @@ def render_gms(stem: str, obj: Mapping[str, Any]) -> Report:
         lines += ["", "## Tokenizer per source (means over the source's test images, inside the field of view)", ""]
         lines += table(["source", "psnr", "ssim", "mask upper bound", "val mask Dice", "epochs", "foreground weight"],
                        [[k, f3(v["psnr"]), f3(v["ssim"]), f3(v["mask_dice"]),
-                         f3(extra["tokenizers"][k].get("best_val_mask_dice")), extra["tokenizers"][k].get("epochs"),
+                         f3(extra["tokenizers"][k].get("best_val_mask_dice")), _epochs(extra["tokenizers"][k]),
                          extra["tokenizers"][k].get("mask_foreground_weight", "n/a")] for k, v in in_domain.items()])
+        lines += _convergence_lines(extra["tokenizers"])
     drops = extra.get("drops")
     if drops:
         lines += ["", "## In-domain minus out-of-domain Dice (bootstrap over seeds and each set's images)", ""]
@@ -513,9 +542,10 @@ def _curve_plots(stem: str, title: str, models: Mapping[str, Any]) -> list[Plot]
     """Validation Dice against iterations and against training wall seconds, one line per model (mean over its
     seeds at each checkpoint)."""
     def mean_curve(curves: Sequence[Sequence[Mapping[str, float]]], key: str) -> list[list[float]]:
-        n = min(len(c) for c in curves)
-        return [[sum(c[i][key] for c in curves) / len(curves) for i in range(n)],
-                [sum(c[i]["val_dice"] for c in curves) / len(curves) for i in range(n)]]
+        """Mean over the seeds still training at each checkpoint (early-stopped seeds leave the mean)."""
+        at = [[c[i] for c in curves if len(c) > i] for i in range(max(len(c) for c in curves))]
+        return [[sum(p[key] for p in pts) / len(pts) for pts in at],
+                [sum(p["val_dice"] for p in pts) / len(pts) for pts in at]]
 
     out = []
     for key, xlabel, suffix in (("iteration", "iterations", "iterations"),

@@ -4,6 +4,7 @@ comparable, the per-image GMS - UNet gap, the latent-window comparison and the m
 from __future__ import annotations
 
 import pytest
+import torch
 
 from monai_genaug.evaluation.statistics import ResultsTable
 
@@ -62,3 +63,60 @@ def test_kvasir_model_names(gq):
         gq.kvasir_runner("gms_slow", None, None, 1.0, {})
     with pytest.raises(ValueError, match="unknown Kvasir-SEG model 'gms_fast_x32'"):
         gq.kvasir_runner("gms_fast_x32", None, None, 1.0, {})
+
+
+def _tiny_set(n, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(n, 1, size, size, generator=g)
+    return {"image": image, "label": (image > 0.6).long(), "id": [f"c{i}" for i in range(n)]}
+
+
+def test_lockstep_early_stop_leaves_the_other_runners_batches_unchanged(gq):
+    torch.set_num_threads(1)
+    train, val = _tiny_set(12), _tiny_set(4, seed=1)
+
+    def runner(name, cap):
+        return gq.Runner(name, cap, 1e-3, 2, seed=0, channels=(4, 8), image_channels=1)
+
+    a, b = runner("a", 12), runner("b", 12)
+    gq.train_lockstep([a, b], train, val, 12, [4, 8], 2, 2, 0, 0.5, stop=lambda r: r.name == "a")
+    assert a.stopped_at == 4 and a.iterations == 4 and [p["iteration"] for p in a.curve] == [4]
+    assert b.stopped_at == 12 and [p["iteration"] for p in b.curve] == [4, 8, 12]  # its cap is a checkpoint
+    alone = runner("b", 12)
+    gq.train_lockstep([alone], train, val, 12, [4, 8], 2, 2, 0, 0.5)
+    assert all(torch.equal(p, q) for p, q in zip(b.net.state_dict().values(), alone.net.state_dict().values()))
+    # a shorter cap ends a runner there, mid-chunk included
+    short = runner("short", 5)
+    gq.train_lockstep([short], train, val, 12, [4, 8], 2, 2, 0, 0.5)
+    assert short.iterations == 5 and [p["iteration"] for p in short.curve] == [4, 5]
+
+
+def test_plateau_stop_needs_checkpoints_after_the_plateau(gq):
+    class Fake:
+        def __init__(self, values):
+            self.curve, self.iterations = _curve(values), 100 * len(values)
+
+    stop = gq.plateau_stop(0.01, 400, min_checkpoints_after=3)
+    assert stop(Fake([0.3, 0.5, 0.6, 0.6, 0.6, 0.6]))  # flat from 300, three checkpoints after it
+    assert not stop(Fake([0.3, 0.5, 0.6, 0.6, 0.6]))  # only two after it
+    assert not stop(Fake([0.3, 0.5, 0.6, 0.62, 0.64, 0.66]))  # still rising
+    assert not gq.plateau_stop(0.01, 700)(Fake([0.3, 0.5, 0.6, 0.6, 0.6, 0.6]))  # before min_iterations
+
+
+def test_tokenizer_trains_until_its_validation_curves_flatten_and_resumes(gq, tmp_path):
+    torch.set_num_threads(1)
+    data, val = _tiny_set(8), _tiny_set(4, seed=1)
+    loose = {"psnr_tolerance": 100.0, "dice_tolerance": 1.0, "min_epochs": 4}  # flat from the first epoch
+    _, rec = gq.train_tokenizer("small", data["image"], data["label"][:2], val, 10, 4, tmp_path / "loose",
+                                converge=loose)
+    assert rec["epochs"] == 4 and rec["converged_epoch"] == 1 and rec["max_epochs"] == 10
+    assert [p["epoch"] for p in rec["convergence"]] == [1, 2, 3, 4]
+    assert all(p["val_psnr"] > 0 and 0 <= p["val_mask_dice"] <= 1 for p in rec["convergence"])
+    never = {"psnr_tolerance": -1.0, "dice_tolerance": -1.0, "min_epochs": 1}  # no epoch ever counts as stable
+    _, rec = gq.train_tokenizer("small", data["image"], data["label"][:0], val, 2, 4, tmp_path / "never",
+                                converge=never)
+    assert rec["epochs"] == 2 and rec["converged_epoch"] is None
+    # a second run with a higher cap resumes from epoch 2 and keeps the curve
+    _, rec = gq.train_tokenizer("small", data["image"], data["label"][:0], val, 3, 4, tmp_path / "never",
+                                converge=never)
+    assert rec["epochs"] == 3 and [p["epoch"] for p in rec["convergence"]] == [1, 2, 3]

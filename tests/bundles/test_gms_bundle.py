@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "gms"
@@ -128,9 +129,12 @@ def test_train_then_evaluate_tiny(tmp_path):
     model = tmp_path / "model.pt"
     common = ["--spatial_size", "[16,16]", "--num_phantoms", "12", "--seed", "0"]
     _run("--config_file", "bundles/gms/configs/train.json", "--output_dir", str(tmp_path / "train"),
-         "--model_path", str(model), "--preset", "tiny", "--ae_epochs", "1", "--epochs", "1", "--batch_size", "4",
-         "--mlflow_tracking", "False", "--tokenizer_images", "all", *common)  # tokenizer: every image, no labels
+         "--model_path", str(model), "--preset", "tiny", "--ae_epochs", "4", "--epochs", "1", "--batch_size", "4",
+         "--mlflow_tracking", "False", "--tokenizer_images", "all", *common,  # tokenizer: every image, no labels
+         "--ae_lr", "0.0", "--ae_patience", "1")  # lr 0: the validation mask Dice never improves after epoch 1
     assert model.is_file() and (tmp_path / "train" / "autoencoder" / "autoencoder.pt").is_file()
+    stopped = torch.load(tmp_path / "train" / "autoencoder" / "checkpoint_last.pt", weights_only=False)
+    assert stopped["engine"]["epoch"] == 2  # ae_patience 1: stopped one epoch after the best, before the cap of 4
     _run("--config_file", "bundles/gms/configs/evaluate.json", "--output_dir", str(tmp_path / "eval"),
          "--model_path", str(model), *common)
     metrics = _metrics(tmp_path / "eval")

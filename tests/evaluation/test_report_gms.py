@@ -23,7 +23,13 @@ def test_gms_quality_envelope_renders_every_section(tmp_path):
     extra = {
         "title": "GMS test", "bundle": "gms",
         "tokenizers": {"tokenizer_wide": {"parameters": 455395, "images": 1000, "masks": 700, "epochs": 3,
-                                          "train_seconds": 120.0, "best_val_mask_dice": 0.95}},
+                                          "train_seconds": 120.0, "best_val_mask_dice": 0.95, "max_epochs": 30,
+                                          "converged_epoch": 2, "convergence_rule": {"psnr_tolerance": 0.2,
+                                                                                     "dice_tolerance": 0.003,
+                                                                                     "min_epochs": 3},
+                                          "convergence": [{"epoch": e, "val_psnr": 20.0 + e, "val_ssim": 0.5,
+                                                           "val_mask_dice": 0.9, "train_cpu_s": 60.0 * e}
+                                                          for e in (1, 2, 3)]}},
         "models": {"gms_fast": {"parameters": 393504, "curves": {"0": curve}},
                    "unet_gms_size": {"parameters": 407265, "curves": {"0": curve}}},
         "speed": {"iterations_per_cpu_second": {"gms_fast": 2.5, "unet_gms_size": 25.0}, "fast_over_original": 2.31,
@@ -36,7 +42,8 @@ def test_gms_quality_envelope_renders_every_section(tmp_path):
                   primary_metric="dice", baseline="unet_gms_size", extra=extra)
     rep = render_results(tmp_path)
     md = rep.markdown["gms_quality.md"]
-    assert "| tokenizer_wide | 21.000 [" in md and "| 455395 | 1000 images + 700 masks | 3 |" in md
+    assert "| tokenizer_wide | 21.000 [" in md and "| 455395 | 1000 images + 700 masks | 3 (converged at 2) |" in md
+    assert "## Convergence of `tokenizer_wide`" in md and "| 3 | 23.00 | 0.500 | 0.900 | 180 |" in md
     assert "| gms_fast | 1 | 20 | 0.510 | 6 | 4 |" in md  # learning curve: seeds, iteration, val Dice, wall s, CPU s
     assert "| gms_fast | 2.5 | 6.00 | 10.00 | 393504 |" in md and "2.31x" in md
     assert "| within_1_point | GMS within 1 Dice point | not met |" in md
@@ -59,18 +66,18 @@ def test_gms_curves_envelope_renders_plateaus_gaps_and_plots(tmp_path):
     rising = [{"iteration": i, "train_wall_s": 2.0 * i, "train_cpu_s": 1.0 * i, "val_dice": 0.1 * i} for i in (1, 2, 3, 4)]
     extra = {
         "title": "GMS curves", "bundle": "gms",
-        "models": {"gms_fast_w32": {"parameters": 1560112, "curves": {"0": rising}},
+        "models": {"gms_fast_w32": {"parameters": 1560112, "curves": {"0": rising, "1": rising[:2]}},
                    "unet_gms_size": {"parameters": 407265, "curves": {"0": rising}}},
         "plateau_criterion": "no later checkpoint beats it by more than 0.01",
         "plateaus": {"gms_fast_w32": {"0": {"flattened": False, "plateau_iteration": None, "first_stable_checkpoint": 4,
                                             "plateau_cpu_s": 4.0, "plateau_wall_s": 8.0, "best_val_dice": 0.4,
-                                            "best_iteration": 4, "final_val_dice": 0.4}},
+                                            "best_iteration": 4, "final_val_dice": 0.4, "iterations": 4}},
                      "unet_gms_size": {"0": {"flattened": True, "plateau_iteration": 2, "first_stable_checkpoint": 2,
                                              "plateau_cpu_s": 2.0, "plateau_wall_s": 4.0, "best_val_dice": 0.205,
                                              "best_iteration": 3, "final_val_dice": 0.2}}},
-        "gaps_to_unet_gms_size": {"gms_fast_w32": {"4_iterations": {"mean": -0.1, "low": -0.12, "high": -0.08},
-                                                   "2_iterations": {"mean": -0.2, "low": -0.25, "high": -0.15},
-                                                   "change": {"mean": 0.1, "low": 0.05, "high": 0.15}}},
+        "gaps_to_unet_gms_size": {"gms_fast_w32": {"change": {"mean": 0.1, "low": 0.05, "high": 0.15},
+                                                   "long": {"mean": -0.1, "low": -0.12, "high": -0.08},
+                                                   "short": {"mean": -0.2, "low": -0.25, "high": -0.15}}},
         "cost_per_iteration_relative_to_unet_gms_size": {"gms_fast_w32": 15.5, "unet_gms_size": 1.0},
     }
     write_results(tmp_path / "gms_curves.json", "gms_curves", {}, [0], rows, BenchmarkTimer().stop(),
@@ -78,11 +85,14 @@ def test_gms_curves_envelope_renders_plateaus_gaps_and_plots(tmp_path):
     rep = render_results(tmp_path)
     md = rep.markdown["gms_curves.md"]
     assert "criterion: no later checkpoint beats it by more than 0.01" in md
-    assert "| gms_fast_w32 | 0 | no | - | - | - | 0.400 (4) | 0.400 | 15.50 |" in md
-    assert "| unet_gms_size | 0 | yes | 2 | 2 | 4 | 0.205 (3) | 0.200 | 1.00 |" in md
-    # budgets in increasing order, then the paired change
-    i2, i4 = md.index("| gms_fast_w32 | 2 iterations | -0.200 |"), md.index("| gms_fast_w32 | 4 iterations | -0.100 |")
-    assert i2 < i4 < md.index("| gms_fast_w32 | change (long - short) | +0.100 | [0.050, 0.150] |")
+    assert "| gms_fast_w32 | 0 | 4 | no | - | - | - | 0.400 (4) | 0.400 | 15.50 |" in md
+    assert "| unet_gms_size | 0 | n/a | yes | 2 | 2 | 4 | 0.205 (3) | 0.200 | 1.00 |" in md  # older record
+    # the long run, the short run, then the paired change (in this order whatever the JSON's order)
+    i_long = md.index("| gms_fast_w32 | long run (to the plateau or the cap) | -0.100 | [-0.120, -0.080] |")
+    i_short = md.index("| gms_fast_w32 | short run | -0.200 |")
+    assert i_long < i_short < md.index("| gms_fast_w32 | change (long - short) | +0.100 | [0.050, 0.150] |")
+    # an early-stopped seed leaves the mean curve; the longer seed's checkpoints still show
+    assert "| gms_fast_w32 | 1 | 4 | 0.400 |" in md
     pytest.importorskip("matplotlib")
     written = write_plots([p for p in rep.plots if p.kind == "lines"], tmp_path)
     assert sorted(p.name for p in written) == ["gms_curves_val_dice_vs_iterations.png",

@@ -158,3 +158,27 @@ def test_gms_trainer_on_device(device, tmp_path):
     with torch.no_grad():
         probs = seg(torch.rand(2, 1, 16, 16, device=device))
     assert probs.device.type == device and probs.shape == (2, 2, 16, 16)
+
+
+def test_tokenizer_trains_until_its_validation_mask_dice_stops_improving(tmp_path):
+    """``patience``: the tokenizer stage stops once its validation mask Dice has not improved for that many
+    validations (lr 0: it never improves after the first), max_epochs being the cap; bad values are refused."""
+    torch.manual_seed(0)
+    folder = gms_data_dir(None, tmp_path / "data", kind="grey", num=10, spatial_size=(16, 16))
+    xf = gms_transforms(2, (16, 16), num_classes=1, image_channels=1)
+    train = Dataset(gms_datalist(folder, "training", val_fraction=0.2, test_fraction=0.2), xf)
+    val_loader = DataLoader(Dataset(gms_datalist(folder, "validation", val_fraction=0.2, test_fraction=0.2), xf),
+                            batch_size=4)
+    cfg = gms_config("tiny", 2, 1, 1)
+    seg = GMSSegmenter.from_config(cfg)
+    trainer = create_gms_autoencoder_trainer(
+        seg.autoencoder, DataLoader(train, batch_size=4), 10, tmp_path / "ae", num_classes=1, config=cfg,
+        val_loader=val_loader, lr=0.0, grid=False, patience=2, options=TrainingOptions(resume=False),
+    )
+    trainer.run()
+    assert trainer.state.epoch == 3 and trainer.handles.best_saver.best_epoch == 1  # 1 + patience validations
+    assert all(not p.requires_grad for p in seg.autoencoder.parameters())
+    for bad, loader in ((0, val_loader), (2, None)):
+        with pytest.raises(ValueError, match="ae_patience"):
+            create_gms_autoencoder_trainer(seg.autoencoder, DataLoader(train, batch_size=4), 2, tmp_path / "x",
+                                           num_classes=1, config=cfg, val_loader=loader, patience=bad)

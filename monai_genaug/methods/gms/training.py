@@ -40,6 +40,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ignite.engine import Events
+from ignite.handlers import EarlyStopping
 from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler, ValidationHandler
 from monai.losses import DiceLoss
@@ -479,6 +481,7 @@ def create_gms_autoencoder_trainer(
     mask_foreground_weight: float = 1.0,
     use_masks: bool = True,
     options: TrainingOptions | None = None,
+    patience: int | None = None,
     **kwargs: Any,
 ) -> AutoencoderKLTrainer:
     """Train a GMS tokenizer: a MONAI ``AutoencoderKL`` that reconstructs images and masks.
@@ -520,12 +523,20 @@ def create_gms_autoencoder_trainer(
         options: the shared training options (seed, AMP, resume, checkpoint and validation intervals - the mask
             Dice runs every ``options.val_interval`` epochs -, NaN policy, MLflow tracking - experiment
             ``gms_autoencoder`` unless named -, extra handlers); default ``TrainingOptions()``.
+        patience: train until convergence: stop after this many validations in a row without a better validation
+            mask Dice (Ignite ``EarlyStopping``; needs ``val_loader``); ``max_epochs`` is then the cap. None: train
+            ``max_epochs``.
         kwargs: passed to ``create_autoencoder_trainer`` (``discriminator_layers``, ``perceptual_weights_path``...);
             the old keywords of ``options`` (``seed=``, ``resume=``, ``tracking=``...) are accepted for one release
             with a ``DeprecationWarning``.
     """
     legacy = {key: kwargs.pop(key) for key in TRAINING_OPTION_NAMES if key in kwargs}
     options = resolve_training_options("create_gms_autoencoder_trainer", options, legacy)
+    if patience is not None and (int(patience) < 1 or val_loader is None):
+        raise ValueError(
+            f"patience={patience} stops the tokenizer's training on its validation mask Dice: it needs an integer "
+            ">= 1 and a val_loader (bundle: 'ae_patience' null trains 'ae_epochs' epochs)."
+        )
     output_dir = Path(output_dir)
     config = dict(config)
     image_channels = int(config["image_channels"])
@@ -588,6 +599,10 @@ def create_gms_autoencoder_trainer(
     if saver is not None:
         saver.trainer = trainer
         handles.checkpoint.save_dict["best_saver"] = saver
+    if patience is not None:
+        stopper = EarlyStopping(int(patience), lambda engine: float(engine.state.metrics["val_mask_dice"]), trainer)
+        evaluator.add_event_handler(Events.COMPLETED, stopper)
+        handles.checkpoint.save_dict["early_stopping"] = stopper  # a resumed run keeps its count
     handles.options, handles.evaluator, handles.best_saver, handles.model_path = options, evaluator, saver, path
     return trainer
 
