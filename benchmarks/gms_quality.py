@@ -662,7 +662,11 @@ def main(argv=None) -> dict:
         "one CPU core of a shared 2-core machine (3 developers): about 40 core-minutes in a first session (tokenizers, "
         "3 seeds x 300 iterations, the original recipe on seed 0, DRIVE -> CHASE_DB1) and 60 in a second (CHASE_DB1 "
         "-> DRIVE, the original recipe on seeds 1 and 2, one 800-iteration learning-curve seed with GMS at widths 16 "
-        "and 32): 64 px, a few hundred iterations (far from the paper's 1000 epochs)")
+        "and 32); in a third session both cores for about 2 hours: the tokenizers trained until their validation "
+        "curves flattened (Kvasir-SEG, and one per fundus source), the learning curves of 3 seeds with every model "
+        "trained until its validation curve flattened (GMS capped at --curve_iterations, the UNets at "
+        "--curve_unet_iterations) and the fundus models likewise (capped at --fundus_iterations): 64 px, far from the "
+        "paper's 1000 epochs")
 
     def stage(name: str, fn: Callable[[], dict]) -> dict:
         path = work / f"{name}.json"

@@ -120,3 +120,33 @@ def test_tokenizer_trains_until_its_validation_curves_flatten_and_resumes(gq, tm
     _, rec = gq.train_tokenizer("small", data["image"], data["label"][:0], val, 3, 4, tmp_path / "never",
                                 converge=never)
     assert rec["epochs"] == 3 and [p["epoch"] for p in rec["convergence"]] == [1, 2, 3]
+
+
+def test_curves_verdict_depends_on_every_curve_flattening(gq):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(plateau_tolerance=0.01, curve_iterations=800, curve_unet_iterations=1600, iterations=300,
+                           size=64, batch=8, lr=2e-3, curve_every=100, curve_min_iterations=400, mapping_channels=16,
+                           curve_tokenizer="tokenizer_wide_converged")
+    flat = [0.3, 0.5, 0.6, 0.6, 0.6, 0.6]
+
+    def runs(unet_values):
+        out = {}
+        for seed in (0, 1):
+            rows = [{"method": m, "case": f"c{i}", "seed": seed, "metric": "dice", "value": v + 0.01 * i}
+                    for m, v in (("gms_fast", 0.5), ("unet_gms_size", 0.6)) for i in range(6)]
+            info = {m: {"curve": _curve(vals), "parameters": 1, "train_wall_s": 1.0, "train_cpu_s": cpu,
+                        "iterations": 100 * len(vals)}
+                    for m, vals, cpu in (("gms_fast", flat, 60.0), ("unet_gms_size", unet_values, 8.0))}
+            out[seed] = {"rows": rows, "info": info}
+        return out
+
+    for unet, verdict in ((flat, "the gap holds at the plateau"), ([0.3, 0.4, 0.5, 0.55, 0.6, 0.65], "does not settle")):
+        r = runs(unet)
+        extra = gq.curves_extra(ResultsTable.from_rows([x for v in r.values() for x in v["rows"]]), r, {}, args)
+        assert extra["gaps_to_unet_gms_size"]["gms_fast"]["long"]["mean"] == pytest.approx(-0.1)
+        assert extra["goals"]["within_1_point_of_same_size_unet"]["met"] == {"gms_fast": False}
+        assert "short" not in extra["gaps_to_unet_gms_size"]["gms_fast"]  # no short run with this tokenizer
+        assert verdict in extra["diagnosis"] and "gms_fast flattened in 2 of 2 seeds (at iterations 300, 300)" in extra[
+            "diagnosis"]
+        assert extra["cost_per_iteration_relative_to_unet_gms_size"]["gms_fast"] == pytest.approx(7.5)
