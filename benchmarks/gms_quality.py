@@ -636,7 +636,7 @@ def main(argv=None) -> dict:
                    help="weight of the vessel pixels in the tokenizer's L1 loss (1: plain L1 blurs thin vessels away)")
     p.add_argument("--fundus_ae_epochs", type=int, default=30,
                    help="epoch cap of the fundus tokenizers (trained to convergence, see --converge_*)")
-    p.add_argument("--fundus_iterations", type=int, default=1000,
+    p.add_argument("--fundus_iterations", type=int, default=800,
                    help="iteration cap of the fundus models (each stops earlier once its validation curve flattens)")
     p.add_argument("--fundus_every", type=int, default=100, help="fundus validation checkpoint every N iterations")
     p.add_argument("--fundus_min_iterations", type=int, default=400)
@@ -727,10 +727,14 @@ def main(argv=None) -> dict:
             short = {s: v for s, v in short.items()
                      if all(i.get("tokenizer", args.tokenizer) == args.curve_tokenizer for i in v["info"].values())}
             rows = [r for v in runs.values() for r in v["rows"]]
+            extra = curves_extra(ResultsTable.from_rows(rows), runs, short, args)
+            # the tokenizer the curves ran on: its test reconstructions and (if trained so) its convergence curve
+            extra["tokenizers"] = {args.curve_tokenizer: tok["records"][args.curve_tokenizer]}
+            rows += [r for r in tok["rows"] if r["method"] == args.curve_tokenizer]
             written["gms_curves"] = write_results(
                 out_dir / "gms_curves.json", "gms_curves", settings, list(runs), rows,
                 stages_timing(list(runs.values()), timer.stop()), primary_metric="dice", baseline="unet_gms_size",
-                extra=curves_extra(ResultsTable.from_rows(rows), runs, short, args), quick=args.quick)
+                extra=extra, quick=args.quick)
     if "fundus" in args.stages:
         timer = BenchmarkTimer()
         sets = load_fundus_sets(data_root, args.fundus_size)
