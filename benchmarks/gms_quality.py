@@ -853,7 +853,8 @@ def curves_extra(tab: ResultsTable, runs: dict, short: dict, args) -> dict:
             f"criterion below, after at least {args.curve_min_iterations} iterations and 3 checkpoints past the "
             f"plateau's) or its cap ({caps} iterations). `gms_fast_w32` is GMS at the paper's mapping width (32), "
             f"`gms_fast` at width {args.mapping_channels}. The best validation checkpoint is scored once on the 200 "
-            f"test images. Seeds {list(runs)}."),
+            f"test images. Seeds {list(runs)}. A model stopped on its plateau stops part-way through its cosine "
+            "schedule (its learning rate not annealed to 0); a model that reached its cap had it annealed."),
         "script": "gms_quality.py --stages curves",
         "measured": "Kvasir-SEG test Dice at the plateau of each learning curve (GMS widths 16 / 32 vs MONAI UNets)",
         "bundle": "gms",
